@@ -1,0 +1,73 @@
+"""Image and label transforms of the evaluation protocols (SPEC §5 and §7)."""
+import math
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+
+from data.cocostuff import IMAGENET_MEAN, IMAGENET_STD
+
+PIL_INTERPOLATION = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR}
+
+
+def to_normalized_tensor(image):
+    return TF.normalize(TF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)  # (3, H, W)
+
+
+def label_tensor(label):
+    return torch.from_numpy(np.array(label, dtype=np.uint8))  # (H, W)
+
+
+def upscale_short_side(image, label, min_side):
+    """Upscale so the short side is ``min_side`` (aspect kept), for images too small for a window.
+
+    The original computes the same size but passes floats to PIL and crashes; here the size is
+    rounded up the same way and the image is then treated at its new size.
+    """
+    width, height = image.size
+    if min(width, height) >= min_side:
+        return image, label
+    if width <= height:
+        size = (min_side, int(math.ceil(height / width * min_side)))
+    else:
+        size = (int(math.ceil(width / height * min_side)), min_side)
+    return image.resize(size, Image.BILINEAR), label.resize(size, Image.NEAREST)
+
+
+class SlidingTransform:
+    """Full-resolution image (upscaled only when a side is under the window)."""
+
+    def __init__(self, window=224):
+        self.window = window
+
+    def __call__(self, image, label):
+        image, label = upscale_short_side(image, label, self.window)
+        return to_normalized_tensor(image), label_tensor(label)
+
+
+class ResizeTransform:
+    """The original's val_mode 2: PIL bilinear to size x size (aspect not kept), label nearest."""
+
+    def __init__(self, size=320):
+        self.size = size
+
+    def __call__(self, image, label):
+        size = (self.size, self.size)
+        return to_normalized_tensor(image.resize(size, Image.BILINEAR)), label_tensor(label.resize(size, Image.NEAREST))
+
+
+class CenterCropTransform:
+    """The peers' protocol (STEGO, HP, CAUSE, PiCIE): short side to size, centre crop size x size."""
+
+    def __init__(self, size=320, interpolation="nearest"):
+        if interpolation not in PIL_INTERPOLATION:
+            raise ValueError(f"image interpolation must be one of {sorted(PIL_INTERPOLATION)}, got {interpolation!r}")
+        self.size = size
+        self.interpolation = InterpolationMode(interpolation)
+
+    def __call__(self, image, label):
+        image = TF.center_crop(TF.resize(image, self.size, self.interpolation), self.size)
+        label = TF.center_crop(TF.resize(label, self.size, InterpolationMode.NEAREST), self.size)
+        return to_normalized_tensor(image), label_tensor(label)

@@ -1,0 +1,236 @@
+"""Evaluation: named protocols, the sliding-window predictor and the one ``evaluate()``.
+
+``evaluate()`` serves validation during training and eval.py alike; its window, overlap, flip and
+scoring size are explicit arguments, and the named protocols only choose their values.
+"""
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data.cocostuff import CocoStuffEval
+from data.transforms import CenterCropTransform, ResizeTransform, SlidingTransform
+from utils import distributed
+from utils.metrics import confusion_matrix, segmentation_metrics
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What an evaluation does; ``window`` None means one forward over the whole (resized) image."""
+
+    name: str
+    window: int = None
+    overlap: int = 0
+    flip: bool = False
+    score_size: tuple = (320, 320)
+    input_size: int = None
+    image_interpolation: str = "bilinear"
+    align_corners: bool = False
+
+    def transform(self):
+        if self.name == "sliding":
+            return SlidingTransform(self.window)
+        if self.name == "resize320":
+            return ResizeTransform(self.input_size)
+        return CenterCropTransform(self.input_size, self.image_interpolation)
+
+
+PROTOCOLS = ("sliding", "resize320", "center320")
+
+
+def make_protocol(name, flip=None, window=224, overlap=75, score_size=(320, 320), image_interpolation="nearest"):
+    """The published protocol (sliding), the original's per-epoch validation (resize320) and the
+    peers' centre crop (center320); ``flip`` None keeps each protocol's own default."""
+    if name == "sliding":
+        # SPEC §5: 224 windows, overlap 75, flip averaging, scored at 320x320 (legacy nearest).
+        return Protocol("sliding", window=window, overlap=overlap, flip=True if flip is None else flip, score_size=tuple(score_size))
+    if name == "resize320":
+        # The original's val_mode 2: one forward at 320x320, no flip, scored at 320.
+        return Protocol("resize320", flip=bool(flip), score_size=(320, 320), input_size=320)
+    if name == "center320":
+        return Protocol(
+            "center320", flip=bool(flip), score_size=(320, 320), input_size=320, image_interpolation=image_interpolation
+        )
+    raise ValueError(f"--protocol must be one of {PROTOCOLS}, got {name!r}")
+
+
+def window_starts(length, window, stride):
+    """Start offsets along one axis: ceil((L - window) / stride + 1) windows, the last flush with the end."""
+    count = math.ceil((length - window) / stride + 1)
+    return [min(k * stride, length - window) for k in range(count)]
+
+
+def window_boxes(height, width, window, overlap):
+    """(top, left) of every window, row-major, as the original's ``slidding_val``."""
+    if height < window or width < window:
+        raise ValueError(f"image {height}x{width} is smaller than the {window} window; upscale it first")
+    stride = window - overlap
+    return [(top, left) for top in window_starts(height, window, stride) for left in window_starts(width, window, stride)]
+
+
+def autocast_context(device, precision):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    raise ValueError(f"--precision must be fp32 or bf16, got {precision!r}")
+
+
+def cluster_logits(model, images, precision, batch_size):
+    """Classifier logits in fp32, with the batch cut into forwards of at most ``batch_size`` images."""
+    outputs = []
+    with autocast_context(images.device, precision):
+        for chunk in images.split(batch_size):
+            outputs.append(model(chunk)[2].float())  # (b, K, h, w)
+    return torch.cat(outputs)
+
+
+def flip_averaged_logits(model, images, flip, precision, batch_size):
+    """(f(x) + flip(f(flip(x)))) / 2 at patch resolution, with x and its flip in the same forwards."""
+    if not flip:
+        return cluster_logits(model, images, precision, batch_size)
+    both = cluster_logits(model, torch.cat((images, images.flip(dims=[3]))), precision, batch_size)  # (2n, K, h, w)
+    plain, flipped = both.split(images.shape[0])
+    return (plain + flipped.flip(dims=[3])) / 2  # (n, K, h, w)
+
+
+def sliding_probabilities(model, image, window, overlap, flip, precision, batch_size):
+    """Per-pixel cluster probabilities (K, H, W) of one image by overlapping windows (SPEC §5).
+
+    Each window's flip-averaged logits are upsampled to the window (bilinear, align_corners False),
+    turned into probabilities, and the probabilities averaged where windows overlap.
+    """
+    _, height, width = image.shape
+    boxes = window_boxes(height, width, window, overlap)
+    crops = torch.stack([image[:, top : top + window, left : left + window] for top, left in boxes])  # (n, 3, w, w)
+    logits = flip_averaged_logits(model, crops, flip, precision, batch_size)  # (n, K, h, w)
+    probs = F.interpolate(logits, size=(window, window), mode="bilinear", align_corners=False).softmax(dim=1)  # (n, K, w, w)
+    total = probs.new_zeros((probs.shape[1], height, width))  # (K, H, W)
+    count = probs.new_zeros((1, height, width))  # (1, H, W)
+    for (top, left), prob in zip(boxes, probs):
+        total[:, top : top + window, left : left + window] += prob
+        count[:, top : top + window, left : left + window] += 1
+    return total / count  # (K, H, W)
+
+
+def whole_image_probabilities(model, images, flip, precision, batch_size, align_corners=False):
+    """One forward per image at its (resized) size; logits upsampled bilinearly to that size."""
+    logits = flip_averaged_logits(model, images, flip, precision, batch_size)  # (B, K, h, w)
+    upsampled = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=align_corners)
+    return upsampled.softmax(dim=1)  # (B, K, H, W)
+
+
+def predict_clusters(model, images, protocol, precision="fp32", batch_size=32):
+    """Cluster maps for a list of normalised images (3, H, W) under ``protocol``: list of (H, W)."""
+    if protocol.window:
+        return [
+            sliding_probabilities(model, image, protocol.window, protocol.overlap, protocol.flip, precision, batch_size).argmax(0)
+            for image in images
+        ]
+    probs = whole_image_probabilities(model, torch.stack(images), protocol.flip, precision, batch_size, protocol.align_corners)
+    return list(probs.argmax(dim=1))
+
+
+def resize_nearest(mask, size):
+    """torch's legacy 'nearest' (not 'nearest-exact', not PIL), as the original scores at 320x320."""
+    return F.interpolate(mask[None, None].float(), size=tuple(size), mode="nearest")[0, 0].long()
+
+
+def score_image(pred, label, score_size, num_classes, num_clusters):
+    if score_size is not None:
+        pred, label = resize_nearest(pred, score_size), resize_nearest(label, score_size)
+    return confusion_matrix(pred.cpu(), label.cpu(), num_classes, num_clusters)
+
+
+def eval_loader(dataset, batch_size, num_workers):
+    """Images of this process's shard (rank::world, no padding: no image counted twice)."""
+    indices = list(range(distributed.rank(), len(dataset), distributed.world_size()))
+    return torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, indices),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=list,
+        persistent_workers=False,
+    )
+
+
+@dataclass
+class EvalResult:
+    confusion: np.ndarray
+    metrics: dict
+    num_images: int
+    seconds: float
+    protocol: Protocol
+
+    def as_dict(self, class_names):
+        cluster_to_class = self.metrics["cluster_to_class"]
+        return {
+            "acc": float(self.metrics["acc"]),
+            "miou": float(self.metrics["miou"]),
+            "mean_class_acc": float(self.metrics["mean_class_acc"]),
+            "per_class_iou": {name: _finite(v) for name, v in zip(class_names, self.metrics["iou"])},
+            "per_class_acc": {name: _finite(v) for name, v in zip(class_names, self.metrics["class_acc"])},
+            "confusion": self.confusion.astype(int).tolist(),
+            "assignment": {str(k): int(c) for k, c in enumerate(cluster_to_class)},
+            "protocol": self.protocol.name,
+            "protocol_settings": asdict(self.protocol),
+            "num_images": self.num_images,
+            "seconds": self.seconds,
+        }
+
+
+def _finite(value):
+    return None if not np.isfinite(value) else float(value)
+
+
+def evaluate(
+    model,
+    data_root,
+    protocol,
+    *,
+    device="cpu",
+    precision="fp32",
+    batch_size=32,
+    num_workers=2,
+    limit=None,
+    split="val",
+    progress=True,
+    on_image=None,
+):
+    """Confusion matrix over the split (summed across processes) and the matched metrics.
+
+    ``on_image(sample, pred)`` is called for every image (e.g. to save pictures).
+    """
+    num_clusters = model.num_classes
+    num_classes = num_clusters
+    dataset = CocoStuffEval(data_root, protocol.transform(), split=split, limit=limit)
+    # Sliding evaluation batches windows, so a few images a step fill a forward; single-forward
+    # protocols batch whole images.
+    images_per_step = max(1, batch_size // 24) if protocol.window else batch_size
+    loader = eval_loader(dataset, images_per_step, num_workers)
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros((num_classes, num_clusters), dtype=torch.int64)
+    start = time.perf_counter()
+    bar = tqdm(total=len(loader.dataset), desc=f"eval {protocol.name}", unit="img", disable=not (progress and distributed.is_main()))
+    with torch.no_grad():
+        for samples in loader:
+            images = [sample["image"].to(device, non_blocking=True) for sample in samples]
+            preds = predict_clusters(model, images, protocol, precision, batch_size)
+            for sample, pred in zip(samples, preds):
+                confusion += score_image(pred, sample["label"], protocol.score_size, num_classes, num_clusters)
+                if on_image is not None:
+                    on_image(sample, pred.cpu())
+            bar.update(len(samples))
+    bar.close()
+    model.train(was_training)
+    confusion = distributed.all_reduce_sum(confusion.to(device)).cpu()
+    num_images = int(distributed.all_reduce_sum(torch.tensor(len(loader.dataset), device=device)).item())
+    confusion = confusion.numpy()
+    return EvalResult(confusion, segmentation_metrics(confusion), num_images, time.perf_counter() - start, protocol)
