@@ -1,5 +1,6 @@
 """Shared fixtures: paths to the golden reference data of the original IDDC code."""
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,3 +23,11 @@ def _limit_threads():
     import torch
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def fake_checkpoint(tmp_path_factory):
+    """The original's fake ViT-S/16 checkpoint (random numbers, seed 4321), made by the golden script."""
+    path = tmp_path_factory.mktemp("golden_ckpt") / "ckpt16.pth"
+    subprocess.run([sys.executable, str(GOLDEN / "make_checkpoint.py"), "--seed", "4321", "--out", str(path)], check=True, capture_output=True)
+    return path

@@ -1,0 +1,113 @@
+"""Sliding-window evaluation speed: images/s and the share of time spent in backbone forwards.
+
+    python benchmarks/bench_eval.py [--images 6] [--repeats 3] [--device cpu] [--precision fp32]
+
+Runs evaluate() on synthetic 640x480 scenes with a randomly initialised full-size ViT-S (speed
+does not depend on the weights) and, in the same process, the bare backbone forwards of the same
+windows and flips in the same batches. Goal: evaluate() at most 1.3x the bare forwards.
+"""
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data.synthetic import write_synthetic_cocostuff  # noqa: E402
+from modules.model import IDDCModel  # noqa: E402
+from modules.vit import VisionTransformer  # noqa: E402
+from utils.evaluation import autocast_context, evaluate, make_protocol, window_boxes  # noqa: E402
+
+
+class TimedBackbone(torch.nn.Module):
+    """Wraps the ViT and adds up the seconds spent in it (synchronised on CUDA)."""
+
+    def __init__(self, vit):
+        super().__init__()
+        self.inner = vit
+        self.seconds = 0.0
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+    def forward(self, images):
+        sync(images.device)
+        start = time.perf_counter()
+        out = self.inner(images)
+        sync(images.device)
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_forwards(vit, window_counts, args, device):
+    """The backbone alone on as many windows (and flips), in the same batch sizes, as evaluate()."""
+    images_per_step = max(1, args.batch_size // 24)
+    steps = [window_counts[i : i + images_per_step] for i in range(0, len(window_counts), images_per_step)]
+    sync(device)
+    start = time.perf_counter()
+    with torch.no_grad(), autocast_context(device, args.precision):
+        for counts in steps:
+            for n in counts:
+                batch = torch.randn(2 * n, 3, 224, 224, device=device)
+                for chunk in batch.split(args.batch_size):
+                    vit(chunk)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--patch-size", type=int, default=16, choices=(16, 8))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-workers", type=int, default=2)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    root = Path(tempfile.mkdtemp(prefix="bench_eval_"))
+    write_synthetic_cocostuff(root, num_train=0, num_val=args.images, sizes=((640, 480),))
+    timed = TimedBackbone(VisionTransformer(patch_size=args.patch_size))
+    model = IDDCModel(timed.inner).to(device).eval()
+    model.backbone.model = timed
+    window_counts = [len(window_boxes(480, 640, 224, 75))] * args.images
+    protocol = make_protocol("sliding")
+
+    evaluate(model, root, protocol, device=device, precision=args.precision, batch_size=args.batch_size,
+             num_workers=args.num_workers, limit=1, progress=False)  # warm-up
+    eval_times, backbone_times, bare_times = [], [], []
+    for _ in range(args.repeats):
+        timed.seconds = 0.0
+        result = evaluate(model, root, protocol, device=device, precision=args.precision, batch_size=args.batch_size,
+                          num_workers=args.num_workers, progress=False)
+        eval_times.append(result.seconds)
+        backbone_times.append(timed.seconds)
+        bare_times.append(bare_forwards(timed.inner, window_counts, args, device))
+
+    eval_s, in_backbone_s, bare_s = (statistics.median(t) for t in (eval_times, backbone_times, bare_times))
+    print(f"device {device} ({torch.get_num_threads()} threads), ViT-S/{args.patch_size}, {args.precision}, "
+          f"{args.images} images of 640x480, {sum(window_counts)} windows (x2 with flips), batch {args.batch_size}, "
+          f"median of {args.repeats}")
+    print(f"evaluate():            {eval_s:8.2f} s  ({args.images / eval_s:.2f} images/s)")
+    print(f"  of which backbone:   {in_backbone_s:8.2f} s  ({100 * in_backbone_s / eval_s:.1f}% of the evaluation)")
+    print(f"bare backbone forwards:{bare_s:8.2f} s")
+    print(f"evaluation / bare forwards: {eval_s / bare_s:.2f}x  (goal <= 1.3x)")
+    print("all repeats (eval, in-backbone, bare):", [(round(a, 2), round(b, 2), round(c, 2)) for a, b, c in zip(eval_times, backbone_times, bare_times)])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Evaluate an IDDC checkpoint on COCO-Stuff-27 under a named protocol.
+
+    python eval.py --data-root DIR --checkpoint checkpoints/cocostuff27_vits16.pth
+    python eval.py --data-root DIR --checkpoint FILE --protocol center320 --flip --output-json out.json
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from data.cocostuff import DataError, class_names
+from utils import distributed
+from utils.checkpoint import CheckpointError, load_iddc_model
+from utils.config import parse_args_with_config, save_config
+from utils.evaluation import PROTOCOLS, evaluate, make_protocol
+from utils.log import git_commit, setup_logger
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML file of defaults (flags override it)")
+    parser.add_argument("--data-root", required=False, help="COCO-Stuff root with images/, annotations/ (curated/ optional)")
+    parser.add_argument("--checkpoint", required=False, help="IDDC checkpoint (released format or written by train.py)")
+    parser.add_argument("--patch-size", type=int, choices=(16, 8), default=None, help="expected patch size (default: read from the checkpoint)")
+    parser.add_argument("--num-heads", type=int, default=None, help="attention heads (default: embed dim / 64, as DINO's ViTs)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="sliding", help="sliding (published), resize320 (original's per-epoch val), center320 (peers')")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="flip averaging (default: on for sliding, off otherwise)")
+    parser.add_argument("--window", type=int, default=224, help="sliding window size")
+    parser.add_argument("--overlap", type=int, default=75, help="sliding window overlap")
+    parser.add_argument("--score-size", type=int, nargs=2, default=(320, 320), metavar=("H", "W"), help="size predictions and labels are scored at (sliding)")
+    parser.add_argument("--image-interpolation", choices=("nearest", "bilinear"), default="nearest", help="center320 image resizing: nearest (STEGO, HP, CAUSE) or bilinear (PiCIE)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fp32 reproduces the published numbers; bf16 autocast is faster")
+    parser.add_argument("--batch-size", type=int, default=32, help="images (windows for sliding, flips included) per backbone forward")
+    parser.add_argument("--num-workers", type=int, default=2, help="data-loading processes")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the split")
+    parser.add_argument("--output-json", default=None, help="write the results (metrics, confusion, assignment) here")
+    return parser
+
+
+def format_table(result, names):
+    lines = [f"{'class':<18}{'IoU %':>8}{'Acc %':>8}"]
+    for name, iou, acc in zip(names, result.metrics["iou"], result.metrics["class_acc"]):
+        lines.append(f"{name:<18}{iou:>8.2f}{acc:>8.2f}")
+    lines.append(f"{'pixel Acc':<18}{result.metrics['acc']:>8.2f}")
+    lines.append(f"{'mIoU':<18}{result.metrics['miou']:>8.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parse_args_with_config(parser, argv)
+    for option in ("data_root", "checkpoint"):
+        if getattr(args, option) is None:
+            parser.error(f"--{option.replace('_', '-')} is required")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = distributed.init_from_env(args.device)
+    logger = setup_logger()
+    commit = git_commit()
+    logger.info("eval.py at commit %s with %s", commit, json.dumps(vars(args), sort_keys=True))
+    try:
+        model, meta = load_iddc_model(args.checkpoint, patch_size=args.patch_size, num_heads=args.num_heads)
+        protocol = make_protocol(args.protocol, args.flip, args.window, args.overlap, args.score_size, args.image_interpolation)
+        model.to(device)
+        result = evaluate(
+            model,
+            args.data_root,
+            protocol,
+            device=device,
+            precision=args.precision,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            limit=args.limit,
+        )
+    except (CheckpointError, DataError) as err:
+        logger.error("error: %s", err)
+        return 2
+    finally:
+        distributed.cleanup()
+    if not distributed.is_main():
+        return 0
+    names = class_names()
+    logger.info("%s on %d images (%s, ViT patch %d, %s) in %.1f s\n%s", protocol.name, result.num_images, args.checkpoint,
+                model.patch_size, args.precision, result.seconds, format_table(result, names))
+    logger.info("pixel Acc %.2f  mIoU %.2f", result.metrics["acc"], result.metrics["miou"])
+    if args.output_json:
+        output = result.as_dict(names)
+        output.update(checkpoint=str(args.checkpoint), checkpoint_meta_epoch=meta.get("epoch"), git_commit=commit, config=vars(args))
+        path = Path(args.output_json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(output, indent=1))
+        save_config(args, path.with_suffix(".config.yaml"))
+        logger.info("results written to %s", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

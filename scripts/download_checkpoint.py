@@ -1,0 +1,88 @@
+"""Download a released IDDC checkpoint (COCO-Stuff-27) from Google Drive.
+
+    python scripts/download_checkpoint.py vits16|vits8 [--dest FILE]
+
+The registry below is the single place that knows the released files and the numbers the paper
+reports for them, so that evaluation code can import it and compare.
+"""
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a file, the script only sees scripts/
+    sys.path.insert(0, str(REPO_ROOT))
+
+from utils.download import GOOGLE_DRIVE_URL, DownloadError, download_google_drive  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ReleasedCheckpoint:
+    gdrive_id: str
+    file_name: str
+    paper_acc: float  # pixel accuracy (%) on COCO-Stuff-27 val, as published
+    paper_miou: float  # mIoU (%), as published
+
+
+RELEASED_CHECKPOINTS = {
+    "vits16": ReleasedCheckpoint("11a_S4t7KbyQJRzKLnhSIoSQ59ykPCxBl", "cocostuff27_vits16.pth", 59.9, 25.8),
+    "vits8": ReleasedCheckpoint("1TNkAyky3903eRRH8OEvrB9EyCKxgNA8w", "cocostuff27_vits8.pth", 58.3, 25.5),
+}
+CHECKPOINT_DIR = REPO_ROOT / "checkpoints"
+BASE_URL_ENV = "IDDC_GDRIVE_BASE_URL"
+
+
+def default_dest(name):
+    return CHECKPOINT_DIR / RELEASED_CHECKPOINTS[name].file_name
+
+
+def drive_page(name):
+    """The page a person opens in a browser to fetch the file by hand."""
+    return f"https://drive.google.com/file/d/{RELEASED_CHECKPOINTS[name].gdrive_id}/view"
+
+
+def fetch_checkpoint(name, dest=None, *, base_url=GOOGLE_DRIVE_URL, quiet=False):
+    """Download checkpoint ``name`` to ``dest`` (default: checkpoints/) unless it exists; return its path.
+
+    Says what it does unless ``quiet``; raises DownloadError when the file cannot be fetched.
+    """
+    checkpoint = RELEASED_CHECKPOINTS[name]
+    dest = Path(dest) if dest is not None else default_dest(name)
+    say = (lambda message: None) if quiet else print
+    if dest.exists():
+        say(f"{dest} already exists; nothing to do (delete it to download it again).")
+        return dest
+    say(f"Downloading the IDDC {name} checkpoint (Google Drive id {checkpoint.gdrive_id}; paper: "
+        f"{checkpoint.paper_acc} Acc / {checkpoint.paper_miou} mIoU) to {dest}")
+    download_google_drive(checkpoint.gdrive_id, dest, base_url=base_url, desc=dest.name, quiet=quiet)
+    say(f"Saved {dest} ({dest.stat().st_size / 2**20:.1f} MiB)")
+    return dest
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Download a released IDDC checkpoint (COCO-Stuff-27).")
+    parser.add_argument("name", choices=sorted(RELEASED_CHECKPOINTS),
+                        help="backbone of the checkpoint: " + ", ".join(
+                            f"{key} ({c.paper_acc} Acc / {c.paper_miou} mIoU in the paper)"
+                            for key, c in sorted(RELEASED_CHECKPOINTS.items())))
+    parser.add_argument("--dest", type=Path, default=None,
+                        help="where to write it (default: checkpoints/<file name> in the repository)")
+    # For tests and mirrors: the Google Drive download endpoint to use instead of the real one.
+    parser.add_argument("--base-url", default=os.environ.get(BASE_URL_ENV, GOOGLE_DRIVE_URL), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    dest = args.dest if args.dest is not None else default_dest(args.name)
+    try:
+        fetch_checkpoint(args.name, dest, base_url=args.base_url)
+    except DownloadError as err:
+        print(f"error: could not download the {args.name} checkpoint: {err.reason}. Download it by hand from "
+              f"{drive_page(args.name)} and put it at {dest} (a partial download is resumed when this command "
+              f"is run again).", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

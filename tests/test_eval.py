@@ -1,0 +1,79 @@
+"""Evaluation end to end: the original's goldens and the eval.py command line."""
+import json
+
+import numpy as np
+import pytest
+
+import eval as eval_cli
+from data.synthetic import write_synthetic_cocostuff
+from helpers import save_released, small_model
+from utils.checkpoint import load_iddc_model
+from utils.evaluation import evaluate, make_protocol
+
+
+@pytest.mark.parametrize("protocol", ["sliding", "resize320"])
+def test_matches_original_goldens(fake_checkpoint, golden_dir, protocol):
+    golden = json.loads((golden_dir / f"eval_vits16_{protocol}.json").read_text())
+    model, _ = load_iddc_model(fake_checkpoint, patch_size=16)
+    result = evaluate(model, golden_dir / "cocostuff", make_protocol(protocol), num_workers=0, progress=False)
+    assert np.abs(result.confusion - np.array(golden["hist_raw"])).sum() <= 200
+    assert result.metrics["acc"] == pytest.approx(golden["acc"], abs=0.01)
+    assert result.metrics["miou"] == pytest.approx(golden["miou"], abs=0.01)
+    assert result.num_images == 6
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cocostuff")
+    # One image has a side under 224; labels carry 255 and many classes.
+    write_synthetic_cocostuff(root, num_train=0, num_val=5, sizes=((320, 256), (200, 300), (448, 320), (240, 240), (500, 230)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    return save_released(small_model(), tmp_path_factory.mktemp("ckpt") / "small.pth")
+
+
+def run_cli(tmp_path, synthetic_root, checkpoint, *flags):
+    out = tmp_path / "result.json"
+    code = eval_cli.main(["--data-root", str(synthetic_root), "--checkpoint", str(checkpoint), "--device", "cpu",
+                          "--num-workers", "0", "--output-json", str(out), *flags])
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+def test_cli_sliding_json(tmp_path, synthetic_root, small_checkpoint, capsys):
+    result = run_cli(tmp_path, synthetic_root, small_checkpoint)
+    assert result["protocol"] == "sliding" and result["num_images"] == 5
+    confusion = np.array(result["confusion"])
+    assert confusion.shape == (27, 27) and confusion.dtype.kind == "i"
+    # every image is scored on the 320x320 grid; border pixels are 255 and not counted
+    assert 0.9 * 5 * 320 * 320 < confusion.sum() < 5 * 320 * 320
+    assert len(result["per_class_iou"]) == 27 and "sky" in result["per_class_iou"]
+    assert sorted(int(v) for v in result["assignment"].values()) == list(range(27))
+    tp = sum(confusion[c, int(k)] for k, c in result["assignment"].items())
+    assert result["acc"] == pytest.approx(100 * tp / confusion.sum())
+    assert result["checkpoint"] == str(small_checkpoint)
+    printed = capsys.readouterr().out
+    assert "pixel Acc" in printed and "sky" in printed
+    assert (tmp_path / "result.config.yaml").is_file()
+
+
+def test_cli_protocols_and_bf16(tmp_path, synthetic_root, small_checkpoint):
+    fp32 = run_cli(tmp_path, synthetic_root, small_checkpoint, "--protocol", "center320", "--flip")
+    assert fp32["protocol"] == "center320" and fp32["protocol_settings"]["flip"] is True
+    assert np.array(fp32["confusion"]).sum() > 0.9 * 5 * 320 * 320
+    bf16 = run_cli(tmp_path, synthetic_root, small_checkpoint, "--protocol", "center320", "--flip", "--precision", "bf16")
+    assert abs(bf16["acc"] - fp32["acc"]) < 5
+    resize = run_cli(tmp_path, synthetic_root, small_checkpoint, "--protocol", "resize320", "--batch-size", "2")
+    assert resize["protocol_settings"]["flip"] is False
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, synthetic_root, small_checkpoint, capsys):
+    assert eval_cli.main(["--data-root", str(tmp_path / "nowhere"), "--checkpoint", str(small_checkpoint), "--device", "cpu"]) == 2
+    assert "no such folder" in capsys.readouterr().out
+    assert eval_cli.main(["--data-root", str(synthetic_root), "--checkpoint", str(small_checkpoint), "--patch-size", "8", "--device", "cpu"]) == 2
+    assert "--patch-size 8" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        eval_cli.main(["--checkpoint", str(small_checkpoint)])

@@ -1,0 +1,56 @@
+"""Logging set-up, the git commit of the code, and a JSON-lines log of every logged value."""
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from utils import distributed
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def setup_logger(name="iddc", log_file=None):
+    """Readable lines on stdout (rank 0 only) and, when given, in ``log_file``."""
+    logger = logging.getLogger(name)
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if distributed.is_main() else logging.WARNING)
+    formatter = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(formatter)
+    logger.addHandler(handler)
+    if log_file is not None and distributed.is_main():
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_file)
+        file_handler.setFormatter(formatter)
+        logger.addHandler(file_handler)
+    return logger
+
+
+def git_commit():
+    """The commit of the code that ran, with '+dirty' when there are uncommitted changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class JsonlLog:
+    """Appends one JSON object per call; only rank 0 writes."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def write(self, **values):
+        if not distributed.is_main():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(values, default=float) + "\n")
