@@ -118,16 +118,20 @@ def load_iddc_model(path, patch_size=None, num_heads=None):
     if kind != "iddc":
         hint = " It looks like a DINO backbone file: it has no trained head." if kind.startswith("dino") else ""
         raise CheckpointError(f"{path}: not an IDDC checkpoint (expected top-level keys {list(IDDC_PARTS)}).{hint}")
-    vit_state = strip_prefix(obj["backbone"], BACKBONE_PREFIX, path)
-    vit = build_vit(vit_state, path, patch_size, num_heads)
-    classifier_weight = obj["classifier"].get("weight")
+    model = model_from_iddc_state(obj, path, patch_size, num_heads)
+    return model, {key: value for key, value in obj.items() if key not in IDDC_PARTS}
+
+
+def model_from_iddc_state(state, source, patch_size=None, num_heads=None):
+    """An IDDCModel from the released layout {'backbone', 'head_nonlinear', 'classifier'}, strictly."""
+    vit = build_vit(strip_prefix(state["backbone"], BACKBONE_PREFIX, source), source, patch_size, num_heads)
+    classifier_weight = state["classifier"].get("weight")
     if classifier_weight is None:
-        raise CheckpointError(f"{path}: the 'classifier' weights have no 'weight' tensor")
+        raise CheckpointError(f"{source}: the 'classifier' weights have no 'weight' tensor")
     model = IDDCModel(vit, num_classes=classifier_weight.shape[0])
-    load_strict(model.head_nonlinear, obj["head_nonlinear"], "head_nonlinear", path)
-    load_strict(model.classifier, obj["classifier"], "classifier", path)
-    meta = {key: value for key, value in obj.items() if key not in IDDC_PARTS}
-    return model, meta
+    load_strict(model.head_nonlinear, state["head_nonlinear"], "head_nonlinear", source)
+    load_strict(model.classifier, state["classifier"], "classifier", source)
+    return model
 
 
 def iddc_state(model, **extra):

@@ -1,0 +1,184 @@
+"""Train IDDC on COCO-Stuff-27 (SPEC §3-4), on one device or many (torchrun).
+
+    python train.py --data-root DIR --config configs/train_coco27_vits16.yaml
+    torchrun --nproc_per_node 4 train.py --data-root DIR --config configs/train_coco27_vits8.yaml
+    python train.py --data-root DIR --config configs/train_coco27_vits16.yaml --resume --epochs 30
+
+--batch-size is the global batch (the paper's 64), split evenly over the processes.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from data.cocostuff import DataError, class_names
+from modules.loss import IDDCLoss
+from modules.model import LinearProbe
+from utils import distributed
+from utils.checkpoint import CheckpointError, iddc_state, load_file, model_from_iddc_state, new_iddc_model, save_atomic
+from utils.config import parse_args_with_config, save_config
+from utils.evaluation import PROTOCOLS, evaluate, make_protocol
+from utils.log import JsonlLog, git_commit, setup_logger
+from utils.metrics import segmentation_metrics
+from utils.trainer import (
+    ProbeView, TrainableHead, poly_lr, restore_rng_states, rng_states, seed_everything, set_lr, train_loader,
+    train_one_epoch,
+)
+
+RESUME_FILE = "resume.pth"
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML file of defaults, e.g. configs/train_coco27_vits16.yaml")
+    parser.add_argument("--data-root", default=None, help="COCO-Stuff root with images/, annotations/ (curated/ optional)")
+    parser.add_argument("--output-dir", default="outputs/train", help="checkpoints, config and logs go here")
+    parser.add_argument("--patch-size", type=int, choices=(16, 8), default=16)
+    parser.add_argument("--backbone-weights", default=None, help="DINO release file; default: download the official weights")
+    parser.add_argument("--num-heads", type=int, default=None, help="attention heads (default: embed dim / 64)")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=64, help="global batch, split over the processes")
+    parser.add_argument("--lr", type=float, default=5e-4, help="Adam lr of the head and classifier")
+    parser.add_argument("--probe-lr", type=float, default=1e-3, help="Adam lr of the linear probe")
+    parser.add_argument("--lr-power", type=float, default=0.9, help="poly decay power, stepped once an epoch")
+    parser.add_argument("--pos-threshold", type=float, default=0.2)
+    parser.add_argument("--neg-threshold", type=float, default=0.12)
+    parser.add_argument("--neg-weight", type=float, default=1.4, help="lambda1 (w0 of the original)")
+    parser.add_argument("--balance-weight", type=float, default=0.4, help="lambda2 (w1 of the original): 0.4 S/16, 0.25 S/8")
+    parser.add_argument("--num-negatives", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--num-workers", type=int, default=8)
+    parser.add_argument("--val-protocol", choices=PROTOCOLS, default="resize320", help="validation after every epoch")
+    parser.add_argument("--final-protocol", choices=(*PROTOCOLS, "none"), default="none", help="one more evaluation of the last model")
+    parser.add_argument("--val-batch-size", type=int, default=32)
+    parser.add_argument("--log-every", type=int, default=50, help="steps between readable log lines")
+    parser.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
+    parser.add_argument("--val-limit", type=int, default=None, help="validate on the first N images only")
+    parser.add_argument("--resume", action="store_true", help=f"continue from OUTPUT_DIR/{RESUME_FILE}")
+    return parser
+
+
+def validate(model, probe, args, device, protocol_name):
+    """Clusters (Hungarian-matched) and the linear probe (identity-matched) under one protocol."""
+    protocol = make_protocol(protocol_name)
+    common = dict(device=device, precision=args.precision, batch_size=args.val_batch_size,
+                  num_workers=min(args.num_workers, 4), limit=args.val_limit)
+    clusters = evaluate(model, args.data_root, protocol, **common)
+    probe_result = evaluate(ProbeView(model, probe), args.data_root, protocol, **common)
+    probe_metrics = segmentation_metrics(probe_result.confusion, torch.arange(probe.linear_head.out_channels).numpy())
+    return clusters, probe_metrics
+
+
+def released_checkpoint(model, args, epoch, step, metrics):
+    """Released layout (loads into the original code) plus plain-valued extras."""
+    return iddc_state(model, config=vars(args), epoch=epoch, step=step, metrics=metrics, format="iddc-v1")
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parse_args_with_config(parser, argv)
+    if args.data_root is None:
+        parser.error("--data-root is required")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+    device = distributed.init_from_env(args.device)
+    output_dir = Path(args.output_dir)
+    if distributed.is_main():
+        output_dir.mkdir(parents=True, exist_ok=True)
+    logger = setup_logger(log_file=output_dir / "train.log")
+    try:
+        return train(args, device, output_dir, logger)
+    except (CheckpointError, DataError, ValueError) as err:
+        logger.error("error: %s", err)
+        return 2
+    finally:
+        distributed.cleanup()
+
+
+def train(args, device, output_dir, logger):
+    commit = git_commit()
+    logger.info("train.py at commit %s, %d process(es), config:\n%s", commit, distributed.world_size(), json.dumps(vars(args), indent=1, sort_keys=True))
+    if distributed.is_main():
+        save_config(args, output_dir / "config.yaml")
+    jsonl = JsonlLog(output_dir / "log.jsonl")
+    seed_everything(args.seed)
+
+    resume_path = output_dir / RESUME_FILE
+    resume = load_file(resume_path) if args.resume else None
+    if args.resume:
+        logger.info("resuming from %s (finished epoch %d, step %d)", resume_path, resume["epoch"], resume["step"])
+    if resume is None:
+        model = new_iddc_model(args.patch_size, args.backbone_weights, num_heads=args.num_heads)
+    else:  # the resume file carries the backbone: no download
+        model = model_from_iddc_state(resume["model"], resume_path, args.patch_size, args.num_heads)
+    probe = LinearProbe(model.vit.embed_dim, model.num_classes)
+    model.to(device)
+    probe.to(device)
+    head = TrainableHead(model)
+    optimizer = torch.optim.Adam(head.parameters(), lr=args.lr)
+    probe_optimizer = torch.optim.Adam(probe.parameters(), lr=args.probe_lr)
+    start_epoch, step, best_miou = 0, 0, -1.0
+    if resume is not None:
+        probe.load_state_dict(resume["probe"])
+        optimizer.load_state_dict(resume["optimizer"])
+        probe_optimizer.load_state_dict(resume["probe_optimizer"])
+        start_epoch, step, best_miou = resume["epoch"] + 1, resume["step"], resume["best_miou"]
+        restore_rng_states(resume["rng"])
+    if distributed.is_initialized():
+        head = DistributedDataParallel(head)
+        probe = DistributedDataParallel(probe)
+
+    loss_fn = IDDCLoss(args.pos_threshold, args.neg_threshold, args.neg_weight, args.balance_weight, args.num_negatives)
+    loader = train_loader(args.data_root, args.batch_size, args.seed, args.num_workers, device, args.train_limit)
+    if start_epoch >= args.epochs:
+        logger.info("nothing to do: epoch %d already done; pass --epochs > %d to train further", start_epoch - 1, start_epoch)
+    names = class_names()
+    for epoch in range(start_epoch, args.epochs):
+        set_lr(optimizer, poly_lr(args.lr, epoch, args.epochs, args.lr_power))
+        set_lr(probe_optimizer, poly_lr(args.probe_lr, epoch, args.epochs, args.lr_power))
+        step, train_means = train_one_epoch(
+            model, head, probe, loader, loss_fn, optimizer, probe_optimizer, epoch=epoch, step=step, seed=args.seed,
+            device=device, precision=args.precision, log_every=args.log_every, logger=logger, jsonl=jsonl,
+        )
+        clusters, probe_metrics = validate(model, _unwrap(probe), args, device, args.val_protocol)
+        miou, acc = float(clusters.metrics["miou"]), float(clusters.metrics["acc"])
+        logger.info("epoch %d %s: clusters Acc %.2f mIoU %.2f | linear probe Acc %.2f mIoU %.2f", epoch, args.val_protocol,
+                    acc, miou, probe_metrics["acc"], probe_metrics["miou"])
+        jsonl.write(kind="val", epoch=epoch, step=step, protocol=args.val_protocol, acc=acc, miou=miou,
+                    probe_acc=float(probe_metrics["acc"]), probe_miou=float(probe_metrics["miou"]),
+                    per_class_iou=dict(zip(names, map(float, clusters.metrics["iou"]))), train=train_means)
+        metrics = {"protocol": args.val_protocol, "acc": acc, "miou": miou}
+        if distributed.is_main():
+            if miou >= best_miou:  # ">=" as the original, which keeps the later of equal epochs
+                best_miou = miou
+                save_atomic(released_checkpoint(model, args, epoch, step, metrics), output_dir / "best_model.pth")
+                logger.info("best model (mIoU %.2f, %s) saved to %s", miou, args.val_protocol, output_dir / "best_model.pth")
+            save_atomic(released_checkpoint(model, args, epoch, step, metrics), output_dir / "last_model.pth")
+            save_atomic({
+                "model": iddc_state(model), "probe": _unwrap(probe).state_dict(), "optimizer": optimizer.state_dict(),
+                "probe_optimizer": probe_optimizer.state_dict(), "epoch": epoch, "step": step, "best_miou": best_miou,
+                "rng": rng_states(), "config": vars(args), "git_commit": commit,
+                "scheduler": {"kind": "poly", "power": args.lr_power, "epochs": args.epochs, "base_lrs": [args.lr, args.probe_lr]},
+            }, output_dir / RESUME_FILE)
+        distributed.barrier()
+
+    if args.final_protocol != "none":
+        final, final_probe = validate(model, _unwrap(probe), args, device, args.final_protocol)
+        logger.info("last model, %s: clusters Acc %.2f mIoU %.2f | linear probe Acc %.2f mIoU %.2f", args.final_protocol,
+                    final.metrics["acc"], final.metrics["miou"], final_probe["acc"], final_probe["miou"])
+        jsonl.write(kind="final", protocol=args.final_protocol, acc=float(final.metrics["acc"]), miou=float(final.metrics["miou"]),
+                    probe_acc=float(final_probe["acc"]), probe_miou=float(final_probe["miou"]))
+    return 0
+
+
+def _unwrap(module):
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Train IDDC on COCO-Stuff-27 with the paper's hyper-parameters.
+#
+#   DATA_ROOT=/path/to/cocostuff bash train_coco27.sh [vits16|vits8] [more train.py flags]
+#   NPROC=4 DATA_ROOT=/path/to/cocostuff bash train_coco27.sh vits8     # DDP over 4 GPUs
+#
+# Outputs (best_model.pth, last_model.pth, resume.pth, config.yaml, log.jsonl, train.log) go to
+# outputs/train_coco27_<arch>/ unless --output-dir is given; add --resume to continue a run.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+arch=vits16
+if [[ $# -gt 0 && ( "$1" == vits16 || "$1" == vits8 ) ]]; then
+  arch=$1
+  shift
+fi
+
+data_args=()
+if [[ -n "${DATA_ROOT:-}" ]]; then
+  data_args=(--data-root "$DATA_ROOT")
+elif [[ " $* " != *" --data-root"* ]]; then
+  echo "train_coco27.sh: set DATA_ROOT=/path/to/cocostuff or pass --data-root DIR (see README, 'Data')" >&2
+  exit 2
+fi
+
+nproc=${NPROC:-1}
+if [[ "$nproc" -gt 1 ]]; then
+  launcher=(torchrun --standalone --nproc_per_node "$nproc")
+else
+  launcher=(python)
+fi
+"${launcher[@]}" train.py --config "configs/train_coco27_${arch}.yaml" "${data_args[@]}" "$@"
