@@ -2,6 +2,7 @@
 
     python eval.py --data-root DIR --checkpoint checkpoints/cocostuff27_vits16.pth
     python eval.py --data-root DIR --checkpoint FILE --protocol center320 --flip --output-json out.json
+    python eval.py --data-root DIR --checkpoint FILE --save-visuals outputs/visuals --num-visuals 8
 """
 import argparse
 import json
@@ -16,6 +17,7 @@ from utils.checkpoint import CheckpointError, load_iddc_model
 from utils.config import parse_args_with_config, save_config
 from utils.evaluation import PROTOCOLS, evaluate, make_protocol
 from utils.log import git_commit, setup_logger
+from utils.visualize import VisualCollector
 
 
 def build_parser():
@@ -37,6 +39,8 @@ def build_parser():
     parser.add_argument("--num-workers", type=int, default=2, help="data-loading processes")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the split")
     parser.add_argument("--output-json", default=None, help="write the results (metrics, confusion, assignment) here")
+    parser.add_argument("--save-visuals", default=None, metavar="DIR", help="write image | ground truth | matched prediction PNGs, confusion.png and per_class_iou.png here")
+    parser.add_argument("--num-visuals", type=int, default=8, help="how many images --save-visuals draws (the first ones of rank 0)")
     return parser
 
 
@@ -55,11 +59,14 @@ def main(argv=None):
     for option in ("data_root", "checkpoint"):
         if getattr(args, option) is None:
             parser.error(f"--{option.replace('_', '-')} is required")
+    if args.num_visuals < 0:
+        parser.error(f"--num-visuals must be >= 0, got {args.num_visuals}")
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = distributed.init_from_env(args.device)
     logger = setup_logger()
     commit = git_commit()
     logger.info("eval.py at commit %s with %s", commit, json.dumps(vars(args), sort_keys=True))
+    collector = VisualCollector(args.num_visuals) if args.save_visuals and distributed.is_main() else None
     try:
         model, meta = load_iddc_model(args.checkpoint, patch_size=args.patch_size, num_heads=args.num_heads)
         protocol = make_protocol(args.protocol, args.flip, args.window, args.overlap, args.score_size, args.image_interpolation)
@@ -73,6 +80,7 @@ def main(argv=None):
             batch_size=args.batch_size,
             num_workers=args.num_workers,
             limit=args.limit,
+            on_image=collector,
         )
     except (CheckpointError, DataError) as err:
         logger.error("error: %s", err)
@@ -93,6 +101,10 @@ def main(argv=None):
         path.write_text(json.dumps(output, indent=1))
         save_config(args, path.with_suffix(".config.yaml"))
         logger.info("results written to %s", path)
+    if collector is not None:
+        per_class_iou = dict(zip(names, result.metrics["iou"]))
+        collector.write(args.save_visuals, result.metrics["cluster_to_class"], names, result.confusion, per_class_iou)
+        logger.info("pictures written to %s", args.save_visuals)
     return 0
 
 

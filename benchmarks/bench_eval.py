@@ -17,38 +17,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import TimedBackbone, sync  # noqa: E402
 from data.synthetic import write_synthetic_cocostuff  # noqa: E402
 from modules.model import IDDCModel  # noqa: E402
 from modules.vit import VisionTransformer  # noqa: E402
 from utils.evaluation import autocast_context, evaluate, make_protocol, window_boxes  # noqa: E402
-
-
-class TimedBackbone(torch.nn.Module):
-    """Wraps the ViT and adds up the seconds spent in it (synchronised on CUDA)."""
-
-    def __init__(self, vit):
-        super().__init__()
-        self.inner = vit
-        self.seconds = 0.0
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.inner, name)
-
-    def forward(self, images):
-        sync(images.device)
-        start = time.perf_counter()
-        out = self.inner(images)
-        sync(images.device)
-        self.seconds += time.perf_counter() - start
-        return out
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bare_forwards(vit, window_counts, args, device):

@@ -1,0 +1,190 @@
+"""Segment your own images with an IDDC checkpoint (released format or written by train.py).
+
+    python predict.py --checkpoint checkpoints/cocostuff27_vits16.pth --input photo.jpg --output-dir out/
+    python predict.py --checkpoint FILE --input photos/ --output-dir out/ --assignment eval.json
+
+Each image is segmented with the published sliding-window protocol (224 windows, overlap 75, flip
+averaging) at its own resolution, and gets, at its original size:
+  <stem>_clusters.png  indexed PNG whose pixel values are the cluster ids
+  <stem>_color.png     the segmentation in colour
+  <stem>_overlay.png   the colours blended over the image
+plus one legend.png. Clusters have no names of their own: with --assignment (an eval.py
+--output-json file) each cluster is coloured and named by the class the Hungarian matching gave it.
+Unreadable images are reported and skipped; the exit code is then 1.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.cocostuff import DataError, class_names, read_image
+from data.transforms import to_normalized_tensor, upscale_short_side
+from utils.checkpoint import CheckpointError, load_iddc_model
+from utils.evaluation import resize_nearest, sliding_probabilities
+from utils.log import setup_logger
+from utils.visualize import PALETTE, colorize, indexed_png, legend, map_clusters, overlay
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class InputError(ValueError):
+    """An --input path or the --assignment file is not what predict.py expects."""
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="IDDC checkpoint (released format or written by train.py)")
+    parser.add_argument("--input", required=True, nargs="+", metavar="PATH", help="image files and/or folders (their images, not recursive)")
+    parser.add_argument("--output-dir", required=True, help="where the PNGs are written")
+    parser.add_argument("--assignment", default=None, metavar="EVAL_JSON", help="eval.py --output-json file: colour and name clusters by their matched class")
+    parser.add_argument("--patch-size", type=int, choices=(16, 8), default=None, help="expected patch size (default: read from the checkpoint)")
+    parser.add_argument("--window", type=int, default=224, help="sliding window size")
+    parser.add_argument("--overlap", type=int, default=75, help="sliding window overlap")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip averaging per window")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast is faster on GPUs")
+    parser.add_argument("--batch-size", type=int, default=32, help="windows (flips included) per backbone forward")
+    return parser
+
+
+def list_images(inputs):
+    """Image files from files and folders (folders: non-recursive, sorted by name)."""
+    paths = []
+    for entry in map(Path, inputs):
+        if entry.is_dir():
+            paths.extend(sorted(p for p in entry.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif entry.is_file():
+            paths.append(entry)
+        else:
+            raise InputError(f"--input {entry}: no such file or folder")
+    if not paths:
+        raise InputError(f"--input {' '.join(inputs)}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    stems = [path.stem for path in paths]
+    clashes = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if clashes:
+        raise InputError(f"--input: several images share the name(s) {clashes[:5]}, so their outputs would overwrite each other")
+    return paths
+
+
+def load_assignment(path, num_clusters, num_classes):
+    """cluster_to_class (num_clusters,) from an eval.py JSON; -1 marks a cluster matched to no class."""
+    path = Path(path)
+    try:
+        assignment = json.loads(path.read_text())["assignment"]
+        cluster_to_class = np.array([int(assignment[str(k)]) for k in range(num_clusters)], dtype=np.int64)
+    except FileNotFoundError as err:
+        raise InputError(f"--assignment {path}: no such file") from err
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise InputError(
+            f"--assignment {path}: expected an eval.py --output-json file whose 'assignment' maps every cluster "
+            f"'0'..'{num_clusters - 1}' to a class index ({type(err).__name__}: {err})"
+        ) from err
+    if ((cluster_to_class < -1) | (cluster_to_class >= num_classes)).any():
+        raise InputError(f"--assignment {path}: class indices must lie in -1..{num_classes - 1}, got {sorted(set(cluster_to_class.tolist()))}")
+    return cluster_to_class
+
+
+def segment(model, image, device, window=224, overlap=75, flip=True, precision="fp32", batch_size=32):
+    """Cluster map (H, W) of a PIL image at its original size, by overlapping windows.
+
+    Images with a side under the window are upscaled first (aspect kept, as eval.py's sliding
+    protocol) and the map is brought back with torch's legacy nearest.
+    """
+    # upscale_short_side resizes an (image, label) pair; here only the image matters.
+    resized, _ = upscale_short_side(image, image, window)
+    pixels = to_normalized_tensor(resized).to(device)  # (3, H', W')
+    with torch.no_grad():
+        probs = sliding_probabilities(model, pixels, window, overlap, flip, precision, batch_size)  # (K, H', W')
+    clusters = probs.argmax(dim=0)  # (H', W')
+    if resized.size != image.size:
+        clusters = resize_nearest(clusters, (image.height, image.width))  # (H, W)
+    return clusters.cpu().numpy()
+
+
+def cluster_colours(cluster_to_class):
+    """Colour of each cluster id: its matched class's colour, or its own palette entry."""
+    if cluster_to_class is None:
+        return PALETTE
+    colours = np.zeros((len(cluster_to_class), 3), dtype=np.uint8)
+    matched = cluster_to_class >= 0
+    colours[matched] = PALETTE[cluster_to_class[matched]]
+    return colours  # unmatched clusters stay black
+
+
+def write_outputs(image, clusters, stem, out_dir, cluster_to_class):
+    """The three PNGs of one image, all at the image's size."""
+    indexed_png(clusters, cluster_colours(cluster_to_class)).save(out_dir / f"{stem}_clusters.png")
+    shown = clusters if cluster_to_class is None else map_clusters(clusters, cluster_to_class)  # (H, W)
+    colour = colorize(shown)
+    colour.save(out_dir / f"{stem}_color.png")
+    overlay(image, colour).save(out_dir / f"{stem}_overlay.png")
+
+
+def write_legend(out_dir, num_clusters, cluster_to_class):
+    """legend.png: matched class names (with their clusters) or plain cluster ids."""
+    if cluster_to_class is None:
+        entries = [(f"cluster {k}", PALETTE[k]) for k in range(num_clusters)]
+    else:
+        names = class_names()
+        matched = sorted((c, k) for k, c in enumerate(cluster_to_class) if c >= 0)  # in class order
+        entries = [(f"{names[c]} (cluster {k})", PALETTE[c]) for c, k in matched]
+    legend([name for name, _ in entries], [colour for _, colour in entries]).save(out_dir / "legend.png")
+
+
+def load_model(args, device):
+    model, _ = load_iddc_model(args.checkpoint, patch_size=args.patch_size)
+    if model.num_classes > len(PALETTE):
+        raise CheckpointError(f"{args.checkpoint}: {model.num_classes} clusters, but the palette has only {len(PALETTE)} colours")
+    return model.to(device).eval()
+
+
+def predict_all(model, paths, out_dir, cluster_to_class, args, device, logger):
+    """Segment every image; unreadable ones are reported and skipped. Returns the failed paths."""
+    failed = []
+    for path in tqdm(paths, desc="predict", unit="img"):
+        try:
+            image = read_image(path)
+        except DataError as err:
+            logger.warning("skipped: %s", err)
+            failed.append(path)
+            continue
+        clusters = segment(model, image, device, args.window, args.overlap, args.flip, args.precision, args.batch_size)  # (H, W)
+        write_outputs(image, clusters, path.stem, out_dir, cluster_to_class)
+    return failed
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.overlap < args.window:
+        parser.error(f"--overlap must lie in 0..{args.window - 1} (below --window {args.window}), got {args.overlap}")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    logger = setup_logger()
+    try:
+        paths = list_images(args.input)
+        model = load_model(args, device)
+        cluster_to_class = None
+        if args.assignment:
+            cluster_to_class = load_assignment(args.assignment, model.num_classes, len(class_names()))
+    except (CheckpointError, InputError) as err:
+        logger.error("error: %s", err)
+        return 2
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = predict_all(model, paths, out_dir, cluster_to_class, args, device, logger)
+    write_legend(out_dir, model.num_classes, cluster_to_class)
+    logger.info("%d of %d images segmented, PNGs in %s", len(paths) - len(failed), len(paths), out_dir)
+    if failed:
+        logger.error("error: %d image(s) could not be read: %s", len(failed), ", ".join(map(str, failed)))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
