@@ -1,5 +1,6 @@
 """Evaluation end to end: the original's goldens and the eval.py command line."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,3 +78,15 @@ def test_cli_errors_are_one_clear_line(tmp_path, synthetic_root, small_checkpoin
     assert "--patch-size 8" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         eval_cli.main(["--checkpoint", str(small_checkpoint)])
+
+
+def test_cli_yaml_defaults_and_flag_override(tmp_path, synthetic_root, small_checkpoint):
+    config = Path(__file__).resolve().parents[1] / "configs" / "eval_coco27_peers.yaml"
+    from_yaml = run_cli(tmp_path, synthetic_root, small_checkpoint, "--config", str(config), "--limit", "2")
+    assert from_yaml["protocol"] == "center320" and from_yaml["protocol_settings"]["flip"] is True
+    overridden = run_cli(tmp_path, synthetic_root, small_checkpoint, "--config", str(config), "--no-flip", "--limit", "2")
+    assert overridden["protocol_settings"]["flip"] is False
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("protocl: sliding\n")
+    with pytest.raises(SystemExit):
+        eval_cli.main(["--config", str(bad), "--data-root", str(synthetic_root), "--checkpoint", str(small_checkpoint)])
