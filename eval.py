@@ -63,10 +63,11 @@ def main(argv=None):
         parser.error(f"--num-visuals must be >= 0, got {args.num_visuals}")
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = distributed.init_from_env(args.device)
+    main_process = distributed.is_main()  # remembered: after cleanup every process would read as rank 0
     logger = setup_logger()
     commit = git_commit()
     logger.info("eval.py at commit %s with %s", commit, json.dumps(vars(args), sort_keys=True))
-    collector = VisualCollector(args.num_visuals) if args.save_visuals and distributed.is_main() else None
+    collector = VisualCollector(args.num_visuals) if args.save_visuals and main_process else None
     try:
         model, meta = load_iddc_model(args.checkpoint, patch_size=args.patch_size, num_heads=args.num_heads)
         protocol = make_protocol(args.protocol, args.flip, args.window, args.overlap, args.score_size, args.image_interpolation)
@@ -87,7 +88,7 @@ def main(argv=None):
         return 2
     finally:
         distributed.cleanup()
-    if not distributed.is_main():
+    if not main_process:
         return 0
     names = class_names()
     logger.info("%s on %d images (%s, ViT patch %d, %s) in %.1f s\n%s", protocol.name, result.num_images, args.checkpoint,

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from data.cocostuff import DataError, class_names, read_image
-from data.transforms import to_normalized_tensor, upscale_short_side
+from data.transforms import to_normalized_tensor, upscaled_size
 from utils.checkpoint import CheckpointError, load_iddc_model
 from utils.evaluation import resize_nearest, sliding_probabilities
 from utils.log import setup_logger
@@ -94,8 +95,7 @@ def segment(model, image, device, window=224, overlap=75, flip=True, precision="
     Images with a side under the window are upscaled first (aspect kept, as eval.py's sliding
     protocol) and the map is brought back with torch's legacy nearest.
     """
-    # upscale_short_side resizes an (image, label) pair; here only the image matters.
-    resized, _ = upscale_short_side(image, image, window)
+    resized = image.resize(upscaled_size(*image.size, window), Image.BILINEAR)
     pixels = to_normalized_tensor(resized).to(device)  # (3, H', W')
     with torch.no_grad():
         probs = sliding_probabilities(model, pixels, window, overlap, flip, precision, batch_size)  # (K, H', W')

@@ -20,19 +20,24 @@ def label_tensor(label):
     return torch.from_numpy(np.array(label, dtype=np.uint8))  # (H, W)
 
 
-def upscale_short_side(image, label, min_side):
-    """Upscale so the short side is ``min_side`` (aspect kept), for images too small for a window.
+def upscaled_size(width, height, min_side):
+    """(width, height) with the short side raised to ``min_side`` (aspect kept), rounded up.
 
     The original computes the same size but passes floats to PIL and crashes; here the size is
-    rounded up the same way and the image is then treated at its new size.
+    an integer and the image is then treated at its new size.
     """
-    width, height = image.size
     if min(width, height) >= min_side:
-        return image, label
+        return width, height
     if width <= height:
-        size = (min_side, int(math.ceil(height / width * min_side)))
-    else:
-        size = (int(math.ceil(width / height * min_side)), min_side)
+        return min_side, int(math.ceil(height / width * min_side))
+    return int(math.ceil(width / height * min_side)), min_side
+
+
+def upscale_short_side(image, label, min_side):
+    """Image (bilinear) and label (nearest) upscaled for windows that would not fit otherwise."""
+    size = upscaled_size(*image.size, min_side)
+    if size == image.size:
+        return image, label
     return image.resize(size, Image.BILINEAR), label.resize(size, Image.NEAREST)
 
 
