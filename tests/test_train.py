@@ -118,3 +118,12 @@ def test_ddp_two_processes_gloo(tmp_path, data_root, dino_file):
     torchrun("eval.py", *common, "--output-json", str(double))
     one, two = json.loads(single.read_text()), json.loads(double.read_text())
     assert two["confusion"] == one["confusion"] and two["num_images"] == one["num_images"] == 4
+
+
+def test_negative_shifts_are_seeded_and_in_range():
+    from utils.trainer import negative_shifts
+
+    draws = np.array([negative_shifts(1, step, 16, 3) for step in range(300)])
+    assert draws.min() == 1 and draws.max() == 14  # the original's randint(1, B - 1)
+    assert negative_shifts(1, 5, 16, 3) == negative_shifts(1, 5, 16, 3) != negative_shifts(2, 5, 16, 3)
+    assert negative_shifts(0, 0, 2, 4) == [1, 1, 1, 1]

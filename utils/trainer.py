@@ -117,7 +117,7 @@ def train_one_epoch(model, head, probe, loader, loss_fn, optimizer, probe_optimi
         probe_loss = F.cross_entropy(probe_logits, labels, ignore_index=255)
         feats, feats_aug = features.float().split(batch_size)
         view0, view1 = logits.split(batch_size)
-        out = loss_fn(feats, feats_aug, view0, view1, neg_shifts=negative_shifts(seed, step, batch_size))
+        out = loss_fn(feats, feats_aug, view0, view1, neg_shifts=negative_shifts(seed, step, batch_size, loss_fn.num_negatives))
         if not torch.isfinite(out["total"]):
             raise FloatingPointError(f"non-finite IDDC loss at epoch {epoch} step {step}: {[(k, float(v)) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1]}")
         optimizer.zero_grad(set_to_none=True)
