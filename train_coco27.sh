@@ -7,7 +7,7 @@
 # Outputs (best_model.pth, last_model.pth, resume.pth, config.yaml, log.jsonl, train.log) go to
 # outputs/train_coco27_<arch>/ unless --output-dir is given; add --resume to continue a run.
 set -euo pipefail
-cd "$(dirname "$0")"
+here=$(cd "$(dirname "$0")" && pwd)
 
 arch=vits16
 if [[ $# -gt 0 && ( "$1" == vits16 || "$1" == vits8 ) ]]; then
@@ -29,4 +29,4 @@ if [[ "$nproc" -gt 1 ]]; then
 else
   launcher=(python)
 fi
-"${launcher[@]}" train.py --config "configs/train_coco27_${arch}.yaml" "${data_args[@]}" "$@"
+"${launcher[@]}" "$here/train.py" --config "$here/configs/train_coco27_${arch}.yaml" "${data_args[@]}" "$@"

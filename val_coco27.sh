@@ -4,17 +4,18 @@
 #   DATA_ROOT=/path/to/cocostuff bash val_coco27.sh [vits16|vits8] [more eval.py flags]
 #   bash val_coco27.sh vits8 --data-root /path/to/cocostuff --precision bf16
 #
-# The checkpoint is checkpoints/cocostuff27_<arch>.pth; when it is missing it is downloaded
-# from the released Google Drive file. Paper: S/16 59.9 Acc / 25.8 mIoU, S/8 58.3 / 25.5.
+# The checkpoint is $CHECKPOINT_DIR/cocostuff27_<arch>.pth (default: checkpoints/ of the project); when it is
+# missing it is downloaded from the released Google Drive file.
+# Paper: S/16 59.9 Acc / 25.8 mIoU, S/8 58.3 / 25.5.
 set -euo pipefail
-cd "$(dirname "$0")"
+here=$(cd "$(dirname "$0")" && pwd)
 
 arch=vits16
 if [[ $# -gt 0 && ( "$1" == vits16 || "$1" == vits8 ) ]]; then
   arch=$1
   shift
 fi
-checkpoint=checkpoints/cocostuff27_${arch}.pth
+checkpoint=${CHECKPOINT_DIR:-$here/checkpoints}/cocostuff27_${arch}.pth
 
 data_args=()
 if [[ -n "${DATA_ROOT:-}" ]]; then
@@ -26,8 +27,8 @@ fi
 
 if [[ ! -f "$checkpoint" ]]; then
   echo "val_coco27.sh: $checkpoint is missing; downloading the released checkpoint"
-  python scripts/download_checkpoint.py "$arch" --dest "$checkpoint" || exit 1
+  python "$here/scripts/download_checkpoint.py" "$arch" --dest "$checkpoint" || exit 1
 fi
 
-python eval.py --checkpoint "$checkpoint" --patch-size "${arch#vits}" "${data_args[@]}" \
+python "$here/eval.py" --checkpoint "$checkpoint" --patch-size "${arch#vits}" "${data_args[@]}" \
   --output-json "outputs/val_coco27_${arch}.json" "$@"
