@@ -28,14 +28,13 @@ def bare_forwards(vit, window_counts, args, device):
     """The backbone alone on as many windows (and flips), in the same batch sizes, as evaluate()."""
     images_per_step = max(1, args.batch_size // 24)
     steps = [window_counts[i : i + images_per_step] for i in range(0, len(window_counts), images_per_step)]
+    batches = [torch.randn(2 * sum(counts), 3, 224, 224, device=device) for counts in steps]  # windows and flips
     sync(device)
     start = time.perf_counter()
     with torch.no_grad(), autocast_context(device, args.precision):
-        for counts in steps:
-            for n in counts:
-                batch = torch.randn(2 * n, 3, 224, 224, device=device)
-                for chunk in batch.split(args.batch_size):
-                    vit(chunk)
+        for batch in batches:
+            for chunk in batch.split(args.batch_size):
+                vit(chunk)
     sync(device)
     return time.perf_counter() - start
 

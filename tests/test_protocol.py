@@ -93,3 +93,15 @@ def test_single_forward_protocols_shapes():
 def test_unknown_protocol():
     with pytest.raises(ValueError, match="--protocol must be one of"):
         make_protocol("five-crop")
+
+
+def test_windows_of_several_images_share_forwards():
+    from utils.evaluation import sliding_probabilities_many
+
+    torch.manual_seed(1)
+    model = small_model()
+    images = [torch.randn(3, 300, 410), torch.randn(3, 224, 260), torch.randn(3, 500, 224)]
+    with torch.no_grad():
+        together = sliding_probabilities_many(model, images, 224, 75, True, "fp32", 64)
+        for image, probs in zip(images, together):
+            torch.testing.assert_close(probs, spec_sliding_probabilities(model, image), atol=1e-5, rtol=1e-5)

@@ -100,22 +100,31 @@ def flip_averaged_logits(model, images, flip, precision, batch_size):
 
 
 def sliding_probabilities(model, image, window, overlap, flip, precision, batch_size):
-    """Per-pixel cluster probabilities (K, H, W) of one image by overlapping windows (SPEC §5).
+    """Per-pixel cluster probabilities (K, H, W) of one image by overlapping windows (SPEC §5)."""
+    return sliding_probabilities_many(model, [image], window, overlap, flip, precision, batch_size)[0]
+
+
+def sliding_probabilities_many(model, images, window, overlap, flip, precision, batch_size):
+    """Sliding-window probabilities of several images, their windows sharing backbone forwards.
 
     Each window's flip-averaged logits are upsampled to the window (bilinear, align_corners False),
     turned into probabilities, and the probabilities averaged where windows overlap.
     """
-    _, height, width = image.shape
-    boxes = window_boxes(height, width, window, overlap)
-    crops = torch.stack([image[:, top : top + window, left : left + window] for top, left in boxes])  # (n, 3, w, w)
+    boxes = [window_boxes(image.shape[1], image.shape[2], window, overlap) for image in images]
+    crops = torch.stack([
+        image[:, top : top + window, left : left + window] for image, image_boxes in zip(images, boxes) for top, left in image_boxes
+    ])  # (n, 3, w, w)
     logits = flip_averaged_logits(model, crops, flip, precision, batch_size)  # (n, K, h, w)
-    probs = F.interpolate(logits, size=(window, window), mode="bilinear", align_corners=False).softmax(dim=1)  # (n, K, w, w)
-    total = probs.new_zeros((probs.shape[1], height, width))  # (K, H, W)
-    count = probs.new_zeros((1, height, width))  # (1, H, W)
-    for (top, left), prob in zip(boxes, probs):
-        total[:, top : top + window, left : left + window] += prob
-        count[:, top : top + window, left : left + window] += 1
-    return total / count  # (K, H, W)
+    results = []
+    for image, image_boxes, image_logits in zip(images, boxes, logits.split([len(b) for b in boxes])):
+        probs = F.interpolate(image_logits, size=(window, window), mode="bilinear", align_corners=False).softmax(dim=1)  # (m, K, w, w)
+        total = probs.new_zeros((probs.shape[1], *image.shape[1:]))  # (K, H, W)
+        count = probs.new_zeros((1, *image.shape[1:]))  # (1, H, W)
+        for (top, left), prob in zip(image_boxes, probs):
+            total[:, top : top + window, left : left + window] += prob
+            count[:, top : top + window, left : left + window] += 1
+        results.append(total / count)  # (K, H, W)
+    return results
 
 
 def whole_image_probabilities(model, images, flip, precision, batch_size, align_corners=False):
@@ -128,10 +137,8 @@ def whole_image_probabilities(model, images, flip, precision, batch_size, align_
 def predict_clusters(model, images, protocol, precision="fp32", batch_size=32):
     """Cluster maps for a list of normalised images (3, H, W) under ``protocol``: list of (H, W)."""
     if protocol.window:
-        return [
-            sliding_probabilities(model, image, protocol.window, protocol.overlap, protocol.flip, precision, batch_size).argmax(0)
-            for image in images
-        ]
+        probs = sliding_probabilities_many(model, images, protocol.window, protocol.overlap, protocol.flip, precision, batch_size)
+        return [prob.argmax(0) for prob in probs]
     probs = whole_image_probabilities(model, torch.stack(images), protocol.flip, precision, batch_size, protocol.align_corners)
     return list(probs.argmax(dim=1))
 
@@ -210,8 +217,8 @@ def evaluate(
     num_clusters = model.num_classes
     num_classes = num_clusters
     dataset = CocoStuffEval(data_root, protocol.transform(), split=split, limit=limit)
-    # Sliding evaluation batches windows, so a few images a step fill a forward; single-forward
-    # protocols batch whole images.
+    # Sliding evaluation batches the windows of several images (about 24 with flips for 640x480),
+    # so a few images a step fill a forward; single-forward protocols batch whole images.
     images_per_step = max(1, batch_size // 24) if protocol.window else batch_size
     loader = eval_loader(dataset, images_per_step, num_workers)
     was_training = model.training
