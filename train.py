@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -20,11 +21,11 @@ from modules.model import LinearProbe
 from utils import distributed
 from utils.checkpoint import CheckpointError, iddc_state, load_file, model_from_iddc_state, new_iddc_model, save_atomic
 from utils.config import parse_args_with_config, save_config
-from utils.evaluation import PROTOCOLS, evaluate, make_protocol
+from utils.evaluation import PROTOCOLS, evaluate_heads, make_protocol
 from utils.log import JsonlLog, git_commit, setup_logger
 from utils.metrics import segmentation_metrics
 from utils.trainer import (
-    ProbeView, TrainableHead, poly_lr, restore_rng_states, rng_states, seed_everything, set_lr, train_loader,
+    ClustersAndProbe, TrainableHead, poly_lr, restore_rng_states, rng_states, seed_everything, set_lr, train_loader,
     train_one_epoch,
 )
 
@@ -64,13 +65,12 @@ def build_parser():
 
 
 def validate(model, probe, args, device, protocol_name):
-    """Clusters (Hungarian-matched) and the linear probe (identity-matched) under one protocol."""
-    protocol = make_protocol(protocol_name)
-    common = dict(device=device, precision=args.precision, batch_size=args.val_batch_size,
-                  num_workers=min(args.num_workers, 4), limit=args.val_limit)
-    clusters = evaluate(model, args.data_root, protocol, **common)
-    probe_result = evaluate(ProbeView(model, probe), args.data_root, protocol, **common)
-    probe_metrics = segmentation_metrics(probe_result.confusion, torch.arange(probe.linear_head.out_channels).numpy())
+    """Clusters (Hungarian-matched) and the linear probe (identity-matched) from one evaluation pass."""
+    clusters, probe_result = evaluate_heads(
+        ClustersAndProbe(model, probe), args.data_root, make_protocol(protocol_name), device=device,
+        precision=args.precision, batch_size=args.val_batch_size, num_workers=min(args.num_workers, 4), limit=args.val_limit,
+    )
+    probe_metrics = segmentation_metrics(probe_result.confusion, np.arange(model.num_classes))
     return clusters, probe_metrics
 
 

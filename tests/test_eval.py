@@ -90,3 +90,28 @@ def test_cli_yaml_defaults_and_flag_override(tmp_path, synthetic_root, small_che
     bad.write_text("protocl: sliding\n")
     with pytest.raises(SystemExit):
         eval_cli.main(["--config", str(bad), "--data-root", str(synthetic_root), "--checkpoint", str(small_checkpoint)])
+
+
+@pytest.mark.parametrize("protocol", ["sliding", "resize320"])
+def test_two_heads_in_one_pass_equal_separate_passes(synthetic_root, protocol):
+    import torch
+
+    from modules.model import LinearProbe
+    from utils.evaluation import evaluate_heads
+    from utils.trainer import ClustersAndProbe
+
+    model = small_model()
+    torch.manual_seed(0)
+    probe = LinearProbe(64, 27)
+
+    class ProbeOnly(torch.nn.Module):
+        num_classes = 27
+
+        def forward(self, images):
+            features, codes_inter, _ = model(images)
+            return features, codes_inter, probe(codes_inter)
+
+    common = dict(num_workers=0, progress=False, limit=3)
+    clusters, probed = evaluate_heads(ClustersAndProbe(model, probe), synthetic_root, make_protocol(protocol), **common)
+    np.testing.assert_array_equal(clusters.confusion, evaluate(model, synthetic_root, make_protocol(protocol), **common).confusion)
+    np.testing.assert_array_equal(probed.confusion, evaluate(ProbeOnly(), synthetic_root, make_protocol(protocol), **common).confusion)

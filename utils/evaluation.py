@@ -2,6 +2,10 @@
 
 ``evaluate()`` serves validation during training and eval.py alike; its window, overlap, flip and
 scoring size are explicit arguments, and the named protocols only choose their values.
+
+A model may stack several heads' logits along the channels (``num_heads`` groups of
+``num_classes``), so that training scores the clusters and the linear probe from one backbone pass;
+softmax and argmax then work within each group.
 """
 import contextlib
 import math
@@ -99,6 +103,21 @@ def flip_averaged_logits(model, images, flip, precision, batch_size):
     return (plain + flipped.flip(dims=[3])) / 2  # (n, K, h, w)
 
 
+def num_heads(model):
+    return getattr(model, "num_heads", 1)
+
+
+def softmax_per_head(logits, heads):
+    """Softmax over each head's classes of (n, heads * K, H, W) logits."""
+    n, channels = logits.shape[:2]
+    return logits.view(n, heads, channels // heads, *logits.shape[2:]).softmax(dim=2).view_as(logits)
+
+
+def argmax_per_head(probs, heads):
+    """(heads * K, H, W) probabilities -> (heads, H, W) class maps."""
+    return probs.view(heads, probs.shape[0] // heads, *probs.shape[1:]).argmax(dim=1)
+
+
 def sliding_probabilities(model, image, window, overlap, flip, precision, batch_size):
     """Per-pixel cluster probabilities (K, H, W) of one image by overlapping windows (SPEC §5)."""
     return sliding_probabilities_many(model, [image], window, overlap, flip, precision, batch_size)[0]
@@ -117,7 +136,8 @@ def sliding_probabilities_many(model, images, window, overlap, flip, precision, 
     logits = flip_averaged_logits(model, crops, flip, precision, batch_size)  # (n, K, h, w)
     results = []
     for image, image_boxes, image_logits in zip(images, boxes, logits.split([len(b) for b in boxes])):
-        probs = F.interpolate(image_logits, size=(window, window), mode="bilinear", align_corners=False).softmax(dim=1)  # (m, K, w, w)
+        upsampled = F.interpolate(image_logits, size=(window, window), mode="bilinear", align_corners=False)
+        probs = softmax_per_head(upsampled, num_heads(model))  # (m, K, w, w)
         total = probs.new_zeros((probs.shape[1], *image.shape[1:]))  # (K, H, W)
         count = probs.new_zeros((1, *image.shape[1:]))  # (1, H, W)
         for (top, left), prob in zip(image_boxes, probs):
@@ -131,16 +151,21 @@ def whole_image_probabilities(model, images, flip, precision, batch_size, align_
     """One forward per image at its (resized) size; logits upsampled bilinearly to that size."""
     logits = flip_averaged_logits(model, images, flip, precision, batch_size)  # (B, K, h, w)
     upsampled = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=align_corners)
-    return upsampled.softmax(dim=1)  # (B, K, H, W)
+    return softmax_per_head(upsampled, num_heads(model))  # (B, K, H, W)
+
+
+def predict_head_clusters(model, images, protocol, precision="fp32", batch_size=32):
+    """Class maps of every head for a list of normalised images (3, H, W): list of (heads, H, W)."""
+    if protocol.window:
+        probs = sliding_probabilities_many(model, images, protocol.window, protocol.overlap, protocol.flip, precision, batch_size)
+    else:
+        probs = whole_image_probabilities(model, torch.stack(images), protocol.flip, precision, batch_size, protocol.align_corners)
+    return [argmax_per_head(prob, num_heads(model)) for prob in probs]
 
 
 def predict_clusters(model, images, protocol, precision="fp32", batch_size=32):
-    """Cluster maps for a list of normalised images (3, H, W) under ``protocol``: list of (H, W)."""
-    if protocol.window:
-        probs = sliding_probabilities_many(model, images, protocol.window, protocol.overlap, protocol.flip, precision, batch_size)
-        return [prob.argmax(0) for prob in probs]
-    probs = whole_image_probabilities(model, torch.stack(images), protocol.flip, precision, batch_size, protocol.align_corners)
-    return list(probs.argmax(dim=1))
+    """Cluster maps (of the first head) for a list of normalised images: list of (H, W)."""
+    return [pred[0] for pred in predict_head_clusters(model, images, protocol, precision, batch_size)]
 
 
 def resize_nearest(mask, size):
@@ -148,10 +173,10 @@ def resize_nearest(mask, size):
     return F.interpolate(mask[None, None].float(), size=tuple(size), mode="nearest")[0, 0].long()
 
 
-def score_image(pred, label, score_size, num_classes, num_clusters):
+def score_image(pred, label, score_size, num_classes):
     if score_size is not None:
         pred, label = resize_nearest(pred, score_size), resize_nearest(label, score_size)
-    return confusion_matrix(pred.cpu(), label.cpu(), num_classes, num_clusters)
+    return confusion_matrix(pred.cpu(), label.cpu(), num_classes)
 
 
 def eval_loader(dataset, batch_size, num_workers):
@@ -163,7 +188,6 @@ def eval_loader(dataset, batch_size, num_workers):
         shuffle=False,
         num_workers=num_workers,
         collate_fn=list,
-        persistent_workers=False,
     )
 
 
@@ -196,7 +220,15 @@ def _finite(value):
     return None if not np.isfinite(value) else float(value)
 
 
-def evaluate(
+def evaluate(model, data_root, protocol, **kwargs):
+    """Confusion matrix over the split (summed across processes) and the matched metrics.
+
+    Keyword arguments as :func:`evaluate_heads`; a model with several heads is scored on its first.
+    """
+    return evaluate_heads(model, data_root, protocol, **kwargs)[0]
+
+
+def evaluate_heads(
     model,
     data_root,
     protocol,
@@ -210,12 +242,13 @@ def evaluate(
     progress=True,
     on_image=None,
 ):
-    """Confusion matrix over the split (summed across processes) and the matched metrics.
+    """One EvalResult per head of ``model``, all from the same backbone forwards.
 
-    ``on_image(sample, pred)`` is called for every image (e.g. to save pictures).
+    ``on_image(sample, pred)`` is called for every image with the first head's map (e.g. to save
+    pictures).
     """
-    num_clusters = model.num_classes
-    num_classes = num_clusters
+    num_classes = model.num_classes
+    heads = num_heads(model)
     dataset = CocoStuffEval(data_root, protocol.transform(), split=split, limit=limit)
     # Sliding evaluation batches the windows of several images (about 24 with flips for 640x480),
     # so a few images a step fill a forward; single-forward protocols batch whole images.
@@ -223,21 +256,22 @@ def evaluate(
     loader = eval_loader(dataset, images_per_step, num_workers)
     was_training = model.training
     model.eval()
-    confusion = torch.zeros((num_classes, num_clusters), dtype=torch.int64)
+    confusions = torch.zeros((heads, num_classes, num_classes), dtype=torch.int64)
     start = time.perf_counter()
     bar = tqdm(total=len(loader.dataset), desc=f"eval {protocol.name}", unit="img", disable=not (progress and distributed.is_main()))
     with torch.no_grad():
         for samples in loader:
             images = [sample["image"].to(device, non_blocking=True) for sample in samples]
-            preds = predict_clusters(model, images, protocol, precision, batch_size)
+            preds = predict_head_clusters(model, images, protocol, precision, batch_size)  # each (heads, H, W)
             for sample, pred in zip(samples, preds):
-                confusion += score_image(pred, sample["label"], protocol.score_size, num_classes, num_clusters)
+                for head in range(heads):
+                    confusions[head] += score_image(pred[head], sample["label"], protocol.score_size, num_classes)
                 if on_image is not None:
-                    on_image(sample, pred.cpu())
+                    on_image(sample, pred[0].cpu())
             bar.update(len(samples))
     bar.close()
     model.train(was_training)
-    confusion = distributed.all_reduce_sum(confusion.to(device)).cpu()
+    confusions = distributed.all_reduce_sum(confusions.to(device)).cpu().numpy()
     num_images = int(distributed.all_reduce_sum(torch.tensor(len(loader.dataset), device=device)).item())
-    confusion = confusion.numpy()
-    return EvalResult(confusion, segmentation_metrics(confusion), num_images, time.perf_counter() - start, protocol)
+    seconds = time.perf_counter() - start
+    return [EvalResult(confusion, segmentation_metrics(confusion), num_images, seconds, protocol) for confusion in confusions]

@@ -27,18 +27,20 @@ class TrainableHead(nn.Module):
         return codes_inter, self.classifier(codes_inter)  # (B, K, h, w)
 
 
-class ProbeView(nn.Module):
-    """The model seen through the linear probe, so evaluate() can score the probe too."""
+class ClustersAndProbe(nn.Module):
+    """The model with the linear probe as a second head, so one evaluation pass scores both."""
+
+    num_heads = 2
 
     def __init__(self, model, probe):
         super().__init__()
         self.model = model
         self.probe = probe
-        self.num_classes = probe.linear_head.out_channels
+        self.num_classes = model.num_classes
 
     def forward(self, images):
-        features, codes_inter, _ = self.model(images)
-        return features, codes_inter, self.probe(codes_inter)
+        features, codes_inter, logits = self.model(images)
+        return features, codes_inter, torch.cat((logits, self.probe(codes_inter)), dim=1)  # (B, 2K, h, w)
 
 
 def seed_everything(seed):
