@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from data.cocostuff import DataError, class_names
 from modules.loss import IDDCLoss
@@ -25,8 +24,8 @@ from utils.evaluation import PROTOCOLS, evaluate_heads, make_protocol
 from utils.log import JsonlLog, git_commit, setup_logger
 from utils.metrics import segmentation_metrics
 from utils.trainer import (
-    ClustersAndProbe, TrainableHead, poly_lr, restore_rng_states, rng_states, seed_everything, set_lr, train_loader,
-    train_one_epoch,
+    ClustersAndProbe, StopRequests, StopTraining, TrainableHead, poly_lr, restore_rng_states, rng_states, seed_everything,
+    set_lr, train_loader, train_one_epoch,
 )
 
 RESUME_FILE = "resume.pth"
@@ -60,7 +59,9 @@ def build_parser():
     parser.add_argument("--log-every", type=int, default=50, help="steps between readable log lines")
     parser.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     parser.add_argument("--val-limit", type=int, default=None, help="validate on the first N images only")
-    parser.add_argument("--resume", action="store_true", help=f"continue from OUTPUT_DIR/{RESUME_FILE}")
+    parser.add_argument("--resume", action="store_true", help=f"continue from OUTPUT_DIR/{RESUME_FILE}, at the exact step it holds")
+    parser.add_argument("--checkpoint-every", type=int, default=0,
+                        help=f"also write {RESUME_FILE} every N steps (default 0: at the end of every epoch only)")
     return parser
 
 
@@ -110,8 +111,6 @@ def train(args, device, output_dir, logger):
 
     resume_path = output_dir / RESUME_FILE
     resume = load_file(resume_path) if args.resume else None
-    if args.resume:
-        logger.info("resuming from %s (finished epoch %d, step %d)", resume_path, resume["epoch"], resume["step"])
     if resume is None:
         model = new_iddc_model(args.patch_size, args.backbone_weights, num_heads=args.num_heads)
     else:  # the resume file carries the backbone: no download
@@ -122,53 +121,87 @@ def train(args, device, output_dir, logger):
     head = TrainableHead(model)
     optimizer = torch.optim.Adam(head.parameters(), lr=args.lr)
     probe_optimizer = torch.optim.Adam(probe.parameters(), lr=args.probe_lr)
-    start_epoch, step, best_miou = 0, 0, -1.0
+    start_epoch, start_batch, step, best_miou, epoch_sums = 0, 0, 0, -1.0, {}
     if resume is not None:
         probe.load_state_dict(resume["probe"])
         optimizer.load_state_dict(resume["optimizer"])
         probe_optimizer.load_state_dict(resume["probe_optimizer"])
-        start_epoch, step, best_miou = resume["epoch"] + 1, resume["step"], resume["best_miou"]
+        start_epoch, start_batch = resume_position(resume)
+        step, best_miou, epoch_sums = resume["step"], resume["best_miou"], resume.get("epoch_sums", {})
         restore_rng_states(resume["rng"])
-    if distributed.is_initialized():
-        head = DistributedDataParallel(head)
-        probe = DistributedDataParallel(probe)
+        logger.info("resuming from %s at epoch %d, batch %d (step %d)", resume_path, start_epoch, start_batch, step)
+    # Gradients are summed over the processes (see IDDCLoss's ``objective``), so no DDP wrapper:
+    # the processes start from rank 0's weights and stay equal.
+    distributed.broadcast_parameters([*head.parameters(), *probe.parameters()])
 
     loss_fn = IDDCLoss(args.pos_threshold, args.neg_threshold, args.neg_weight, args.balance_weight, args.num_negatives)
     loader = train_loader(args.data_root, args.batch_size, args.seed, args.num_workers, device, args.train_limit)
     if start_epoch >= args.epochs:
         logger.info("nothing to do: epoch %d already done; pass --epochs > %d to train further", start_epoch - 1, start_epoch)
     names = class_names()
-    for epoch in range(start_epoch, args.epochs):
-        set_lr(optimizer, poly_lr(args.lr, epoch, args.epochs, args.lr_power))
-        set_lr(probe_optimizer, poly_lr(args.probe_lr, epoch, args.epochs, args.lr_power))
-        step, train_means = train_one_epoch(
-            model, head, probe, loader, loss_fn, optimizer, probe_optimizer, epoch=epoch, step=step, seed=args.seed,
-            device=device, precision=args.precision, log_every=args.log_every, logger=logger, jsonl=jsonl,
-        )
-        clusters, probe_metrics = validate(model, _unwrap(probe), args, device, args.val_protocol)
-        miou, acc = float(clusters.metrics["miou"]), float(clusters.metrics["acc"])
-        logger.info("epoch %d %s: clusters Acc %.2f mIoU %.2f | linear probe Acc %.2f mIoU %.2f", epoch, args.val_protocol,
-                    acc, miou, probe_metrics["acc"], probe_metrics["miou"])
-        jsonl.write(kind="val", epoch=epoch, step=step, protocol=args.val_protocol, acc=acc, miou=miou,
-                    probe_acc=float(probe_metrics["acc"]), probe_miou=float(probe_metrics["miou"]),
-                    per_class_iou=dict(zip(names, map(float, clusters.metrics["iou"]))), train=train_means)
-        metrics = {"protocol": args.val_protocol, "acc": acc, "miou": miou}
+
+    def resume_state(epoch, batch, step, epoch_sums, best_miou):
+        """Everything to continue at ``batch`` of ``epoch`` exactly (weights, optimisers, position)."""
+        return {
+            "model": iddc_state(model), "probe": probe.state_dict(), "optimizer": optimizer.state_dict(),
+            "probe_optimizer": probe_optimizer.state_dict(), "epoch": epoch, "step": step, "best_miou": best_miou,
+            "resume_at": {"epoch": epoch, "batch": batch}, "epoch_sums": epoch_sums,
+            "rng": rng_states(), "config": vars(args), "git_commit": commit,
+            "scheduler": {"kind": "poly", "power": args.lr_power, "epochs": args.epochs, "base_lrs": [args.lr, args.probe_lr]},
+        }
+
+    def save_resume(state):
         if distributed.is_main():
-            if miou >= best_miou:  # ">=" as the original, which keeps the later of equal epochs
-                best_miou = miou
-                save_atomic(released_checkpoint(model, args, epoch, step, metrics), output_dir / "best_model.pth")
-                logger.info("best model (mIoU %.2f, %s) saved to %s", miou, args.val_protocol, output_dir / "best_model.pth")
-            save_atomic(released_checkpoint(model, args, epoch, step, metrics), output_dir / "last_model.pth")
-            save_atomic({
-                "model": iddc_state(model), "probe": _unwrap(probe).state_dict(), "optimizer": optimizer.state_dict(),
-                "probe_optimizer": probe_optimizer.state_dict(), "epoch": epoch, "step": step, "best_miou": best_miou,
-                "rng": rng_states(), "config": vars(args), "git_commit": commit,
-                "scheduler": {"kind": "poly", "power": args.lr_power, "epochs": args.epochs, "base_lrs": [args.lr, args.probe_lr]},
-            }, output_dir / RESUME_FILE)
-        distributed.barrier()
+            save_atomic(state, resume_path)
+
+    with StopRequests() as stop:
+        progress = {"batch": start_batch, "step": step, "epoch_sums": epoch_sums}
+        for epoch in range(start_epoch, args.epochs):
+            set_lr(optimizer, poly_lr(args.lr, epoch, args.epochs, args.lr_power))
+            set_lr(probe_optimizer, poly_lr(args.probe_lr, epoch, args.epochs, args.lr_power))
+            batches_per_epoch = loader.batch_sampler.batches_per_epoch
+
+            def after_step(batches_done, step, sums, epoch=epoch):
+                progress.update(batch=batches_done, step=step, epoch_sums=sums)
+                if stop.requested():
+                    raise StopTraining
+                if args.checkpoint_every and step % args.checkpoint_every == 0 and batches_done < batches_per_epoch:
+                    save_resume(resume_state(epoch, batches_done, step, sums, best_miou))
+
+            try:
+                step, train_means = train_one_epoch(
+                    model, head, probe, loader, loss_fn, optimizer, probe_optimizer, epoch=epoch, step=progress["step"],
+                    seed=args.seed, device=device, precision=args.precision, log_every=args.log_every, logger=logger,
+                    jsonl=jsonl, start_batch=progress["batch"], epoch_sums=progress["epoch_sums"], after_step=after_step,
+                )
+            except Exception as err:  # a loader worker killed by the same Ctrl-C also ends here
+                if not (isinstance(err, StopTraining) or stop.requested(local=True)):
+                    raise
+                save_resume(resume_state(epoch, progress["batch"], progress["step"], progress["epoch_sums"], best_miou))
+                return stop.report(logger, resume_path, epoch, progress["batch"], progress["step"])
+            progress = {"batch": 0, "step": step, "epoch_sums": {}}
+
+            clusters, probe_metrics = validate(model, probe, args, device, args.val_protocol)
+            miou, acc = float(clusters.metrics["miou"]), float(clusters.metrics["acc"])
+            logger.info("epoch %d %s: clusters Acc %.2f mIoU %.2f | linear probe Acc %.2f mIoU %.2f", epoch, args.val_protocol,
+                        acc, miou, probe_metrics["acc"], probe_metrics["miou"])
+            jsonl.write(kind="val", epoch=epoch, step=step, protocol=args.val_protocol, acc=acc, miou=miou,
+                        probe_acc=float(probe_metrics["acc"]), probe_miou=float(probe_metrics["miou"]),
+                        per_class_iou=dict(zip(names, map(float, clusters.metrics["iou"]))), train=train_means)
+            metrics = {"protocol": args.val_protocol, "acc": acc, "miou": miou}
+            if distributed.is_main():
+                if miou >= best_miou:  # ">=" as the original, which keeps the later of equal epochs
+                    best_miou = miou
+                    save_atomic(released_checkpoint(model, args, epoch, step, metrics), output_dir / "best_model.pth")
+                    logger.info("best model (mIoU %.2f, %s) saved to %s", miou, args.val_protocol, output_dir / "best_model.pth")
+                save_atomic(released_checkpoint(model, args, epoch, step, metrics), output_dir / "last_model.pth")
+            save_resume(resume_state(epoch + 1, 0, step, {}, best_miou) | {"epoch": epoch})
+            distributed.barrier()
+            if stop.requested():
+                return stop.report(logger, resume_path, epoch + 1, 0, step)
 
     if args.final_protocol != "none":
-        final, final_probe = validate(model, _unwrap(probe), args, device, args.final_protocol)
+        final, final_probe = validate(model, probe, args, device, args.final_protocol)
         logger.info("last model, %s: clusters Acc %.2f mIoU %.2f | linear probe Acc %.2f mIoU %.2f", args.final_protocol,
                     final.metrics["acc"], final.metrics["miou"], final_probe["acc"], final_probe["miou"])
         jsonl.write(kind="final", protocol=args.final_protocol, acc=float(final.metrics["acc"]), miou=float(final.metrics["miou"]),
@@ -176,8 +209,10 @@ def train(args, device, output_dir, logger):
     return 0
 
 
-def _unwrap(module):
-    return module.module if isinstance(module, DistributedDataParallel) else module
+def resume_position(resume):
+    """(epoch, batch) a resume file continues at; files of end-of-epoch-only versions continue after 'epoch'."""
+    at = resume.get("resume_at")
+    return (resume["epoch"] + 1, 0) if at is None else (at["epoch"], at["batch"])
 
 
 if __name__ == "__main__":

@@ -115,22 +115,27 @@ def read_image(path):
         raise DataError(f"{path}: image file not found")
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            img.load()
+            return img if img.mode == "RGB" else img.convert("RGB")
     except (OSError, SyntaxError) as err:
         raise DataError(f"{path}: cannot read the image ({err})") from err
 
 
-def read_coarse_label(path):
-    """Coarse label (uint8 numpy array, 255 = ignore) from a stuffthingmaps PNG."""
+def read_fine_label(path):
+    """Fine label ids (uint8 numpy array) of a stuffthingmaps PNG, as the original reads it (convert('L'))."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: label file not found")
     try:
         with Image.open(path) as lab:
-            fine = np.array(lab.convert("L"))
+            return np.array(lab if lab.mode == "L" else lab.convert("L"))
     except (OSError, SyntaxError) as err:
         raise DataError(f"{path}: cannot read the label ({err})") from err
-    return map_fine_to_coarse(fine, source=str(path))
+
+
+def read_coarse_label(path):
+    """Coarse label (uint8 numpy array, 255 = ignore) from a stuffthingmaps PNG."""
+    return map_fine_to_coarse(read_fine_label(path), source=str(path))
 
 
 class CocoStuffEval(torch.utils.data.Dataset):

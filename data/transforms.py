@@ -76,3 +76,15 @@ class CenterCropTransform:
         image = TF.center_crop(TF.resize(image, self.size, self.interpolation), self.size)
         label = TF.center_crop(TF.resize(label, self.size, InterpolationMode.NEAREST), self.size)
         return to_normalized_tensor(image), label_tensor(label)
+
+
+def normalize_uint8(images):
+    """ToTensor + ImageNet Normalize of uint8 (..., 3, H, W) images, on their device.
+
+    The same float32 operations in the same order as ``to_normalized_tensor`` (divide by 255,
+    subtract the mean, divide by the std), so the values are identical; done on the device so the
+    loader ships a quarter of the bytes.
+    """
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)  # (3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1)  # (3, 1, 1)
+    return images.float().div_(255).sub_(mean).div_(std)  # (..., 3, H, W)

@@ -38,6 +38,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from utils import distributed
+
 __all__ = ["IDDCLoss", "weibull_balance"]
 
 # Official train_every.py: loss = loss_pos + w0 * loss_neg + w1 * loss_bal / 50.
@@ -67,15 +69,20 @@ def weibull_balance(x: torch.Tensor, scale: float = 5.0, shape: float = 0.3) -> 
     return ((shape / scale) * torch.pow(z, shape - 1.0) * torch.exp(-torch.pow(z, shape))).mean()
 
 
-def _chunks(batch: int, shift: int, chunk: int) -> List[Tuple[int, int, int]]:
-    """Row ranges ``(start, stop, partner_start)`` covering the batch for partner ``(b + shift) % B``.
+def _chunks(batch: int, shift: int, chunk: int, rows: Tuple[int, int]) -> List[Tuple[int, int, int]]:
+    """Row ranges ``(start, stop, partner_start)`` covering ``rows`` for partner ``(b + shift) % B``.
 
-    The batch is first split at the wrap-around point ``B - shift`` so that, within a range,
+    The rows are first split at the wrap-around point ``B - shift`` so that, within a range,
     the partner rows are a contiguous slice too (no rolled copies of the inputs are needed).
+    ``rows`` is the whole batch in one process, a process's share of the global batch under DDP.
     """
-    pieces = [(0, batch, 0)] if shift == 0 else [(0, batch - shift, shift), (batch - shift, batch, shift - batch)]
+    first, last = rows
+    wrap = batch - shift
+    pieces = [(first, min(last, wrap), shift), (max(first, wrap), last, shift - batch)]
     out = []
     for lo, hi, offset in pieces:
+        if hi <= lo:
+            continue
         n_chunks = -(-(hi - lo) // chunk)  # ceil; then sizes as even as possible, each <= chunk
         bounds = [lo + (hi - lo) * i // n_chunks for i in range(n_chunks + 1)]
         out.extend((start, stop, start + offset) for start, stop in zip(bounds[:-1], bounds[1:]))
@@ -100,12 +107,13 @@ class _MaskedCorrelationSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, ua_t, ub, pa_t, pb, shift, positive, threshold, chunk, need_grad):
+    def forward(ctx, ua_t, ub, pa_t, pb, shift, positive, threshold, chunk, need_grad, rows):
         # ua_t (B, N, C) normalised features of the rows; ub (B, C, N) of the partners (unshifted:
         # the partner of row b is row (b + shift) % B). pa_t (B, N, K), pb (B, K, N) probabilities.
+        # Only rows[0] <= b < rows[1] are summed (a process's share of the global batch).
         batch, n_pos_a, _ = ua_t.shape
         n_pos_b = ub.shape[2]
-        chunks = _chunks(batch, shift, chunk)
+        chunks = _chunks(batch, shift, chunk, rows)
         rows = max(stop - start for start, stop, _ in chunks)
         f_buf = ua_t.new_empty((rows, n_pos_a, n_pos_b))  # (b, N, N) feature cosines, then weights
         c_buf = ua_t.new_empty((rows, n_pos_a, n_pos_b))  # (b, N, N) prob. correlations, then values
@@ -166,14 +174,15 @@ class _MaskedCorrelationSum(torch.autograd.Function):
     def backward(ctx, grad_total, grad_count):
         grad_pa, grad_pb = ctx.grads  # kept (they are small) so that retain_graph=True works
         if grad_pa is None:  # forward ran without a need for gradients
-            return (None,) * 9
-        return None, None, grad_pa * grad_total, grad_pb * grad_total, None, None, None, None, None
+            return (None,) * 10
+        return None, None, grad_pa * grad_total, grad_pb * grad_total, None, None, None, None, None, None
 
 
-def _masked_sum(ua_t, ub, pa_t, pb, shift, positive, threshold, chunk):
+def _masked_sum(ua_t, ub, pa_t, pb, shift, positive, threshold, chunk, rows=None):
     need_grad = torch.is_grad_enabled() and (pa_t.requires_grad or pb.requires_grad)
+    rows = (0, ua_t.shape[0]) if rows is None else (int(rows[0]), int(rows[1]))
     return _MaskedCorrelationSum.apply(ua_t, ub, pa_t, pb, int(shift), bool(positive), float(threshold),
-                                       int(chunk), bool(need_grad))
+                                       int(chunk), bool(need_grad), rows)
 
 
 ShiftsLike = Union[Sequence[int], np.ndarray, torch.Tensor]
@@ -284,7 +293,7 @@ class IDDCLoss(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, feats: torch.Tensor, feats_aug: torch.Tensor, logits: torch.Tensor, logits_aug: torch.Tensor,
-                neg_shifts: Optional[ShiftsLike] = None) -> Dict[str, object]:
+                neg_shifts: Optional[ShiftsLike] = None, across_processes: bool = False) -> Dict[str, object]:
         """Loss terms for one step.
 
         Args:
@@ -292,14 +301,22 @@ class IDDCLoss(nn.Module):
                 into them: the feature side only selects and weights pairs).
             logits, logits_aug: (B, K, h, w) classifier outputs before softmax.
             neg_shifts: ``num_negatives`` ints in 1..B-1 replacing the random draw (partner of image
-                b is image (b + s) mod B of view 0).
+                b is image (b + s) mod B of view 0). B is the global batch with ``across_processes``.
+            across_processes: the inputs are this process's contiguous share (rank order) of a global
+                batch split equally over a torch.distributed process group; the loss is the one of the
+                global batch (see ``_forward_global``). Without a process group of 2 or more it is the
+                single-process loss.
 
         Returns a dict of 0-dim float32 tensors ``pos``, ``neg``, ``balance``, ``entropy``, ``total``,
         plus, for logging, ``n_pos`` and ``n_neg`` (0-dim int64: selected pairs; ``n_neg`` summed over
         the shifts), ``n_neg_per_shift`` (num_negatives,) int64 and ``neg_shifts`` (tuple of ints).
+        ``objective`` is the tensor to call ``backward()`` on: ``total`` itself in one process; under
+        ``across_processes`` this process's part of it, such that the gradients summed over the
+        processes are those of the global ``total`` (which is then a detached, global value).
         """
         self._check_inputs(feats, feats_aug, logits, logits_aug)
-        batch = feats.shape[0]
+        world = distributed.world_size() if across_processes else 1
+        batch = feats.shape[0] * world
         if batch < 2:
             raise ValueError(f"IDDCLoss needs a batch of at least 2 images for the negatives, got B={batch}")
         shifts = self.draw_shifts(batch) if neg_shifts is None else self._check_shifts(neg_shifts, batch)
@@ -308,7 +325,12 @@ class IDDCLoss(nn.Module):
         no_autocast = (torch.autocast(device_type=dev_type, enabled=False) if dev_type in _AUTOCAST_DEVICES
                        else contextlib.nullcontext())
         with no_autocast:
-            return self._forward_fp32(feats.float(), feats_aug.float(), logits.float(), logits_aug.float(), shifts)
+            inputs = (feats.float(), feats_aug.float(), logits.float(), logits_aug.float(), shifts)
+            if world == 1:
+                out = self._forward_fp32(*inputs)
+                out["objective"] = out["total"]
+                return out
+            return self._forward_global(*inputs, world)
 
     def _forward_fp32(self, f0, f1, z0, z1, shifts: List[int]) -> Dict[str, object]:
         batch, _, h, w = f0.shape
@@ -350,4 +372,64 @@ class IDDCLoss(nn.Module):
             "pos": pos, "neg": neg, "balance": balance, "entropy": entropy, "total": total,
             "n_pos": n_pos, "n_neg": n_neg_per_shift.sum(), "n_neg_per_shift": n_neg_per_shift,
             "neg_shifts": tuple(shifts),
+        }
+
+    def _forward_global(self, f0, f1, z0, z1, shifts: List[int], world: int) -> Dict[str, object]:
+        """The loss of the global batch, from this process's share of it.
+
+        Deliberately the single-process objective, split: view 0's normalised features and
+        probabilities are gathered from every process (the probabilities with autograd, so the
+        gradients of the partners flow back to the process that owns them), image b's negative
+        partner is image (b + s) mod B of the *global* batch, each masked mean is a global sum over
+        a global count, and the balance and entropy terms use the global mean cluster
+        probabilities. ``objective`` holds this process's share of the sums over the global counts
+        plus 1/N of the (replicated) balance term, so the gradients summed over the processes are
+        the global loss's gradients; the caller sums them (it does not average them).
+        """
+        local_batch, _, h, w = f0.shape
+        n = h * w
+        chunk = self.chunk_size or max(1, _AUTO_CHUNK_ELEMENTS // (n * n))
+        first = distributed.rank() * local_batch
+        rows = (first, first + local_batch)
+
+        p0 = F.softmax(z0, dim=1).flatten(2)  # (b, K, N)
+        p1 = F.softmax(z1, dim=1).flatten(2)  # (b, K, N)
+        with torch.no_grad():
+            u0 = F.normalize(f0, dim=1).flatten(2)  # (b, C, N)
+            u1 = F.normalize(f1, dim=1).flatten(2)  # (b, C, N)
+            u0_all = distributed.gather_batch(u0)  # (B, C, N)
+        p0_all = distributed.gather_batch_with_grad(p0)  # (B, K, N)
+        batch = p0_all.shape[0]
+
+        pos_sum, n_pos = _masked_sum(u0.transpose(1, 2), u1, p0.transpose(1, 2), p1, 0, True, self.pos_threshold, chunk)
+        canon = [min(s, batch - s) for s in shifts]
+        unique = sorted(set(canon))
+        neg_parts = [_masked_sum(u0_all.transpose(1, 2), u0_all, p0_all.transpose(1, 2), p0_all, s, False,
+                                 self.neg_threshold, chunk, rows) for s in unique]
+
+        # One all-reduce of every local sum and count (float64: counts stay exact).
+        local = torch.stack([pos_sum.detach().double(), n_pos.double()]
+                            + [v for s_sum, s_count in neg_parts for v in (s_sum.detach().double(), s_count.double())])
+        glob = distributed.all_reduce_sum(local)  # (2 + 2 * len(unique),)
+        pos_count = glob[1].clamp(min=1).float()
+        pos = (glob[0] / glob[1].clamp(min=1)).float()
+        pos_part = pos_sum / pos_count
+        neg_counts = glob[3::2].clamp(min=1)  # (len(unique),)
+        neg_terms = (glob[2::2] / neg_counts).float()  # (len(unique),)
+        weights = [canon.count(s) / len(shifts) for s in unique]
+        neg = sum(weight * term for weight, term in zip(weights, neg_terms))
+        neg_part = sum(weight * s_sum / count.float() for weight, (s_sum, _), count in zip(weights, neg_parts, neg_counts))
+        n_neg_per_shift = torch.stack([glob[3 + 2 * unique.index(s)].round().long() for s in canon])  # (num_negatives,)
+
+        q = p0_all.mean(dim=(0, 2))  # (K,) global mean cluster probabilities, on every process
+        x = q / q.max() + 1e-6  # (K,)
+        balance = weibull_balance(x, self.weibull_scale, self.weibull_shape)
+        entropy = (q * torch.log(q.clamp(min=1e-6))).mean()
+
+        total = pos + self.neg_weight * neg + self.balance_weight * balance.detach() / BALANCE_DIVISOR
+        objective = pos_part + self.neg_weight * neg_part + self.balance_weight * balance / BALANCE_DIVISOR / world
+        return {
+            "pos": pos, "neg": neg, "balance": balance.detach(), "entropy": entropy.detach(), "total": total,
+            "objective": objective, "n_pos": glob[1].round().long(), "n_neg": n_neg_per_shift.sum(),
+            "n_neg_per_shift": n_neg_per_shift, "neg_shifts": tuple(shifts),
         }

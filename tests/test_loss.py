@@ -126,14 +126,16 @@ def test_complementary_shifts_give_the_same_term():
 
 @pytest.mark.parametrize("batch", [2, 3, 5, 16])
 def test_chunks_cover_each_row_once_with_its_partner(batch):
+    shares = [(0, batch), (0, batch // 2), (batch // 2, batch), (1, batch)]  # the batch, or a process's share of it
     for shift in range(batch):
         for chunk in (1, 2, 3, 7, 100):
-            ranges = _chunks(batch, shift, chunk)
-            rows = [b for start, stop, _ in ranges for b in range(start, stop)]
-            partners = [p for start, stop, p_start in ranges for p in range(p_start, p_start + stop - start)]
-            assert rows == list(range(batch))
-            assert partners == [(b + shift) % batch for b in rows]
-            assert all(0 < stop - start <= chunk for start, stop, _ in ranges)
+            for first, last in shares:
+                ranges = _chunks(batch, shift, chunk, (first, last))
+                rows = [b for start, stop, _ in ranges for b in range(start, stop)]
+                partners = [p for start, stop, p_start in ranges for p in range(p_start, p_start + stop - start)]
+                assert rows == list(range(first, last))
+                assert partners == [(b + shift) % batch for b in rows]
+                assert all(0 < stop - start <= chunk for start, stop, _ in ranges)
 
 
 def test_custom_function_gradcheck():
@@ -147,7 +149,7 @@ def test_custom_function_gradcheck():
     for ub, shift, positive, thr in ((u_other, 0, True, -0.1), (u, 1, False, 0.2), (u, 2, False, 0.3)):
         def fn(a, b, ub=ub, shift=shift, positive=positive, thr=thr):
             # chunk 2 with B = 3: exercises the split at the wrap-around point too
-            return _MaskedCorrelationSum.apply(u.transpose(1, 2), ub, a, b, shift, positive, thr, 2, True)[0]
+            return _MaskedCorrelationSum.apply(u.transpose(1, 2), ub, a, b, shift, positive, thr, 2, True, (0, batch))[0]
         assert torch.autograd.gradcheck(fn, (pa, pb), eps=1e-6, atol=1e-7)
 
 

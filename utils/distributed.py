@@ -3,6 +3,7 @@ import os
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 
 
 def is_initialized():
@@ -43,6 +44,47 @@ def all_reduce_sum(tensor):
         tensor = tensor.clone()
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_reduce_max(tensor):
+    if is_initialized():
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def gather_batch(tensor):
+    """Every process's ``tensor`` concatenated along dim 0 in rank order, without autograd."""
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def gather_batch_with_grad(tensor):
+    """As ``gather_batch``, differentiable: the gradient of each part flows back to its process
+    (summed over the processes that used it)."""
+    return torch.cat(dist_nn.all_gather(tensor))
+
+
+def all_reduce_gradients(parameters):
+    """Sum the gradients over the processes, in one flat buffer (the loss's ``objective`` is split
+    so that the sum, not DDP's average, is the single-process gradient)."""
+    if not is_initialized():
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+
+
+def broadcast_parameters(parameters):
+    """Rank 0's values everywhere, so the processes start (and, with summed gradients, stay) equal."""
+    if is_initialized():
+        for param in parameters:
+            dist.broadcast(param.data, src=0)
 
 
 def barrier():

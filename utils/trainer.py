@@ -1,5 +1,7 @@
 """The pieces of IDDC training: loaders, optimisers, the poly schedule, one epoch, resume state."""
 import random
+import signal
+import threading
 import time
 from collections import defaultdict
 
@@ -9,7 +11,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from data.cocostuff import IGNORE_INDEX
 from data.pairs import CocoStuffPairs
+from data.sampler import GlobalBatchSampler
+from data.transforms import normalize_uint8
 from utils import distributed
 from utils.evaluation import autocast_context
 
@@ -60,26 +65,22 @@ def set_lr(optimizer, lr):
 
 
 def train_loader(data_root, batch_size, seed, num_workers, device, limit=None):
-    """Shuffled, drop_last loader of this process's share; ``batch_size`` is the global batch."""
-    world = distributed.world_size()
-    if batch_size % world:
-        raise ValueError(f"--batch-size {batch_size} must be divisible by the number of processes ({world})")
-    local_batch = batch_size // world
-    if local_batch < 2:
-        raise ValueError(f"--batch-size {batch_size} gives {local_batch} image(s) a process; IDDC's negatives need at least 2")
+    """Loader of this process's contiguous share of every global batch; ``batch_size`` is global.
+
+    The batch sampler runs in the main process and yields ``(epoch, index)`` keys, so the loader
+    workers (persistent across epochs) draw each epoch's own augmentations; see
+    ``data.sampler.GlobalBatchSampler`` for the order and the split between processes.
+    """
+    if batch_size < 2:
+        raise ValueError(f"--batch-size {batch_size}: IDDC's negatives need a global batch of at least 2 images")
     dataset = CocoStuffPairs(data_root, "train", seed=seed, limit=limit)
-    if len(dataset) < batch_size:
-        raise ValueError(f"the training split has {len(dataset)} images, fewer than --batch-size {batch_size} (batches are drop_last)")
-    sampler = torch.utils.data.DistributedSampler(
-        dataset, num_replicas=world, rank=distributed.rank(), shuffle=True, seed=seed, drop_last=True
-    )
+    sampler = GlobalBatchSampler(len(dataset), batch_size, seed=seed, rank=distributed.rank(),
+                                 world_size=distributed.world_size())
     return torch.utils.data.DataLoader(
         dataset,
-        batch_size=local_batch,
-        sampler=sampler,
+        batch_sampler=sampler,
         num_workers=num_workers,
         pin_memory=torch.device(device).type == "cuda",
-        drop_last=True,
         persistent_workers=num_workers > 0,
     )
 
@@ -94,60 +95,140 @@ def negative_shifts(seed, step, batch, count=3):
     return np.random.default_rng([seed, step, 7]).integers(1, batch - 1, size=count).tolist()
 
 
+def probe_loss(probe_logits, labels):
+    """Cross-entropy of the linear probe, averaged over the labelled pixels of the global batch.
+
+    Returns (value, objective): the global mean, and this process's sum over the global count,
+    whose gradients summed over the processes are the global mean's. No labelled pixel gives 0.
+    """
+    pixel_sum = F.cross_entropy(probe_logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    local = torch.stack([pixel_sum.detach().double(), (labels != IGNORE_INDEX).sum().double()])
+    total_sum, count = distributed.all_reduce_sum(local).unbind()
+    count = count.clamp(min=1)
+    return (total_sum / count).float(), pixel_sum / count.float()
+
+
+class StopTraining(Exception):
+    """Raised between steps when SIGINT or SIGTERM asked training to stop."""
+
+
+class StopRequests:
+    """Turns SIGINT / SIGTERM into a request that training honours between two steps.
+
+    The handler only records the signal; the loop then saves a resume file of the last finished
+    step and ends with one line saying how to continue. Under torchrun every process gets the
+    signal, but not necessarily before the same step, so ``requested()`` agrees across processes.
+    """
+
+    EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as shells report them
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.EXIT_CODES:
+                self._previous[signum] = signal.signal(signum, self._record)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _record(self, signum, frame):
+        self.signum = signum
+
+    def requested(self, local=False):
+        """Whether any process got a stop signal (only this one's flag with ``local``)."""
+        flag = self.signum is not None
+        if local or not distributed.is_initialized():
+            return flag
+        signums = distributed.all_reduce_max(torch.tensor([self.signum or 0]))
+        if self.signum is None and int(signums[0]):
+            self.signum = int(signums[0])
+        return bool(int(signums[0]))
+
+    def report(self, logger, resume_path, epoch, batch, step):
+        """Log the one line of an interrupted run; returns its exit code."""
+        name = signal.Signals(self.signum).name
+        logger.error("stopped by %s at epoch %d, batch %d (step %d); %s holds this point: run the same command with "
+                     "--resume to continue exactly from it", name, epoch, batch, step, resume_path)
+        return self.EXIT_CODES.get(self.signum, 1)
+
+
 def train_one_epoch(model, head, probe, loader, loss_fn, optimizer, probe_optimizer, *, epoch, step, seed, device,
-                    precision, log_every, logger, jsonl):
-    """One pass over the loader; returns (next global step, mean of each logged value over the epoch)."""
+                    precision, log_every, logger, jsonl, start_batch=0, epoch_sums=None, after_step=None):
+    """One pass over the loader's epoch from ``start_batch``; returns (next global step, epoch means).
+
+    ``after_step(batches_done, step, epoch_sums)`` runs after every step (periodic checkpoints,
+    stop requests). ``epoch_sums`` carries the sums of an epoch resumed midway, so its means cover
+    the whole epoch.
+    """
     head.train()
     probe.train()
-    loader.sampler.set_epoch(epoch)
-    loader.dataset.set_epoch(epoch)
-    epoch_sums, window_sums = defaultdict(float), defaultdict(float)
-    window_count = 0
+    sampler = loader.batch_sampler
+    sampler.set_epoch(epoch, start_batch)
+    batches_per_epoch = sampler.batches_per_epoch
+    world = distributed.world_size()
+    trained = [p for module in (head, probe) for p in module.parameters()]
+    epoch_sums = defaultdict(float, epoch_sums or {})
+    window_sums, window_count = defaultdict(float), 0
     start = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not distributed.is_main())
+    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not distributed.is_main(),
+               initial=start_batch, total=batches_per_epoch)
+    batches_done = start_batch
     for batch in bar:
-        images = batch["image"].to(device, non_blocking=True)  # (B, 3, 224, 224)
-        images_aug = batch["image_aug"].to(device, non_blocking=True)  # (B, 3, 224, 224)
-        labels = batch["label"].to(device, non_blocking=True)  # (B, 224, 224)
-        batch_size = images.shape[0]
+        images = normalize_uint8(batch["image"].to(device, non_blocking=True))  # (b, 3, 224, 224)
+        images_aug = normalize_uint8(batch["image_aug"].to(device, non_blocking=True))  # (b, 3, 224, 224)
+        labels = batch["label"].to(device, non_blocking=True).long()  # (b, 224, 224)
+        local_batch = images.shape[0]
         with autocast_context(device, precision):
             with torch.no_grad():
-                features = model.vit(torch.cat((images, images_aug)))  # (2B, C, h, w)
-            codes_inter, logits = head(features)  # (2B, C, h, w), (2B, K, h, w)
-            probe_logits = probe(codes_inter[:batch_size])  # (B, K, h, w)
+                features = model.vit(torch.cat((images, images_aug)))  # (2b, C, h, w)
+            codes_inter, logits = head(features)  # (2b, C, h, w), (2b, K, h, w)
+            probe_logits = probe(codes_inter[:local_batch])  # (b, K, h, w)
         probe_logits = F.interpolate(probe_logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=True)
-        probe_loss = F.cross_entropy(probe_logits, labels, ignore_index=255)
-        feats, feats_aug = features.float().split(batch_size)
-        view0, view1 = logits.split(batch_size)
-        out = loss_fn(feats, feats_aug, view0, view1, neg_shifts=negative_shifts(seed, step, batch_size, loss_fn.num_negatives))
+        probe_value, probe_objective = probe_loss(probe_logits, labels)
+        feats, feats_aug = features.float().split(local_batch)
+        view0, view1 = logits.split(local_batch)
+        shifts = negative_shifts(seed, step, local_batch * world, loss_fn.num_negatives)
+        out = loss_fn(feats, feats_aug, view0, view1, neg_shifts=shifts, across_processes=True)
         if not torch.isfinite(out["total"]):
             raise FloatingPointError(f"non-finite IDDC loss at epoch {epoch} step {step}: {[(k, float(v)) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1]}")
         optimizer.zero_grad(set_to_none=True)
         probe_optimizer.zero_grad(set_to_none=True)
-        (out["total"] + probe_loss).backward()  # the probe sees detached features: the two do not mix
+        (out["objective"] + probe_objective).backward()  # the probe sees detached features: the two do not mix
+        distributed.all_reduce_gradients(trained)
         optimizer.step()
         probe_optimizer.step()
         step += 1
+        batches_done += 1
 
         values = {name: out[name].item() for name in ("total", "pos", "neg", "balance", "entropy")}
-        values["probe"] = probe_loss.item()
+        values["probe"] = probe_value.item()
+        values["n_pos"] = float(out["n_pos"])
+        values["n_neg"] = float(out["n_neg"])
         for name, value in values.items():
             epoch_sums[name] += value
             window_sums[name] += value
         window_count += 1
-        if step % log_every == 0 or window_count == len(loader):
+        if step % log_every == 0 or batches_done == batches_per_epoch:
             means = {name: value / window_count for name, value in window_sums.items()}
             lr = optimizer.param_groups[0]["lr"]
-            rate = window_count * batch_size * distributed.world_size() / (time.perf_counter() - start)
-            logger.info("epoch %d step %d lr %.2e | " + " ".join(f"{k} {v:.4f}" for k, v in means.items()) + " | %.1f img/s",
-                        epoch, step, lr, rate)
+            rate = window_count * local_batch * world / (time.perf_counter() - start)
+            logger.info("epoch %d step %d lr %.2e | " + " ".join(f"{k} {v:.4f}" for k, v in means.items() if not k.startswith("n_"))
+                        + " | pairs +%.0f -%.0f | %.1f img/s", epoch, step, lr, means["n_pos"], means["n_neg"], rate)
             jsonl.write(kind="train", epoch=epoch, step=step, lr=lr, images_per_s=rate, **means)
             bar.set_postfix(loss=f"{means['total']:.4f}")
             window_sums.clear()
             window_count = 0
             start = time.perf_counter()
+        if after_step is not None:
+            after_step(batches_done, step, dict(epoch_sums))
     bar.close()
-    return step, {name: value / len(loader) for name, value in epoch_sums.items()}
+    return step, {name: value / batches_per_epoch for name, value in epoch_sums.items()}
 
 
 def rng_states():
