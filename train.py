@@ -130,6 +130,7 @@ def train(args, device, output_dir, logger):
         step, best_miou, epoch_sums = resume["step"], resume["best_miou"], resume.get("epoch_sums", {})
         restore_rng_states(resume["rng"])
         logger.info("resuming from %s at epoch %d, batch %d (step %d)", resume_path, start_epoch, start_batch, step)
+        jsonl.drop_after(step)
     # Gradients are summed over the processes (see IDDCLoss's ``objective``), so no DDP wrapper:
     # the processes start from rank 0's weights and stay equal.
     distributed.broadcast_parameters([*head.parameters(), *probe.parameters()])

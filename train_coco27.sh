@@ -2,7 +2,12 @@
 # Train IDDC on COCO-Stuff-27 with the paper's hyper-parameters.
 #
 #   DATA_ROOT=/path/to/cocostuff bash train_coco27.sh [vits16|vits8] [more train.py flags]
-#   NPROC=4 DATA_ROOT=/path/to/cocostuff bash train_coco27.sh vits8     # DDP over 4 GPUs
+#   NPROC=4 DATA_ROOT=/path/to/cocostuff bash train_coco27.sh vits8     # 4 processes (GPUs) on this machine
+#
+# Several machines (torchrun's rendezvous; run the same command on every machine):
+#   NNODES=2 NODE_RANK=0|1 MASTER_ADDR=host0 MASTER_PORT=29500 NPROC=4 DATA_ROOT=... bash train_coco27.sh vits8
+#   NNODES=2 RDZV_ENDPOINT=host0:29400 [RDZV_ID=myrun] NPROC=4 DATA_ROOT=... bash train_coco27.sh vits8
+# --batch-size stays the global batch, split over all NNODES * NPROC processes.
 #
 # Outputs (best_model.pth, last_model.pth, resume.pth, config.yaml, log.jsonl, train.log) go to
 # outputs/train_coco27_<arch>/ unless --output-dir is given; add --resume to continue a run.
@@ -24,9 +29,22 @@ elif [[ " $* " != *" --data-root"* ]]; then
 fi
 
 nproc=${NPROC:-1}
-if [[ "$nproc" -gt 1 ]]; then
-  launcher=(torchrun --standalone --nproc_per_node "$nproc")
+nnodes=${NNODES:-1}
+python_bin=${PYTHON:-python}
+if [[ "$nnodes" -gt 1 ]]; then
+  if [[ -n "${RDZV_ENDPOINT:-}" ]]; then
+    launcher=("$python_bin" -m torch.distributed.run --nnodes "$nnodes" --nproc_per_node "$nproc"
+              --rdzv_backend c10d --rdzv_endpoint "$RDZV_ENDPOINT" --rdzv_id "${RDZV_ID:-iddc}")
+  elif [[ -n "${MASTER_ADDR:-}" && -n "${NODE_RANK:-}" ]]; then
+    launcher=("$python_bin" -m torch.distributed.run --nnodes "$nnodes" --node_rank "$NODE_RANK" --nproc_per_node "$nproc"
+              --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}")
+  else
+    echo "train_coco27.sh: NNODES=$nnodes needs NODE_RANK and MASTER_ADDR (optionally MASTER_PORT), or RDZV_ENDPOINT (see README, 'Training')" >&2
+    exit 2
+  fi
+elif [[ "$nproc" -gt 1 ]]; then
+  launcher=("$python_bin" -m torch.distributed.run --standalone --nproc_per_node "$nproc")
 else
-  launcher=(python)
+  launcher=("$python_bin")
 fi
 "${launcher[@]}" "$here/train.py" --config "$here/configs/train_coco27_${arch}.yaml" "${data_args[@]}" "$@"

@@ -1,8 +1,10 @@
 """Training end to end on a synthetic set with a small ViT: losses, checkpoints, resume, DDP."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +31,22 @@ def dino_file(tmp_path_factory):
     return save_dino(small_model(seed=3), tmp_path_factory.mktemp("dino") / "dino_small.pth")
 
 
-def train_args(data_root, dino_file, output_dir, *extra):
+def train_args(data_root, dino_file, output_dir, *extra, num_workers=0):
+    """train.py's flags for the tests; ``num_workers=None`` keeps train.py's default (8 workers)."""
+    workers = [] if num_workers is None else ["--num-workers", str(num_workers)]
     return ["--data-root", str(data_root), "--backbone-weights", str(dino_file), "--output-dir", str(output_dir),
-            "--batch-size", "4", "--lr", "5e-3", "--num-workers", "0", "--device", "cpu", "--log-every", "2", *extra]
+            "--batch-size", "4", "--lr", "5e-3", *workers, "--device", "cpu", "--log-every", "2", *extra]
+
+
+def head_weights(path):
+    state = torch.load(path, weights_only=True)
+    return {f"{part}/{key}": value for part in ("head_nonlinear", "classifier") for key, value in state[part].items()}
+
+
+def max_weight_difference(path_a, path_b):
+    a, b = head_weights(path_a), head_weights(path_b)
+    assert a.keys() == b.keys()
+    return max((a[key] - b[key]).abs().max().item() for key in a)
 
 
 def read_log(output_dir):
@@ -59,18 +74,69 @@ def test_two_epochs_end_to_end(tmp_path, data_root, dino_file):
     assert json.loads(json_out.read_text())["miou"] == pytest.approx(epochs[1]["miou"])
 
 
-def test_resume_continues_exactly(tmp_path, data_root, dino_file):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert train_cli.main(train_args(data_root, dino_file, straight, "--epochs", "2")) == 0
-    assert train_cli.main(train_args(data_root, dino_file, resumed, "--epochs", "1")) == 0
-    assert train_cli.main(train_args(data_root, "/nonexistent-not-needed", resumed, "--epochs", "2", "--resume")) == 0
-    a = torch.load(straight / "last_model.pth")
-    b = torch.load(resumed / "last_model.pth")
-    for part in ("head_nonlinear", "classifier"):
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), (part, key)
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, data_root, dino_file):
+    """Two uninterrupted epochs with train.py's default loader workers: the reference of the resume tests."""
+    out = tmp_path_factory.mktemp("straight")
+    assert train_cli.main(train_args(data_root, dino_file, out, "--epochs", "2", "--val-limit", "2", num_workers=None)) == 0
+    return out
+
+
+def test_resume_continues_exactly(tmp_path, data_root, dino_file, straight_run):
+    """One epoch, then --resume --epochs 2, with the default workers: bit for bit the straight run."""
+    resumed = tmp_path / "resumed"
+    assert train_cli.main(train_args(data_root, dino_file, resumed, "--epochs", "1", "--val-limit", "2", num_workers=None)) == 0
+    assert train_cli.main(train_args(data_root, "/nonexistent-not-needed", resumed, "--epochs", "2", "--val-limit", "2",
+                                     "--resume", num_workers=None)) == 0
+    a, b = head_weights(straight_run / "last_model.pth"), head_weights(resumed / "last_model.pth")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
     assert [row["epoch"] for row in read_log(resumed) if row["kind"] == "val"] == [0, 1]
-    assert b["epoch"] == 1 and b["step"] == a["step"]
+    last = torch.load(resumed / "last_model.pth", weights_only=True)
+    assert last["epoch"] == 1 and last["step"] == torch.load(straight_run / "last_model.pth", weights_only=True)["step"]
+
+
+def training_command(data_root, dino_file, output_dir, *extra):
+    """train.py with its default loader workers, a resume file every step."""
+    return [sys.executable, "train.py", *train_args(data_root, dino_file, output_dir, "--epochs", "2", "--val-limit", "2",
+                                                    "--checkpoint-every", "1", *extra, num_workers=None)]
+
+
+def wait_for_step(output_dir, step, process, timeout=240):
+    """Block until the run has logged ``step`` (it then holds a mid-epoch resume.pth)."""
+    deadline = time.monotonic() + timeout
+    log = Path(output_dir) / "log.jsonl"
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        if log.is_file() and any(row.get("step", 0) >= step for row in read_log(output_dir) if row["kind"] == "train"):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"step {step} not reached")
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_interrupted_mid_epoch_resumes_where_it_stopped(tmp_path, data_root, dino_file, straight_run, how):
+    """Killed (no chance to save) or interrupted (saves, says how to resume) in the second epoch's
+    middle; --resume then ends where the straight run does."""
+    out = tmp_path / "run"
+    process = subprocess.Popen(training_command(data_root, dino_file, out), cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    wait_for_step(out, 6, process)  # 4 steps an epoch: step 6 is inside epoch 1
+    process.send_signal(getattr(signal, how))
+    output, _ = process.communicate(timeout=120)
+    state = torch.load(out / "resume.pth", weights_only=True)
+    assert state["resume_at"]["epoch"] == 1 and 0 < state["resume_at"]["batch"] < 4
+    if how == "SIGINT":
+        assert process.returncode == 130
+        last_line = output.strip().splitlines()[-1]
+        assert "--resume" in last_line and "resume.pth" in last_line and "Traceback" not in output
+    else:
+        assert process.returncode == -signal.SIGKILL
+    done = subprocess.run(training_command(data_root, "/nonexistent-not-needed", out, "--resume"), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert max_weight_difference(straight_run / "last_model.pth", out / "last_model.pth") <= 1e-6
+    assert [row["epoch"] for row in read_log(out) if row["kind"] == "val"] == [0, 1]
 
 
 def test_bad_batch_and_data(tmp_path, data_root, dino_file, capsys):
@@ -94,30 +160,6 @@ def test_full_size_vits16_checkpoint_has_released_keys(tmp_path, data_root, gold
     state = torch.load(out / "last_model.pth", weights_only=True)
     ours = {f"{part}/{key}": list(value.shape) for part in ("backbone", "head_nonlinear", "classifier") for key, value in state[part].items()}
     assert ours == {key: value["shape"] for key, value in fingerprint.items()}
-
-
-def torchrun(*args, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
-
-
-def test_ddp_two_processes_gloo(tmp_path, data_root, dino_file):
-    out = tmp_path / "ddp"
-    torchrun("train.py", *train_args(data_root, dino_file, out, "--epochs", "1"))
-    rows = read_log(out)
-    assert [row["epoch"] for row in rows if row["kind"] == "val"] == [0]  # rank 0 alone writes
-    assert sorted(p.name for p in out.iterdir()) == ["best_model.pth", "config.yaml", "last_model.pth", "log.jsonl", "resume.pth", "train.log"]
-    # Validation confusion summed over two processes equals the single-process one.
-    single, double = tmp_path / "single.json", tmp_path / "double.json"
-    common = ["--data-root", str(data_root), "--checkpoint", str(out / "last_model.pth"), "--device", "cpu",
-              "--num-workers", "0", "--protocol", "resize320"]
-    assert eval_cli.main([*common, "--output-json", str(single)]) == 0
-    torchrun("eval.py", *common, "--output-json", str(double))
-    one, two = json.loads(single.read_text()), json.loads(double.read_text())
-    assert two["confusion"] == one["confusion"] and two["num_images"] == one["num_images"] == 4
 
 
 def test_negative_shifts_are_seeded_and_in_range():

@@ -1,6 +1,7 @@
 """Logging set-up, the git commit of the code, and a JSON-lines log of every logged value."""
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,14 @@ class JsonlLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(values, default=float) + "\n")
+
+    def drop_after(self, step):
+        """Forget the rows of work beyond ``step`` (a resumed run redoes it): train and val rows of
+        later steps, and the final evaluation. Rewritten atomically; rank 0 only."""
+        if not distributed.is_main() or not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", float("inf")) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
