@@ -8,7 +8,8 @@ Extra top-level keys (``config``, ``epoch``, ``backbone_name``, ...) hold only p
 so files load with ``torch.load(weights_only=True)``. ``backbone_name`` (one of
 ``modules.backbones.BACKBONES``) is what the project's files add so that evaluation needs no flag;
 the released files have none and their backbone is read off the tensor shapes. Backbone release
-files (DINO, DINOv2) are read by ``modules/backbones.py``.
+files (DINO, DINOv2) are read by ``modules/backbones.py``, which imports this module for its errors
+and loaders; that is why the functions here import it where they use it.
 """
 import os
 import tempfile
@@ -97,7 +98,6 @@ def model_from_iddc_state(state, source, patch_size=None, num_heads=None, backbo
     ``patch_size`` and ``backbone`` (a name), when given, are what the caller expects the file
     to hold; a file holding something else is an error that says so.
     """
-    # Imported here: modules.backbones imports this module for its errors and loaders.
     from modules.backbones import SPECS, backbone_from_state_dict, infer_backbone_name, to_timm_layout
 
     vit_state = to_timm_layout(strip_prefix(state["backbone"], BACKBONE_PREFIX, source))
