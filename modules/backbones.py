@@ -20,6 +20,7 @@ import torch
 
 from modules.vit import DINO_INTERPOLATION, PositionalInterpolation, VisionTransformer
 from utils.checkpoint import CheckpointError, load_file, load_strict
+from utils.download import DownloadError, download_file
 
 DINO_BASE_URL = "https://dl.fbaipublicfiles.com/dino/"
 DINOV2_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2/"
@@ -103,8 +104,8 @@ def release_cache_path(name):
 
 
 def unwrap_state_dict(obj, source):
-    """The ViT state_dict in a release file: plain, a DINO/DINOv2 training checkpoint (teacher's
-    ``backbone.`` keys) or the backbone of an IDDC checkpoint (``model.`` keys)."""
+    """The ViT state_dict in a release file: plain (every release), DINO's full training checkpoint
+    (the teacher's ``backbone.`` keys) or the backbone of an IDDC checkpoint (``model.`` keys)."""
     if isinstance(obj, dict):
         if "patch_embed.proj.weight" in obj:
             return obj
@@ -128,8 +129,6 @@ def release_state_dict(name, weights_file=None, *, download=True, base_url=None)
             raise CheckpointError(
                 f"{spec.title} weights not found at {cached}; download {url} and put it there, or pass --backbone-weights FILE"
             )
-        from utils.download import DownloadError, download_file
-
         try:
             download_file(url, cached, desc=cached.name)
         except DownloadError as err:
