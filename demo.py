@@ -18,8 +18,8 @@ import torch
 import eval as eval_cli
 import train as train_cli
 from data.synthetic import write_synthetic_cocostuff
+from modules.backbones import release_cache_path
 from modules.vit import VisionTransformer
-from utils.checkpoint import dino_cache_path
 
 
 def build_parser():
@@ -40,7 +40,7 @@ def choose_backbone(weights, output_dir, seed):
     """(file, description): the given file, the cached official weights, or a random ViT-S/16."""
     if weights:
         return Path(weights), f"DINO ViT-S/16 weights from {weights}"
-    cached = dino_cache_path(16)
+    cached = release_cache_path("dino_vits16")
     if cached.is_file():
         return cached, f"official DINO ViT-S/16 weights ({cached})"
     torch.manual_seed(seed)

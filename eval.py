@@ -25,7 +25,7 @@ def build_parser():
     parser.add_argument("--config", default=None, help="YAML file of defaults (flags override it)")
     parser.add_argument("--data-root", required=False, help="COCO-Stuff root with images/, annotations/ (curated/ optional)")
     parser.add_argument("--checkpoint", required=False, help="IDDC checkpoint (released format or written by train.py)")
-    parser.add_argument("--patch-size", type=int, choices=(16, 8), default=None, help="expected patch size (default: read from the checkpoint)")
+    parser.add_argument("--patch-size", type=int, choices=(16, 8, 14), default=None, help="expected patch size (default: read from the checkpoint)")
     parser.add_argument("--num-heads", type=int, default=None, help="attention heads (default: embed dim / 64, as DINO's ViTs)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="sliding", help="sliding (published), resize320 (original's per-epoch val), center320 (peers')")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="flip averaging (default: on for sliding, off otherwise)")
@@ -83,7 +83,7 @@ def main(argv=None):
             limit=args.limit,
             on_image=collector,
         )
-    except (CheckpointError, DataError) as err:
+    except (CheckpointError, DataError, ValueError) as err:  # ValueError: e.g. a --window the patch does not divide
         logger.error("error: %s", err)
         return 2
     finally:
@@ -91,12 +91,13 @@ def main(argv=None):
     if not main_process:
         return 0
     names = class_names()
-    logger.info("%s on %d images (%s, ViT patch %d, %s) in %.1f s\n%s", protocol.name, result.num_images, args.checkpoint,
-                model.patch_size, args.precision, result.seconds, format_table(result, names))
+    logger.info("%s on %d images (%s, %s, %s) in %.1f s\n%s", protocol.name, result.num_images, args.checkpoint,
+                model.backbone_name, args.precision, result.seconds, format_table(result, names))
     logger.info("pixel Acc %.2f  mIoU %.2f", result.metrics["acc"], result.metrics["miou"])
     if args.output_json:
         output = result.as_dict(names)
-        output.update(checkpoint=str(args.checkpoint), checkpoint_meta_epoch=meta.get("epoch"), git_commit=commit, config=vars(args))
+        output.update(checkpoint=str(args.checkpoint), checkpoint_meta_epoch=meta.get("epoch"), backbone=model.backbone_name,
+                      git_commit=commit, config=vars(args))
         path = Path(args.output_json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(output, indent=1))

@@ -42,7 +42,7 @@ def build_parser():
     parser.add_argument("--input", required=True, nargs="+", metavar="PATH", help="image files and/or folders (their images, not recursive)")
     parser.add_argument("--output-dir", required=True, help="where the PNGs are written")
     parser.add_argument("--assignment", default=None, metavar="EVAL_JSON", help="eval.py --output-json file: colour and name clusters by their matched class")
-    parser.add_argument("--patch-size", type=int, choices=(16, 8), default=None, help="expected patch size (default: read from the checkpoint)")
+    parser.add_argument("--patch-size", type=int, choices=(16, 8, 14), default=None, help="expected patch size (default: read from the checkpoint)")
     parser.add_argument("--window", type=int, default=224, help="sliding window size")
     parser.add_argument("--overlap", type=int, default=75, help="sliding window overlap")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip averaging per window")
@@ -175,6 +175,8 @@ def main(argv=None):
     except (CheckpointError, InputError) as err:
         logger.error("error: %s", err)
         return 2
+    if args.window % model.patch_size:
+        parser.error(f"--window {args.window} is not a multiple of the backbone's patch size {model.patch_size}")
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = predict_all(model, paths, out_dir, cluster_to_class, args, device, logger)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from data.cocostuff import DataError, class_names
+from modules.backbones import BACKBONES, resolve_backbone_name
 from modules.loss import IDDCLoss
 from modules.model import LinearProbe
 from utils import distributed
@@ -36,8 +37,9 @@ def build_parser():
     parser.add_argument("--config", default=None, help="YAML file of defaults, e.g. configs/train_coco27_vits16.yaml")
     parser.add_argument("--data-root", default=None, help="COCO-Stuff root with images/, annotations/ (curated/ optional)")
     parser.add_argument("--output-dir", default="outputs/train", help="checkpoints, config and logs go here")
-    parser.add_argument("--patch-size", type=int, choices=(16, 8), default=16)
-    parser.add_argument("--backbone-weights", default=None, help="DINO release file; default: download the official weights")
+    parser.add_argument("--backbone", choices=BACKBONES, default=None, help="frozen backbone (default dino_vits16)")
+    parser.add_argument("--patch-size", type=int, choices=(16, 8), default=None, help="short form of --backbone dino_vits16 / dino_vits8")
+    parser.add_argument("--backbone-weights", default=None, help="the backbone's release file; default: the torch hub cache, else downloaded there")
     parser.add_argument("--num-heads", type=int, default=None, help="attention heads (default: embed dim / 64)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64, help="global batch, split over the processes")
@@ -85,6 +87,10 @@ def main(argv=None):
     args = parse_args_with_config(parser, argv)
     if args.data_root is None:
         parser.error("--data-root is required")
+    try:  # a config's value bypasses argparse's choices: check it here as well
+        args.backbone = resolve_backbone_name(args.backbone, args.patch_size)
+    except ValueError as err:
+        parser.error(str(err))
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     device = distributed.init_from_env(args.device)
@@ -112,9 +118,9 @@ def train(args, device, output_dir, logger):
     resume_path = output_dir / RESUME_FILE
     resume = load_file(resume_path) if args.resume else None
     if resume is None:
-        model = new_iddc_model(args.patch_size, args.backbone_weights, num_heads=args.num_heads)
+        model = new_iddc_model(args.backbone, args.backbone_weights, num_heads=args.num_heads)
     else:  # the resume file carries the backbone: no download
-        model = model_from_iddc_state(resume["model"], resume_path, args.patch_size, args.num_heads)
+        model = model_from_iddc_state(resume["model"], resume_path, num_heads=args.num_heads, backbone=args.backbone)
     probe = LinearProbe(model.vit.embed_dim, model.num_classes)
     model.to(device)
     probe.to(device)

@@ -1,4 +1,4 @@
-"""IDDC's segmentation model: a frozen DINO ViT, a non-linear projection head and a 1x1 classifier."""
+"""IDDC's segmentation model: a frozen ViT backbone, a non-linear projection head and a 1x1 classifier."""
 import torch
 import torch.nn as nn
 
@@ -18,7 +18,7 @@ class IDDCModel(nn.Module):
         self.backbone.model = vit
         for param in vit.parameters():
             param.requires_grad_(False)
-        dim = vit.embed_dim
+        dim = vit.embed_dim  # the head widens with the backbone
         self.head_nonlinear = nn.Sequential(
             nn.Conv2d(dim, dim, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
@@ -35,6 +35,11 @@ class IDDCModel(nn.Module):
     @property
     def patch_size(self):
         return self.vit.patch_size
+
+    @property
+    def backbone_name(self):
+        """The registry name (modules/backbones.py); None for a ViT built by hand."""
+        return getattr(self.vit, "name", None)
 
     @property
     def num_classes(self):

@@ -1,144 +1,103 @@
-"""A ViT with DINO's parameter names, so DINO release files load with strict=True.
+"""The ViT of every backbone: timm's VisionTransformer with each release's own positional interpolation.
 
-Written for this project rather than taken from timm because two numerical details must match
-the original IDDC code exactly (SPEC §1): the bicubic positional-embedding interpolation with
-DINO's ``(n + 0.1) / sqrt(N)`` scale factor, and the features taken after the final LayerNorm.
+timm builds the architecture (patch embedding, blocks, LayerScale, registers, final norm), so
+its parameter names are timm's: for DINO they are exactly DINO's own (the released IDDC files
+load with strict=True); DINOv2 release files are converted on loading (``modules/backbones.py``).
+
+What timm does not reproduce is the positional-embedding interpolation for inputs other than the
+training size: timm resamples to a size, bicubic with antialias, while DINO (and with it the
+original IDDC code, SPEC §1) passes the scale factor ``(n + 0.1) / sqrt(N)`` without antialias.
+The two differ numerically, so :meth:`VisionTransformer.forward` is this project's own and takes
+the interpolation each release's code uses. Features are the last block's tokens after the final
+LayerNorm, class (and register) tokens dropped.
 """
 import math
+from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
 
 
-class Attention(nn.Module):
-    def __init__(self, dim, num_heads):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"embedding dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=True)
-        self.proj = nn.Linear(dim, dim)
+@dataclass(frozen=True)
+class PositionalInterpolation:
+    """How a release's code resizes its stored positional embedding (always bicubic).
 
-    def forward(self, x):
-        batch, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, T, d_head)
-        x = F.scaled_dot_product_attention(query, key, value)  # (B, heads, T, d_head)
-        return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
+    ``offset`` > 0: ``scale_factor = (n + offset) / sqrt(N)`` as DINO and DINOv2 do (the offset
+    avoids a floating-point off-by-one in the output size); ``offset`` 0: resize to the grid.
+    """
+
+    offset: float = 0.1
+    antialias: bool = False
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+# DINO's vision_transformer.py and DINOv2's default (dinov2/models/vision_transformer.py).
+DINO_INTERPOLATION = PositionalInterpolation(offset=0.1, antialias=False)
 
 
-class Block(nn.Module):
-    def __init__(self, dim, num_heads, mlp_ratio):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+class VisionTransformer(TimmVisionTransformer):
+    """ViT returning the patch-token feature map (B, C, H/p, W/p).
 
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+    ``num_registers`` > 0 uses timm's layout for register models: the positional embedding has
+    no class row (it is folded into ``cls_token`` on loading) and ``reg_token`` holds the
+    registers, which take no positional embedding and sit between the class and patch tokens.
+    """
 
-
-class PatchEmbed(nn.Module):
-    def __init__(self, patch_size, dim):
-        super().__init__()
+    def __init__(self, patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, img_size=224,
+                 layer_scale=False, num_registers=0, interpolation=DINO_INTERPOLATION, random_init=True):
+        if embed_dim % num_heads:
+            raise ValueError(f"embedding dim {embed_dim} is not divisible by num_heads {num_heads}")
+        super().__init__(
+            img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+            mlp_ratio=mlp_ratio, qkv_bias=True, num_classes=0, global_pool="", dynamic_img_size=True,
+            # LayerScale starts at 1.0 as DINOv2's hub models (timm: 1e-5), so random models are not near-identity.
+            init_values=1.0 if layer_scale else None, reg_tokens=num_registers, no_embed_class=num_registers > 0,
+            # random_init=False leaves the parameters uninitialised for weights loaded right after
+            # (timm's initialisation of a ViT-B takes seconds on a CPU).
+            weight_init="" if random_init else "skip",
+        )
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, C)
-
-
-class VisionTransformer(nn.Module):
-    """DINO ViT returning the patch-token feature map (B, C, H/p, W/p)."""
-
-    def __init__(self, patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, img_size=224):
-        super().__init__()
-        self.patch_size = patch_size
-        self.embed_dim = embed_dim
         self.depth = depth
         self.num_heads = num_heads
-        grid = img_size // patch_size
-        self.patch_embed = PatchEmbed(patch_size, embed_dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, embed_dim))
-        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.apply(_init_weights)
+        self.interpolation = interpolation
 
     def interpolate_pos_embed(self, grid_h, grid_w):
-        """Positional embedding for a grid_h x grid_w patch grid.
+        """Positional embedding (1, rows, C) for a grid_h x grid_w patch grid, class row kept if stored.
 
-        Follows the official DINO ViT deliberately: bicubic, no antialias, the scale factor
-        (n + 0.1) / sqrt(N) passed to interpolate (not an output size), and the stored table
-        returned unchanged only for the square training grid.
+        The stored table is returned unchanged only for the square training grid, as DINO and
+        DINOv2 do (a non-square grid of the same count is interpolated).
         """
-        num_stored = self.pos_embed.shape[1] - 1
-        side = int(math.sqrt(num_stored))
+        class_rows = 0 if self.no_embed_class else 1
+        num_stored = self.pos_embed.shape[1] - class_rows
+        side = math.isqrt(num_stored)
         if grid_h * grid_w == num_stored and grid_h == grid_w:
             return self.pos_embed
-        cls_pos = self.pos_embed[:, :1]  # (1, 1, C)
-        patch_pos = self.pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, C, s, s)
-        patch_pos = F.interpolate(
-            patch_pos,
-            scale_factor=((grid_h + 0.1) / math.sqrt(num_stored), (grid_w + 0.1) / math.sqrt(num_stored)),
-            mode="bicubic",
-        )  # (1, C, grid_h, grid_w)
+        class_pos = self.pos_embed[:, :class_rows]  # (1, 0 or 1, C)
+        patch_pos = self.pos_embed[:, class_rows:].reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, C, s, s)
+        offset = self.interpolation.offset
+        if offset:
+            resize = {"scale_factor": ((grid_h + offset) / math.sqrt(num_stored), (grid_w + offset) / math.sqrt(num_stored))}
+        else:
+            resize = {"size": (grid_h, grid_w)}
+        patch_pos = F.interpolate(patch_pos, mode="bicubic", antialias=self.interpolation.antialias, **resize)  # (1, C, gh, gw)
         if patch_pos.shape[-2:] != (grid_h, grid_w):
             raise RuntimeError(f"positional embedding interpolated to {tuple(patch_pos.shape[-2:])}, expected {(grid_h, grid_w)}")
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)  # (1, N, C)
-        return torch.cat((cls_pos, patch_pos), dim=1)
+        return torch.cat((class_pos, patch_pos), dim=1)
 
     def forward(self, images):
         batch, _, height, width = images.shape
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(f"input size {height}x{width} is not a multiple of the patch size {self.patch_size}")
         grid_h, grid_w = height // self.patch_size, width // self.patch_size
-        tokens = self.patch_embed(images)  # (B, N, C)
-        tokens = torch.cat((self.cls_token.expand(batch, -1, -1), tokens), dim=1)  # (B, 1+N, C)
-        tokens = tokens + self.interpolate_pos_embed(grid_h, grid_w)
-        for block in self.blocks:
-            tokens = block(tokens)
-        tokens = self.norm(tokens)
-        return tokens[:, 1:].transpose(1, 2).reshape(batch, self.embed_dim, grid_h, grid_w)  # (B, C, h, w)
-
-
-def _init_weights(module):
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
-def vit_arch_from_state_dict(state_dict, num_heads=None):
-    """Read (patch_size, embed_dim, depth, num_heads, img_size) off a ViT state_dict's tensors.
-
-    The number of heads leaves no trace in the tensors; DINO's ViTs use 64 channels a head.
-    """
-    try:
-        patch_weight = state_dict["patch_embed.proj.weight"]
-        pos_embed = state_dict["pos_embed"]
-    except KeyError as err:
-        raise KeyError(f"not a ViT state_dict: key {err} is missing") from err
-    embed_dim, _, patch_size, _ = patch_weight.shape
-    depth = len({key.split(".")[1] for key in state_dict if key.startswith("blocks.")})
-    grid = int(round(math.sqrt(pos_embed.shape[1] - 1)))
-    heads = num_heads or max(1, embed_dim // 64)
-    return dict(patch_size=int(patch_size), embed_dim=int(embed_dim), depth=depth, num_heads=heads, img_size=grid * int(patch_size))
+        patches = self.patch_embed(images).reshape(batch, grid_h * grid_w, self.embed_dim)  # (B, N, C)
+        pos_embed = self.interpolate_pos_embed(grid_h, grid_w)
+        cls_token = self.cls_token.expand(batch, -1, -1)  # (B, 1, C)
+        if self.no_embed_class:
+            registers = self.reg_token.expand(batch, -1, -1)  # (B, R, C)
+            tokens = torch.cat((cls_token, registers, patches + pos_embed), dim=1)  # (B, 1+R+N, C)
+        else:
+            tokens = torch.cat((cls_token, patches), dim=1) + pos_embed  # (B, 1+N, C)
+        tokens = self.norm(self.blocks(tokens))
+        patch_tokens = tokens[:, self.num_prefix_tokens:]  # (B, N, C)
+        return patch_tokens.transpose(1, 2).reshape(batch, self.embed_dim, grid_h, grid_w)  # (B, C, h, w)

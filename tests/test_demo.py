@@ -33,7 +33,7 @@ def test_demo_short_run(tmp_path, capsys):
                       "--batch-size", "4", "--device", "cpu"])
     assert code == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["random_backbone"] is (not demo.dino_cache_path(16).is_file())
+    assert metrics["random_backbone"] is (not demo.release_cache_path("dino_vits16").is_file())
     assert 0 <= metrics["acc"] <= 100 and metrics["num_images"] == 2
     assert (tmp_path / "pictures" / "confusion.png").is_file()
     assert len(list((tmp_path / "pictures").glob("0*.png"))) == 2

@@ -7,7 +7,8 @@ import torch
 
 from helpers import save_dino, save_released, small_model
 from http_server import http_server  # noqa: F401  (fixture)
-from utils.checkpoint import CheckpointError, dino_weights, iddc_state, load_iddc_model, new_iddc_model, save_atomic
+from modules.backbones import release_state_dict
+from utils.checkpoint import CheckpointError, iddc_state, load_iddc_model, new_iddc_model, save_atomic
 
 
 @pytest.mark.parametrize("input_key,feature_key,code_key", [
@@ -38,13 +39,13 @@ def test_round_trip_released_format(tmp_path):
     model = small_model()
     path = save_released(model, tmp_path / "m.pth", epoch=3, config={"lr": 5e-4})
     loaded, meta = load_iddc_model(path)
-    assert meta == {"epoch": 3, "config": {"lr": 5e-4}}
+    assert meta == {"epoch": 3, "config": {"lr": 5e-4}, "backbone_name": "dino_vits16"}
     assert (loaded.vit.depth, loaded.vit.embed_dim, loaded.patch_size, loaded.num_classes) == (2, 64, 16, 27)
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x)[2], model(x)[2])
     # weights_only loading, as the original code's users will do with default torch.load
-    assert set(torch.load(path, weights_only=True)) == {"backbone", "head_nonlinear", "classifier", "epoch", "config"}
+    assert set(torch.load(path, weights_only=True)) == {"backbone", "head_nonlinear", "classifier", "epoch", "config", "backbone_name"}
 
 
 def test_missing_and_unexpected_keys_are_listed(tmp_path):
@@ -109,10 +110,10 @@ def test_iddc_checkpoint_never_touches_network(tmp_path, monkeypatch):
 def test_dino_offline_error_names_file_and_place(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(CheckpointError, match=r"dino_deitsmall8_300ep_pretrain\.pth"):
-        dino_weights(8, download=False)
+        release_state_dict("dino_vits8", download=False)
     # A closed loopback port stands for "offline".
     with pytest.raises(CheckpointError, match=r"(?s)dino_deitsmall16_pretrain\.pth.*--backbone-weights"):
-        dino_weights(16, base_url="http://127.0.0.1:9/")
+        release_state_dict("dino_vits16", base_url="http://127.0.0.1:9/")
 
 
 def test_dino_download_into_hub_cache(tmp_path, monkeypatch, http_server):
@@ -120,10 +121,10 @@ def test_dino_download_into_hub_cache(tmp_path, monkeypatch, http_server):
     save_dino(source, tmp_path / "dino.pth")
     http_server.serve_bytes("dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth", (tmp_path / "dino.pth").read_bytes())
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    state = dino_weights(16, base_url=http_server.url("dino/"))
+    state, _ = release_state_dict("dino_vits16", base_url=http_server.url("dino/"))
     assert (tmp_path / "hub" / "checkpoints" / "dino_deitsmall16_pretrain.pth").is_file()
     torch.testing.assert_close(state["pos_embed"], source.vit.pos_embed.detach())
-    state = dino_weights(16, base_url="http://127.0.0.1:9/")  # cached now: no network needed
+    state, _ = release_state_dict("dino_vits16", base_url="http://127.0.0.1:9/")  # cached now: no network needed
     assert len(http_server.requests) == 1
 
 

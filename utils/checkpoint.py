@@ -1,11 +1,15 @@
-"""Checkpoint formats: the released IDDC files, DINO release files and the project's own.
+"""Checkpoint formats: the released IDDC files and the project's own.
 
 Released IDDC format (SPEC §2), which the project also writes so the original code can load it::
 
     {'backbone': {'model.<vit key>': T}, 'head_nonlinear': {'0.weight', ...}, 'classifier': {...}}
 
-Extra top-level keys (``config``, ``epoch``, ...) hold only plain Python values, so files load
-with ``torch.load(weights_only=True)``.
+Extra top-level keys (``config``, ``epoch``, ``backbone_name``, ...) hold only plain Python values,
+so files load with ``torch.load(weights_only=True)``. ``backbone_name`` (one of
+``modules.backbones.BACKBONES``) is what the project's files add so that evaluation needs no flag;
+the released files have none and their backbone is read off the tensor shapes. Backbone release
+files (DINO, DINOv2) are read by ``modules/backbones.py``, which imports this module for its errors
+and loaders; that is why the functions here import it where they use it.
 """
 import os
 import tempfile
@@ -14,14 +18,7 @@ from pathlib import Path
 import torch
 
 from modules.model import IDDCModel
-from modules.vit import VisionTransformer, vit_arch_from_state_dict
 
-DINO_BASE_URL = "https://dl.fbaipublicfiles.com/dino/"
-# The S/8 file is the 300-epoch release the IDDC code uses (not timm's vit_small_patch8_224.dino).
-DINO_FILES = {
-    16: "dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
-    8: "dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain.pth",
-}
 IDDC_PARTS = ("backbone", "head_nonlinear", "classifier")
 BACKBONE_PREFIX = "model."
 
@@ -52,19 +49,6 @@ def detect_format(obj):
     return "unknown"
 
 
-def dino_state_dict(obj, source):
-    """A plain ViT state_dict from a DINO release file (plain or the full teacher checkpoint)."""
-    kind = detect_format(obj)
-    if kind == "dino":
-        return obj
-    if kind == "dino-full":
-        teacher = {key.removeprefix("module."): value for key, value in obj["teacher"].items()}
-        return {key.removeprefix("backbone."): value for key, value in teacher.items() if key.startswith("backbone.")}
-    if kind == "iddc":
-        return strip_prefix(obj["backbone"], BACKBONE_PREFIX, source)
-    raise CheckpointError(f"{source}: not a DINO ViT state_dict (no 'patch_embed.proj.weight' key)")
-
-
 def strip_prefix(state_dict, prefix, source):
     stray = [key for key in state_dict if not key.startswith(prefix)]
     if stray:
@@ -92,25 +76,11 @@ def load_strict(module, state_dict, what, source):
     module.load_state_dict(state_dict, strict=True)
 
 
-def build_vit(vit_state, source, patch_size=None, num_heads=None):
-    """A ViT shaped like the tensors in ``vit_state``, checked against an expected patch size."""
-    arch = vit_arch_from_state_dict(vit_state, num_heads=num_heads)
-    if patch_size is not None and arch["patch_size"] != patch_size:
-        weight = vit_state["patch_embed.proj.weight"]
-        raise CheckpointError(
-            f"{source} holds a ViT with patch size {arch['patch_size']} (patch_embed.proj.weight is "
-            f"{'x'.join(map(str, weight.shape))}), but a patch-{patch_size} model was asked for "
-            f"(--patch-size {patch_size}); use the matching checkpoint or --patch-size {arch['patch_size']}"
-        )
-    vit = VisionTransformer(**arch)
-    load_strict(vit, vit_state, "backbone", source)
-    return vit
-
-
 def load_iddc_model(path, patch_size=None, num_heads=None):
     """Model and the file's extra metadata from a released or project IDDC checkpoint.
 
-    The architecture is read from the tensors, so small test models load as well; nothing is
+    The backbone is the one the file records, or the one its tensor shapes show, and its depth
+    and width are read from the tensors, so small test models load as well; nothing is
     downloaded, since the file carries its backbone.
     """
     obj = load_file(path)
@@ -122,9 +92,28 @@ def load_iddc_model(path, patch_size=None, num_heads=None):
     return model, {key: value for key, value in obj.items() if key not in IDDC_PARTS}
 
 
-def model_from_iddc_state(state, source, patch_size=None, num_heads=None):
-    """An IDDCModel from the released layout {'backbone', 'head_nonlinear', 'classifier'}, strictly."""
-    vit = build_vit(strip_prefix(state["backbone"], BACKBONE_PREFIX, source), source, patch_size, num_heads)
+def model_from_iddc_state(state, source, patch_size=None, num_heads=None, backbone=None):
+    """An IDDCModel from the released layout {'backbone', 'head_nonlinear', 'classifier'}, strictly.
+
+    ``patch_size`` and ``backbone`` (a name), when given, are what the caller expects the file
+    to hold; a file holding something else is an error that says so.
+    """
+    from modules.backbones import SPECS, backbone_from_state_dict, infer_backbone_name, to_timm_layout
+
+    vit_state = to_timm_layout(strip_prefix(state["backbone"], BACKBONE_PREFIX, source))
+    patch_weight = vit_state.get("patch_embed.proj.weight")
+    if patch_size is not None and patch_weight is not None and patch_weight.shape[-1] != patch_size:
+        raise CheckpointError(
+            f"{source} holds a ViT with patch size {patch_weight.shape[-1]} (patch_embed.proj.weight is "
+            f"{'x'.join(map(str, patch_weight.shape))}), but a patch-{patch_size} model was asked for "
+            f"(--patch-size {patch_size}); use the matching checkpoint or --patch-size {patch_weight.shape[-1]}"
+        )
+    name = state.get("backbone_name") or infer_backbone_name(vit_state, source)
+    if name not in SPECS:
+        raise CheckpointError(f"{source}: records backbone {name!r}, which this version does not know ({', '.join(SPECS)})")
+    if backbone is not None and name != backbone:
+        raise CheckpointError(f"{source} holds a {name} model, but --backbone {backbone} was asked for")
+    vit = backbone_from_state_dict(name, vit_state, source, num_heads)
     classifier_weight = state["classifier"].get("weight")
     if classifier_weight is None:
         raise CheckpointError(f"{source}: the 'classifier' weights have no 'weight' tensor")
@@ -136,8 +125,12 @@ def model_from_iddc_state(state, source, patch_size=None, num_heads=None):
 
 def iddc_state(model, **extra):
     """The released layout on CPU tensors, plus plain-valued extras (config, epoch, metrics)."""
+    from modules.backbones import infer_backbone_name
+
+    backbone = {key: value.detach().cpu() for key, value in model.backbone.state_dict().items()}
     state = {
-        "backbone": {key: value.detach().cpu() for key, value in model.backbone.state_dict().items()},
+        "backbone_name": model.backbone_name or infer_backbone_name(strip_prefix(backbone, BACKBONE_PREFIX, "model")),
+        "backbone": backbone,
         "head_nonlinear": {key: value.detach().cpu() for key, value in model.head_nonlinear.state_dict().items()},
         "classifier": {key: value.detach().cpu() for key, value in model.classifier.state_dict().items()},
     }
@@ -160,35 +153,13 @@ def save_atomic(obj, path):
         raise
 
 
-def dino_cache_path(patch_size):
-    """Where torch.hub.load_state_dict_from_url would keep the file, so existing caches are reused."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(DINO_FILES[patch_size]).name
+def new_iddc_model(backbone, backbone_weights=None, num_classes=27, num_heads=None, download=True):
+    """A model with a pretrained backbone and a freshly initialised head, for training.
 
+    ``backbone`` is a name of ``modules.backbones.BACKBONES`` or, as ``--patch-size``, 16 or 8.
+    """
+    from modules.backbones import build_backbone, resolve_backbone_name
 
-def dino_weights(patch_size, weights_file=None, download=True, base_url=DINO_BASE_URL):
-    """The DINO ViT-S state_dict: from ``weights_file``, the hub cache, or the official URL."""
-    if patch_size not in DINO_FILES:
-        raise CheckpointError(f"--patch-size must be one of {sorted(DINO_FILES)}, got {patch_size}")
-    if weights_file is not None:
-        return dino_state_dict(load_file(weights_file), weights_file)
-    cached = dino_cache_path(patch_size)
-    if not cached.is_file():
-        if not download:
-            raise CheckpointError(
-                f"DINO ViT-S/{patch_size} weights not found at {cached}; download "
-                f"{base_url}{DINO_FILES[patch_size]} and put it there, or pass --backbone-weights FILE"
-            )
-        from utils.download import DownloadError, download_file
-
-        try:
-            download_file(base_url + DINO_FILES[patch_size], cached, desc=cached.name)
-        except DownloadError as err:
-            raise CheckpointError(f"{err}\n(or pass --backbone-weights FILE with the DINO ViT-S/{patch_size} weights)") from err
-    return dino_state_dict(load_file(cached), cached)
-
-
-def new_iddc_model(patch_size, backbone_weights=None, num_classes=27, num_heads=None, download=True):
-    """A model with pretrained DINO weights and a freshly initialised head, for training."""
-    state = dino_weights(patch_size, backbone_weights, download=download)
-    vit = build_vit(state, backbone_weights or dino_cache_path(patch_size), patch_size, num_heads)
+    name = resolve_backbone_name(patch_size=backbone) if isinstance(backbone, int) else backbone
+    vit = build_backbone(name, backbone_weights, download=download, num_heads=num_heads)
     return IDDCModel(vit, num_classes=num_classes)

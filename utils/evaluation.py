@@ -127,8 +127,12 @@ def sliding_probabilities_many(model, images, window, overlap, flip, precision, 
     """Sliding-window probabilities of several images, their windows sharing backbone forwards.
 
     Each window's flip-averaged logits are upsampled to the window (bilinear, align_corners False),
-    turned into probabilities, and the probabilities averaged where windows overlap.
+    turned into probabilities, and the probabilities averaged where windows overlap. The window
+    must be a multiple of the patch (224 is one of 8, 14 and 16).
     """
+    patch_size = getattr(model, "patch_size", 1)
+    if window % patch_size:
+        raise ValueError(f"--window {window} is not a multiple of the backbone's patch size {patch_size}")
     boxes = [window_boxes(image.shape[1], image.shape[2], window, overlap) for image in images]
     crops = torch.stack([
         image[:, top : top + window, left : left + window] for image, image_boxes in zip(images, boxes) for top, left in image_boxes
@@ -147,9 +151,22 @@ def sliding_probabilities_many(model, images, window, overlap, flip, precision, 
     return results
 
 
+def forward_size(size, patch_size):
+    """The smallest multiple of the patch at least ``size``: 320 stays 320 for patches 16 and 8,
+    and becomes 322 (23 patches) for patch 14."""
+    return math.ceil(size / patch_size) * patch_size
+
+
 def whole_image_probabilities(model, images, flip, precision, batch_size, align_corners=False):
-    """One forward per image at its (resized) size; logits upsampled bilinearly to that size."""
-    logits = flip_averaged_logits(model, images, flip, precision, batch_size)  # (B, K, h, w)
+    """One forward per image at its (resized) size; logits upsampled bilinearly to that size.
+
+    A size that is no multiple of the patch (320 for DINOv2's 14) is resized bilinearly to the
+    next multiple for the forward only; the logits still come back to the scoring grid.
+    """
+    patch_size = getattr(model, "patch_size", 1)
+    size = tuple(forward_size(side, patch_size) for side in images.shape[-2:])
+    inputs = images if size == images.shape[-2:] else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    logits = flip_averaged_logits(model, inputs, flip, precision, batch_size)  # (B, K, h, w)
     upsampled = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=align_corners)
     return softmax_per_head(upsampled, num_heads(model))  # (B, K, H, W)
 

@@ -42,6 +42,7 @@ class ClustersAndProbe(nn.Module):
         self.model = model
         self.probe = probe
         self.num_classes = model.num_classes
+        self.patch_size = model.patch_size
 
     def forward(self, images):
         features, codes_inter, logits = self.model(images)

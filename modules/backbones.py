@@ -1,0 +1,242 @@
+"""The frozen backbones IDDC runs on: DINO ViT-S/16, S/8, B/16, B/8 and DINOv2 ViT-S/14, B/14 (with
+and without registers), each built with timm and loaded from its official release file.
+
+    from modules.backbones import BACKBONES, build_backbone
+    vit = build_backbone("dinov2_vits14")                # hub cache, else downloaded there
+    vit = build_backbone("dino_vitb8", "my_copy.pth")    # a release file given by hand
+    features = vit(images)                               # (B, vit.embed_dim, H / vit.patch_size, W / vit.patch_size)
+
+Release files keep their projects' key layouts (DINO: timm's names already; DINOv2: ``pos_embed``
+with the class token's row, ``register_tokens``, ``mask_token``, LayerScale ``ls1.gamma``) and are
+converted to timm's layout on loading. The name fixes the family, patch size, registers and
+positional interpolation; depth and width are read off the weights, so reduced test models load
+too, but a ViT-B file given for a ViT-S name (or the reverse) is an error that names the right one.
+"""
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from modules.vit import DINO_INTERPOLATION, PositionalInterpolation, VisionTransformer
+from utils.checkpoint import CheckpointError, load_file, load_strict
+from utils.download import DownloadError, download_file
+
+DINO_BASE_URL = "https://dl.fbaipublicfiles.com/dino/"
+DINOV2_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2/"
+# The register models of DINOv2's hub (dinov2/hub/backbones.py) resize the positional embedding
+# to the grid with antialias and no offset; the models without registers use DINO's rule.
+DINOV2_REG_INTERPOLATION = PositionalInterpolation(offset=0.0, antialias=True)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    title: str
+    family: str  # "dino" or "dinov2"
+    patch_size: int
+    embed_dim: int
+    num_heads: int
+    release_file: str  # path below the family's base URL
+    num_registers: int = 0
+    interpolation: PositionalInterpolation = DINO_INTERPOLATION
+
+    @property
+    def layer_scale(self):
+        return self.family == "dinov2"
+
+    @property
+    def base_url(self):
+        return DINO_BASE_URL if self.family == "dino" else DINOV2_BASE_URL
+
+
+_SPECS = (
+    # The S/8 file is the 300-epoch release the IDDC code uses (not timm's vit_small_patch8_224.dino).
+    BackboneSpec("dino_vits16", "DINO ViT-S/16", "dino", 16, 384, 6, "dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"),
+    BackboneSpec("dino_vits8", "DINO ViT-S/8", "dino", 8, 384, 6, "dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain.pth"),
+    BackboneSpec("dino_vitb16", "DINO ViT-B/16", "dino", 16, 768, 12, "dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"),
+    BackboneSpec("dino_vitb8", "DINO ViT-B/8", "dino", 8, 768, 12, "dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth"),
+    BackboneSpec("dinov2_vits14", "DINOv2 ViT-S/14", "dinov2", 14, 384, 6, "dinov2_vits14/dinov2_vits14_pretrain.pth"),
+    BackboneSpec("dinov2_vitb14", "DINOv2 ViT-B/14", "dinov2", 14, 768, 12, "dinov2_vitb14/dinov2_vitb14_pretrain.pth"),
+    BackboneSpec("dinov2_vits14_reg", "DINOv2 ViT-S/14 with registers", "dinov2", 14, 384, 6,
+                 "dinov2_vits14/dinov2_vits14_reg4_pretrain.pth", num_registers=4, interpolation=DINOV2_REG_INTERPOLATION),
+    BackboneSpec("dinov2_vitb14_reg", "DINOv2 ViT-B/14 with registers", "dinov2", 14, 768, 12,
+                 "dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth", num_registers=4, interpolation=DINOV2_REG_INTERPOLATION),
+)
+SPECS = {spec.name: spec for spec in _SPECS}
+BACKBONES = tuple(SPECS)
+# --patch-size, the short form of the two backbones of the original code.
+PATCH_SIZE_SHORT_FORMS = {16: "dino_vits16", 8: "dino_vits8"}
+
+
+def backbone_spec(name):
+    if name not in SPECS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    return SPECS[name]
+
+
+def resolve_backbone_name(backbone=None, patch_size=None):
+    """The backbone named by --backbone and/or its short form --patch-size (default dino_vits16).
+
+    Given both, the patch size only checks the backbone, so a config's ``backbone`` and a
+    ``--patch-size`` on the command line cannot silently disagree.
+    """
+    if backbone is None:
+        if patch_size is None:
+            return PATCH_SIZE_SHORT_FORMS[16]
+        if patch_size not in PATCH_SIZE_SHORT_FORMS:
+            raise ValueError(f"--patch-size {patch_size} has no short form; use --backbone NAME ({', '.join(BACKBONES)})")
+        return PATCH_SIZE_SHORT_FORMS[patch_size]
+    spec = backbone_spec(backbone)
+    if patch_size is not None and patch_size != spec.patch_size:
+        raise ValueError(f"--patch-size {patch_size} contradicts --backbone {backbone} (patch {spec.patch_size}); give one of them")
+    return backbone
+
+
+def release_url(name, base_url=None):
+    spec = backbone_spec(name)
+    return (base_url or spec.base_url) + spec.release_file
+
+
+def release_cache_path(name):
+    """Where torch.hub.load_state_dict_from_url would keep the release file, so existing caches are reused."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(backbone_spec(name).release_file).name
+
+
+def unwrap_state_dict(obj, source):
+    """The ViT state_dict in a release file: plain (every release), DINO's full training checkpoint
+    (the teacher's ``backbone.`` keys) or the backbone of an IDDC checkpoint (``model.`` keys)."""
+    if isinstance(obj, dict):
+        if "patch_embed.proj.weight" in obj:
+            return obj
+        if isinstance(obj.get("teacher"), dict):
+            teacher = {key.removeprefix("module."): value for key, value in obj["teacher"].items()}
+            return {key.removeprefix("backbone."): value for key, value in teacher.items() if key.startswith("backbone.")}
+        if isinstance(obj.get("backbone"), dict) and "model.patch_embed.proj.weight" in obj["backbone"]:
+            return {key.removeprefix("model."): value for key, value in obj["backbone"].items()}
+    raise CheckpointError(f"{source}: not a ViT state_dict (no 'patch_embed.proj.weight' key)")
+
+
+def release_state_dict(name, weights_file=None, *, download=True, base_url=None):
+    """(state_dict, source) of a backbone's release: ``weights_file``, the hub cache, or the official URL."""
+    spec = backbone_spec(name)
+    if weights_file is not None:
+        return unwrap_state_dict(load_file(weights_file), weights_file), Path(weights_file)
+    cached = release_cache_path(name)
+    if not cached.is_file():
+        url = release_url(name, base_url)
+        if not download:
+            raise CheckpointError(
+                f"{spec.title} weights not found at {cached}; download {url} and put it there, or pass --backbone-weights FILE"
+            )
+        try:
+            download_file(url, cached, desc=cached.name)
+        except DownloadError as err:
+            raise CheckpointError(f"{err}\n(or pass --backbone-weights FILE with the {spec.title} weights)") from err
+    return unwrap_state_dict(load_file(cached), cached), cached
+
+
+def to_timm_layout(state):
+    """A release state_dict in timm's names; a state already in timm's layout is returned as is.
+
+    DINO's names are timm's. DINOv2's ``mask_token`` (only used to mask patches in training) is
+    dropped; with registers, ``register_tokens`` becomes ``reg_token`` and the positional
+    embedding's class row is folded into ``cls_token`` (timm's register models keep no class row;
+    DINOv2 adds that row to the class token and gives the registers none, so the sum is the same).
+    """
+    state = dict(state)
+    state.pop("mask_token", None)
+    if "register_tokens" in state:
+        state["reg_token"] = state.pop("register_tokens")
+        state["cls_token"] = state["cls_token"] + state["pos_embed"][:, :1]  # (1, 1, C)
+        state["pos_embed"] = state["pos_embed"][:, 1:]  # (1, N, C)
+    return state
+
+
+@dataclass(frozen=True)
+class Architecture:
+    patch_size: int
+    embed_dim: int
+    depth: int
+    mlp_ratio: float
+    num_registers: int
+    layer_scale: bool
+    img_size: int
+
+
+def architecture(state, source):
+    """The architecture written in a timm-layout ViT state_dict's tensor shapes."""
+    try:
+        embed_dim, _, patch_size, _ = state["patch_embed.proj.weight"].shape
+        pos_rows = state["pos_embed"].shape[1]
+        mlp_hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
+    except KeyError as err:
+        raise CheckpointError(f"{source}: not a ViT state_dict: key {err} is missing") from err
+    num_registers = state["reg_token"].shape[1] if "reg_token" in state else 0
+    grid = math.isqrt(pos_rows - (0 if num_registers else 1))
+    return Architecture(
+        patch_size=int(patch_size), embed_dim=int(embed_dim),
+        depth=len({key.split(".")[1] for key in state if key.startswith("blocks.")}),
+        mlp_ratio=mlp_hidden / embed_dim, num_registers=int(num_registers),
+        layer_scale="blocks.0.ls1.gamma" in state, img_size=grid * int(patch_size),
+    )
+
+
+def _candidates(arch):
+    """Registered backbones whose family, patch and registers fit ``arch`` (any width)."""
+    return [spec for spec in _SPECS if spec.patch_size == arch.patch_size and spec.num_registers == arch.num_registers
+            and spec.layer_scale == arch.layer_scale]
+
+
+def infer_backbone_name(state, source="weights"):
+    """The backbone a timm-layout state_dict belongs to, from its shapes alone (the released IDDC
+    files carry no name). A width no release has (a reduced test model) gets the ViT-S name."""
+    arch = architecture(state, source)
+    candidates = _candidates(arch)
+    if not candidates:
+        raise CheckpointError(
+            f"{source}: a ViT with patch {arch.patch_size}, {arch.num_registers} registers and "
+            f"{'' if arch.layer_scale else 'no '}LayerScale matches none of the backbones {', '.join(BACKBONES)}"
+        )
+    same_width = [spec for spec in candidates if spec.embed_dim == arch.embed_dim]
+    return (same_width or candidates)[0].name
+
+
+def backbone_from_state_dict(name, state, source="weights", num_heads=None):
+    """Backbone ``name`` with the weights of ``state`` (release or timm layout), loaded strictly,
+    frozen and in eval mode; ``num_heads`` defaults to the release's (64 channels a head)."""
+    spec = backbone_spec(name)
+    state = to_timm_layout(state)
+    arch = architecture(state, source)
+    if spec not in _candidates(arch):
+        found = infer_backbone_name(state, source)
+        raise CheckpointError(
+            f"{source} holds a {SPECS[found].title}-like ViT (patch {arch.patch_size}, {arch.num_registers} registers, "
+            f"{'' if arch.layer_scale else 'no '}LayerScale), not a {spec.title}; use --backbone {found} or the {spec.title} file"
+        )
+    other_width = [other for other in _candidates(arch) if other.embed_dim == arch.embed_dim != spec.embed_dim]
+    if other_width:
+        raise CheckpointError(f"{source} holds a {other_width[0].title} (width {arch.embed_dim}), not a {spec.title} "
+                              f"(width {spec.embed_dim}); use --backbone {other_width[0].name}")
+    heads = num_heads or (spec.num_heads if arch.embed_dim == spec.embed_dim else max(1, arch.embed_dim // 64))
+    vit = VisionTransformer(
+        patch_size=arch.patch_size, embed_dim=arch.embed_dim, depth=arch.depth, num_heads=heads, mlp_ratio=arch.mlp_ratio,
+        img_size=arch.img_size, layer_scale=arch.layer_scale, num_registers=arch.num_registers, interpolation=spec.interpolation,
+        random_init=False,
+    )
+    load_strict(vit, state, "backbone", source)
+    vit.name = name
+    vit.requires_grad_(False)
+    return vit.eval()
+
+
+def build_backbone(name, weights_file=None, *, download=True, base_url=None, num_heads=None):
+    """The frozen backbone ``name`` (one of BACKBONES) with its release weights.
+
+    Weights come from ``weights_file`` when given, else from the torch hub cache, else they are
+    downloaded there from the release URL (``download=False``: an error naming the file and where
+    to put it). The module's forward gives (B, C, H/p, W/p) patch features for inputs whose sides
+    are multiples of ``.patch_size``; ``.embed_dim`` is C.
+    """
+    state, source = release_state_dict(name, weights_file, download=download, base_url=base_url)
+    return backbone_from_state_dict(name, state, source, num_heads)
