@@ -104,7 +104,8 @@ def main(argv=None):
         output = result.as_dict(names)
         output.update(checkpoint=str(args.checkpoint), checkpoint_meta_epoch=meta.get("epoch"), git_commit=commit, config=vars(args))
         # For scripts/summarize.py; files that record no backbone are DINO ViT-S (released, or from before backbones were recorded).
-        output.update(method="iddc", backbone=(meta.get("config") or {}).get("backbone") or f"dino_vits{model.patch_size}")
+        trained_with = meta.get("config") or {}
+        output.update(method="iddc", backbone=trained_with.get("backbone") or f"dino_vits{model.patch_size}", seed=trained_with.get("seed"))
         path = Path(args.output_json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(output, indent=1))
