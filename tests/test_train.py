@@ -109,7 +109,8 @@ def test_ddp_two_processes_gloo(tmp_path, data_root, dino_file):
     torchrun("train.py", *train_args(data_root, dino_file, out, "--epochs", "1"))
     rows = read_log(out)
     assert [row["epoch"] for row in rows if row["kind"] == "val"] == [0]  # rank 0 alone writes
-    assert sorted(p.name for p in out.iterdir()) == ["best_model.pth", "config.yaml", "last_model.pth", "log.jsonl", "resume.pth", "train.log"]
+    assert sorted(p.name for p in out.iterdir()) == ["best_model.pth", "config.yaml", "last_model.pth", "log.jsonl", "resume.pth", "tensorboard", "train.log"]
+    assert len(list((out / "tensorboard").iterdir())) == 1  # one event file: rank 0 alone writes
     # Validation confusion summed over two processes equals the single-process one.
     single, double = tmp_path / "single.json", tmp_path / "double.json"
     common = ["--data-root", str(data_root), "--checkpoint", str(out / "last_model.pth"), "--device", "cpu",
