@@ -93,7 +93,9 @@ class CRFPool:
     ``submit`` queues one image and returns at once; ``finished`` hands back results in submission
     order, waiting for the oldest ones while more than ``max_pending`` are outstanding (which bounds
     the memory held by queued probability maps). ``workers=0`` computes each CRF in ``submit``, in
-    this process. Workers are spawned (not forked), so they hold no copy of the parent's threads.
+    this process. Workers are forked where the platform can (as torch's DataLoader workers): they
+    start at once and run only numpy and pydensecrf, which use neither OpenMP nor CUDA; spawned
+    workers would first import torch and the entry point again (seconds each on a busy machine).
     """
 
     def __init__(self, workers=None, heads=1, max_pixels=DEFAULT_MAX_PIXELS, max_pending=None):
@@ -103,7 +105,8 @@ class CRFPool:
         self.heads = heads
         self.max_pixels = max_pixels
         self.max_pending = max_pending or 2 * max(1, self.workers)
-        self._pool = multiprocessing.get_context("spawn").Pool(self.workers) if self.workers else None
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        self._pool = multiprocessing.get_context(method).Pool(self.workers) if self.workers else None
         self._pending = collections.deque()
 
     def submit(self, image, probs, key):
