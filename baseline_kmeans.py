@@ -119,7 +119,8 @@ def main(argv=None):
     if args.output_json:
         output = result.as_dict(names)
         output.update(
-            method="kmeans", backbone=args.backbone, checkpoint=None, checkpoint_meta_epoch=None, git_commit=commit, config=vars(args),
+            method="kmeans", backbone=args.backbone, seed=args.seed, checkpoint=None, checkpoint_meta_epoch=None, git_commit=commit,
+            config=vars(args),
             kmeans={"num_clusters": num_clusters, "num_samples": int(features.shape[0]), "iterations": args.iterations,
                     "restarts": args.restarts, "seed": args.seed, "inertia": inertia, "logit_scale": args.logit_scale},
         )

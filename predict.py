@@ -164,12 +164,16 @@ def predict_all(model, paths, out_dir, cluster_to_class, args, device, logger):
                 write_outputs(image, at_image_size(probs.argmax(dim=0), image), path.stem, out_dir, cluster_to_class)
                 continue
             crf.submit(pixels, probs, (path, image))  # the CRF runs while the next image goes through the model
-            for (done_path, done_image), maps in crf.finished():
-                write_outputs(done_image, at_image_size(maps[0], done_image), done_path.stem, out_dir, cluster_to_class)
+            write_refined(crf.finished(), out_dir, cluster_to_class)
         if crf is not None:
-            for (done_path, done_image), maps in crf.finished(wait_all=True):
-                write_outputs(done_image, at_image_size(maps[0], done_image), done_path.stem, out_dir, cluster_to_class)
+            write_refined(crf.finished(wait_all=True), out_dir, cluster_to_class)
     return failed
+
+
+def write_refined(finished, out_dir, cluster_to_class):
+    """The PNGs of the images whose CRF is done: [((path, image), maps (1, H', W'))]."""
+    for (path, image), maps in finished:
+        write_outputs(image, at_image_size(maps[0], image), path.stem, out_dir, cluster_to_class)
 
 
 def main(argv=None):

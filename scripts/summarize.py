@@ -100,14 +100,13 @@ def row_from_json(path):
     config = result.get("config") or {}
     method = result.get("method", "iddc")
     if method == "kmeans":
-        checkpoint, seed = "-", (result.get("kmeans") or {}).get("seed")
+        checkpoint = "-"
     else:
         name = Path(result.get("checkpoint") or "?").name
         checkpoint = {"best_model.pth": "best", "last_model.pth": "last"}.get(name, name)
-        seed = result.get("seed")
     return Row(dataset=config.get("dataset", "cocostuff27"), backbone=result.get("backbone") or backbone_of(config), method=method,
                protocol=result["protocol"], flip=bool(settings.get("flip")), crf=bool(settings.get("crf")), checkpoint=checkpoint,
-               seed=seed, source=str(path), acc=acc, miou=miou)
+               seed=result.get("seed"), source=str(path), acc=acc, miou=miou)
 
 
 def collect(paths):

@@ -31,8 +31,6 @@ def fake_run(folder, seed, epochs, final=None, patch_size=16):
 def fake_eval_json(path, acc, miou, *, method="iddc", crf=False, checkpoint="checkpoints/cocostuff27_vits16.pth", seed=None):
     result = {"acc": acc, "miou": miou, "protocol": "center320", "protocol_settings": {"name": "center320", "flip": True, "crf": crf},
               "checkpoint": checkpoint, "backbone": "dino_vits16", "method": method, "seed": seed, "config": {}}
-    if method == "kmeans":
-        result["kmeans"] = {"seed": seed}
     path.write_text(json.dumps(result))
     return path
 
