@@ -102,6 +102,11 @@ class CRFPool:
         self.workers = default_workers() if workers is None else workers
         if self.workers < 0:
             raise ValueError(f"--crf-workers must be >= 0, got {self.workers}")
+        try:
+            import pydensecrf.densecrf  # noqa: F401  (checked here, before any image is queued)
+        except ImportError as err:
+            raise ImportError(f"the dense CRF needs pydensecrf2: pip install pydensecrf2 (it builds from source with g++ "
+                              f"and the Python headers) ({err})") from err
         self.heads = heads
         self.max_pixels = max_pixels
         self.max_pending = max_pending or 2 * max(1, self.workers)
