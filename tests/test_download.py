@@ -198,6 +198,21 @@ def test_google_drive_partial_download_is_kept_for_the_next_run(http_server, dri
     assert dest.read_bytes() == LARGE and leftovers(tmp_path, dest) == []
 
 
+def test_google_drive_follows_an_old_style_confirm_link(http_server, drive_proxy, tmp_path):
+    page = f'<html><body><a href="/uc?export=download&amp;confirm=Xy_9&amp;id={FILE_ID}">Download anyway</a></body></html>'
+
+    def uc(request):
+        if request.query.get("confirm") == "Xy_9":
+            return file_reply(PAYLOAD)
+        return Reply(page.encode(), content_type="text/html")
+
+    http_server.routes["uc"] = uc
+    dest = tmp_path / "ckpt.pth"
+    download_google_drive(FILE_ID, dest, proxy=drive_proxy.url, quiet=True)
+    assert dest.read_bytes() == PAYLOAD
+    assert drive_proxy.tunnels == ["drive.google.com:443", "docs.google.com:443"]  # gdown follows the link on docs.google.com
+
+
 def test_google_drive_small_file_comes_directly(http_server, drive_proxy, tmp_path):
     http_server.routes["uc"] = lambda request: file_reply(PAYLOAD)
     dest = tmp_path / "small.pth"
