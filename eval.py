@@ -2,6 +2,7 @@
 
     python eval.py --data-root DIR --checkpoint checkpoints/cocostuff27_vits16.pth
     python eval.py --data-root DIR --checkpoint FILE --protocol center320 --flip --output-json out.json
+    python eval.py --data-root DIR --checkpoint FILE --protocol center320 --flip --crf   # the peers' full protocol
     python eval.py --data-root DIR --checkpoint FILE --save-visuals outputs/visuals --num-visuals 8
 """
 import argparse
@@ -33,6 +34,8 @@ def build_parser():
     parser.add_argument("--overlap", type=int, default=75, help="sliding window overlap")
     parser.add_argument("--score-size", type=int, nargs=2, default=(320, 320), metavar=("H", "W"), help="size predictions and labels are scored at (sliding)")
     parser.add_argument("--image-interpolation", choices=("nearest", "bilinear"), default="nearest", help="center320 image resizing: nearest (STEGO, HP, CAUSE) or bilinear (PiCIE)")
+    parser.add_argument("--crf", action="store_true", help="refine with STEGO's dense CRF before the argmax (the peers' post-processing)")
+    parser.add_argument("--crf-workers", type=int, default=None, help="CRF processes running beside the forwards (default: CPU cores, at most 8; 0: none)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fp32 reproduces the published numbers; bf16 autocast is faster")
     parser.add_argument("--batch-size", type=int, default=32, help="images (windows for sliding, flips included) per backbone forward")
@@ -61,6 +64,8 @@ def main(argv=None):
             parser.error(f"--{option.replace('_', '-')} is required")
     if args.num_visuals < 0:
         parser.error(f"--num-visuals must be >= 0, got {args.num_visuals}")
+    if args.crf_workers is not None and args.crf_workers < 0:
+        parser.error(f"--crf-workers must be >= 0, got {args.crf_workers}")
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = distributed.init_from_env(args.device)
     main_process = distributed.is_main()  # remembered: after cleanup every process would read as rank 0
@@ -70,7 +75,7 @@ def main(argv=None):
     collector = VisualCollector(args.num_visuals) if args.save_visuals and main_process else None
     try:
         model, meta = load_iddc_model(args.checkpoint, patch_size=args.patch_size, num_heads=args.num_heads)
-        protocol = make_protocol(args.protocol, args.flip, args.window, args.overlap, args.score_size, args.image_interpolation)
+        protocol = make_protocol(args.protocol, args.flip, args.window, args.overlap, args.score_size, args.image_interpolation, args.crf)
         model.to(device)
         result = evaluate(
             model,
@@ -82,6 +87,7 @@ def main(argv=None):
             num_workers=args.num_workers,
             limit=args.limit,
             on_image=collector,
+            crf_workers=args.crf_workers,
         )
     except (CheckpointError, DataError, ValueError) as err:  # ValueError: e.g. a --window the patch does not divide
         logger.error("error: %s", err)
@@ -98,6 +104,8 @@ def main(argv=None):
         output = result.as_dict(names)
         output.update(checkpoint=str(args.checkpoint), checkpoint_meta_epoch=meta.get("epoch"), backbone=model.backbone_name,
                       git_commit=commit, config=vars(args))
+        # For scripts/summarize.py: what was evaluated and the training seed, when the checkpoint records it.
+        output.update(method="iddc", seed=(meta.get("config") or {}).get("seed"))
         path = Path(args.output_json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(output, indent=1))

@@ -4,7 +4,8 @@
     python predict.py --checkpoint FILE --input photos/ --output-dir out/ --assignment eval.json
 
 Each image is segmented with the published sliding-window protocol (224 windows, overlap 75, flip
-averaging) at its own resolution, and gets, at its original size:
+averaging) at its own resolution (--crf: then refined with STEGO's dense CRF), and gets, at its
+original size:
   <stem>_clusters.png  indexed PNG whose pixel values are the cluster ids
   <stem>_color.png     the segmentation in colour
   <stem>_overlay.png   the colours blended over the image
@@ -13,6 +14,7 @@ plus one legend.png. Clusters have no names of their own: with --assignment (an 
 Unreadable images are reported and skipped; the exit code is then 1.
 """
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -25,6 +27,7 @@ from tqdm import tqdm
 from data.cocostuff import DataError, class_names, read_image
 from data.transforms import to_normalized_tensor, upscaled_size
 from utils.checkpoint import CheckpointError, load_iddc_model
+from utils.crf import CRFPool
 from utils.evaluation import resize_nearest, sliding_probabilities
 from utils.log import setup_logger
 from utils.visualize import PALETTE, colorize, indexed_png, legend, map_clusters, overlay
@@ -46,6 +49,8 @@ def build_parser():
     parser.add_argument("--window", type=int, default=224, help="sliding window size")
     parser.add_argument("--overlap", type=int, default=75, help="sliding window overlap")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip averaging per window")
+    parser.add_argument("--crf", action="store_true", help="refine with STEGO's dense CRF at the image's size (see README)")
+    parser.add_argument("--crf-workers", type=int, default=None, help="CRF processes running beside the forwards (default: CPU cores, at most 8; 0: none)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast is faster on GPUs")
     parser.add_argument("--batch-size", type=int, default=32, help="windows (flips included) per backbone forward")
@@ -89,18 +94,19 @@ def load_assignment(path, num_clusters, num_classes):
     return cluster_to_class
 
 
-def segment(model, image, device, window=224, overlap=75, flip=True, precision="fp32", batch_size=32):
-    """Cluster map (H, W) of a PIL image at its original size, by overlapping windows.
-
-    Images with a side under the window are upscaled first (aspect kept, as eval.py's sliding
-    protocol) and the map is brought back with torch's legacy nearest.
-    """
+def window_probabilities(model, image, device, window=224, overlap=75, flip=True, precision="fp32", batch_size=32):
+    """(normalised image (3, H', W'), cluster probabilities (K, H', W')) of a PIL image by overlapping
+    windows; images with a side under the window are upscaled first (aspect kept, as eval.py's
+    sliding protocol)."""
     resized = image.resize(upscaled_size(*image.size, window), Image.BILINEAR)
     pixels = to_normalized_tensor(resized).to(device)  # (3, H', W')
     with torch.no_grad():
-        probs = sliding_probabilities(model, pixels, window, overlap, flip, precision, batch_size)  # (K, H', W')
-    clusters = probs.argmax(dim=0)  # (H', W')
-    if resized.size != image.size:
+        return pixels, sliding_probabilities(model, pixels, window, overlap, flip, precision, batch_size)
+
+
+def at_image_size(clusters, image):
+    """A (H', W') map brought to the PIL image's size with torch's legacy nearest, as a numpy array."""
+    if tuple(clusters.shape) != (image.height, image.width):
         clusters = resize_nearest(clusters, (image.height, image.width))  # (H, W)
     return clusters.cpu().numpy()
 
@@ -145,16 +151,29 @@ def load_model(args, device):
 def predict_all(model, paths, out_dir, cluster_to_class, args, device, logger):
     """Segment every image; unreadable ones are reported and skipped. Returns the failed paths."""
     failed = []
-    for path in tqdm(paths, desc="predict", unit="img"):
-        try:
-            image = read_image(path)
-        except DataError as err:
-            logger.warning("skipped: %s", err)
-            failed.append(path)
-            continue
-        clusters = segment(model, image, device, args.window, args.overlap, args.flip, args.precision, args.batch_size)  # (H, W)
-        write_outputs(image, clusters, path.stem, out_dir, cluster_to_class)
+    with CRFPool(args.crf_workers) if args.crf else contextlib.nullcontext() as crf:
+        for path in tqdm(paths, desc="predict", unit="img"):
+            try:
+                image = read_image(path)
+            except DataError as err:
+                logger.warning("skipped: %s", err)
+                failed.append(path)
+                continue
+            pixels, probs = window_probabilities(model, image, device, args.window, args.overlap, args.flip, args.precision, args.batch_size)
+            if crf is None:
+                write_outputs(image, at_image_size(probs.argmax(dim=0), image), path.stem, out_dir, cluster_to_class)
+                continue
+            crf.submit(pixels, probs, (path, image))  # the CRF runs while the next image goes through the model
+            write_refined(crf.finished(), out_dir, cluster_to_class)
+        if crf is not None:
+            write_refined(crf.finished(wait_all=True), out_dir, cluster_to_class)
     return failed
+
+
+def write_refined(finished, out_dir, cluster_to_class):
+    """The PNGs of the images whose CRF is done: [((path, image), maps (1, H', W'))]."""
+    for (path, image), maps in finished:
+        write_outputs(image, at_image_size(maps[0], image), path.stem, out_dir, cluster_to_class)
 
 
 def main(argv=None):
@@ -164,6 +183,8 @@ def main(argv=None):
         parser.error(f"--overlap must lie in 0..{args.window - 1} (below --window {args.window}), got {args.overlap}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.crf_workers is not None and args.crf_workers < 0:
+        parser.error(f"--crf-workers must be >= 0, got {args.crf_workers}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     logger = setup_logger()
     try:

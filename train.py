@@ -22,7 +22,7 @@ from utils import distributed
 from utils.checkpoint import CheckpointError, iddc_state, load_file, model_from_iddc_state, new_iddc_model, save_atomic
 from utils.config import parse_args_with_config, save_config
 from utils.evaluation import PROTOCOLS, evaluate_heads, make_protocol
-from utils.log import JsonlLog, git_commit, setup_logger
+from utils.log import JsonlLog, LogGroup, TensorboardLog, git_commit, setup_logger
 from utils.metrics import segmentation_metrics
 from utils.trainer import (
     ClustersAndProbe, StopRequests, StopTraining, TrainableHead, poly_lr, restore_rng_states, rng_states, seed_everything,
@@ -67,11 +67,12 @@ def build_parser():
     return parser
 
 
-def validate(model, probe, args, device, protocol_name):
+def validate(model, probe, args, device, protocol_name, on_image=None):
     """Clusters (Hungarian-matched) and the linear probe (identity-matched) from one evaluation pass."""
     clusters, probe_result = evaluate_heads(
         ClustersAndProbe(model, probe), args.data_root, make_protocol(protocol_name), device=device,
         precision=args.precision, batch_size=args.val_batch_size, num_workers=min(args.num_workers, 4), limit=args.val_limit,
+        on_image=on_image,
     )
     probe_metrics = segmentation_metrics(probe_result.confusion, np.arange(model.num_classes))
     return clusters, probe_metrics
@@ -112,7 +113,9 @@ def train(args, device, output_dir, logger):
     logger.info("train.py at commit %s, %d process(es), config:\n%s", commit, distributed.world_size(), json.dumps(vars(args), indent=1, sort_keys=True))
     if distributed.is_main():
         save_config(args, output_dir / "config.yaml")
-    jsonl = JsonlLog(output_dir / "log.jsonl")
+    tensorboard = TensorboardLog(output_dir / "tensorboard")
+    jsonl_log = JsonlLog(output_dir / "log.jsonl")
+    jsonl = LogGroup(jsonl_log, tensorboard)  # every logged value goes to both
     seed_everything(args.seed)
 
     resume_path = output_dir / RESUME_FILE
@@ -136,7 +139,7 @@ def train(args, device, output_dir, logger):
         step, best_miou, epoch_sums = resume["step"], resume["best_miou"], resume.get("epoch_sums", {})
         restore_rng_states(resume["rng"])
         logger.info("resuming from %s at epoch %d, batch %d (step %d)", resume_path, start_epoch, start_batch, step)
-        jsonl.drop_after(step)
+        jsonl_log.drop_after(step)
     # Gradients are summed over the processes (see IDDCLoss's ``objective``), so no DDP wrapper:
     # the processes start from rank 0's weights and stay equal.
     distributed.broadcast_parameters([*head.parameters(), *probe.parameters()])
@@ -188,7 +191,9 @@ def train(args, device, output_dir, logger):
                 return stop.report(logger, resume_path, epoch, progress["batch"], progress["step"])
             progress = {"batch": 0, "step": step, "epoch_sums": {}}
 
-            clusters, probe_metrics = validate(model, probe, args, device, args.val_protocol)
+            pictures = tensorboard.pictures()
+            clusters, probe_metrics = validate(model, probe, args, device, args.val_protocol, on_image=pictures)
+            tensorboard.write_pictures(pictures, clusters.metrics["cluster_to_class"], step)
             miou, acc = float(clusters.metrics["miou"]), float(clusters.metrics["acc"])
             logger.info("epoch %d %s: clusters Acc %.2f mIoU %.2f | linear probe Acc %.2f mIoU %.2f", epoch, args.val_protocol,
                         acc, miou, probe_metrics["acc"], probe_metrics["miou"])
@@ -213,6 +218,7 @@ def train(args, device, output_dir, logger):
                     final.metrics["acc"], final.metrics["miou"], final_probe["acc"], final_probe["miou"])
         jsonl.write(kind="final", protocol=args.final_protocol, acc=float(final.metrics["acc"]), miou=float(final.metrics["miou"]),
                     probe_acc=float(final_probe["acc"]), probe_miou=float(final_probe["miou"]))
+    tensorboard.close()
     return 0
 
 

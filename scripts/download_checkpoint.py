@@ -1,12 +1,11 @@
 """Download a released IDDC checkpoint (COCO-Stuff-27) from Google Drive.
 
-    python scripts/download_checkpoint.py vits16|vits8 [--dest FILE]
+    python scripts/download_checkpoint.py vits16|vits8 [--dest FILE] [--proxy URL]
 
 The registry below is the single place that knows the released files and the numbers the paper
 reports for them, so that evaluation code can import it and compare.
 """
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a file, the script only sees scripts/
     sys.path.insert(0, str(REPO_ROOT))
 
-from utils.download import GOOGLE_DRIVE_URL, DownloadError, download_google_drive  # noqa: E402
+from utils.download import DownloadError, download_google_drive  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,6 @@ RELEASED_CHECKPOINTS = {
     "vits8": ReleasedCheckpoint("1TNkAyky3903eRRH8OEvrB9EyCKxgNA8w", "cocostuff27_vits8.pth", 58.3, 25.5),
 }
 CHECKPOINT_DIR = REPO_ROOT / "checkpoints"
-BASE_URL_ENV = "IDDC_GDRIVE_BASE_URL"
 
 
 def default_dest(name):
@@ -43,10 +41,11 @@ def drive_page(name):
     return f"https://drive.google.com/file/d/{RELEASED_CHECKPOINTS[name].gdrive_id}/view"
 
 
-def fetch_checkpoint(name, dest=None, *, base_url=GOOGLE_DRIVE_URL, quiet=False):
+def fetch_checkpoint(name, dest=None, *, proxy=None, quiet=False):
     """Download checkpoint ``name`` to ``dest`` (default: checkpoints/) unless it exists; return its path.
 
     Says what it does unless ``quiet``; raises DownloadError when the file cannot be fetched.
+    ``proxy`` ("http://host:port") is handed to gdown.
     """
     checkpoint = RELEASED_CHECKPOINTS[name]
     dest = Path(dest) if dest is not None else default_dest(name)
@@ -56,7 +55,7 @@ def fetch_checkpoint(name, dest=None, *, base_url=GOOGLE_DRIVE_URL, quiet=False)
         return dest
     say(f"Downloading the IDDC {name} checkpoint (Google Drive id {checkpoint.gdrive_id}; paper: "
         f"{checkpoint.paper_acc} Acc / {checkpoint.paper_miou} mIoU) to {dest}")
-    download_google_drive(checkpoint.gdrive_id, dest, base_url=base_url, desc=dest.name, quiet=quiet)
+    download_google_drive(checkpoint.gdrive_id, dest, proxy=proxy, quiet=quiet)
     say(f"Saved {dest} ({dest.stat().st_size / 2**20:.1f} MiB)")
     return dest
 
@@ -69,13 +68,13 @@ def main(argv=None):
                             for key, c in sorted(RELEASED_CHECKPOINTS.items())))
     parser.add_argument("--dest", type=Path, default=None,
                         help="where to write it (default: checkpoints/<file name> in the repository)")
-    # For tests and mirrors: the Google Drive download endpoint to use instead of the real one.
-    parser.add_argument("--base-url", default=os.environ.get(BASE_URL_ENV, GOOGLE_DRIVE_URL), help=argparse.SUPPRESS)
+    parser.add_argument("--proxy", default=None, metavar="URL",
+                        help="HTTP(S) proxy for Google Drive, e.g. http://host:3128 (default: HTTPS_PROXY if set)")
     args = parser.parse_args(argv)
 
     dest = args.dest if args.dest is not None else default_dest(args.name)
     try:
-        fetch_checkpoint(args.name, dest, base_url=args.base_url)
+        fetch_checkpoint(args.name, dest, proxy=args.proxy)
     except DownloadError as err:
         print(f"error: could not download the {args.name} checkpoint: {err.reason}. Download it by hand from "
               f"{drive_page(args.name)} and put it at {dest} (a partial download is resumed when this command "

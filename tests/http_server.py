@@ -1,13 +1,17 @@
 """A loopback HTTP server for the download tests: byte ranges, cut connections, scripted pages.
 
-Tests never leave 127.0.0.1; this server plays COCO's file host and Google Drive. Import the
+Tests never leave 127.0.0.1; this server plays COCO's file host, and with DriveProxy in front of
+it, Google Drive. Import the
 fixtures into a test module (``from tests.http_server import http_server``) to use them.
 """
 import re
 import socket
+import socketserver
+import ssl
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -135,3 +139,112 @@ def closed_port_url():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/"
+
+
+# Google Drive through gdown. gdown only treats drive.google.com as Drive and always asks it over
+# HTTPS, so a loopback URL cannot stand in for it. The tests therefore go through gdown's
+# ``proxy=`` option: this proxy accepts CONNECT tunnels to Drive's hosts, ends their TLS with a
+# throwaway certificate for those hosts (its CA file is given to requests via REQUESTS_CA_BUNDLE),
+# and answers the requests inside with the LoopbackServer's routes. Nothing leaves 127.0.0.1.
+DRIVE_HOSTS = ("drive.google.com", "drive.usercontent.google.com", "docs.google.com")
+
+
+def make_drive_certificates(folder):
+    """(CA certificate file, server certificate+key file) for DRIVE_HOSTS, made with cryptography."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    valid = dict(not_valid_before=now - datetime.timedelta(days=1), not_valid_after=now + datetime.timedelta(days=2))
+
+    def certificate(subject, issuer, key, signing_key, extensions):
+        builder = x509.CertificateBuilder(subject_name=subject, issuer_name=issuer, public_key=key.public_key(),
+                                          serial_number=x509.random_serial_number(), **valid)
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(signing_key, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "iddc test CA")])
+    ca = certificate(ca_name, ca_name, ca_key, ca_key, [
+        (x509.BasicConstraints(ca=True, path_length=None), True),
+        (x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False, key_encipherment=False,
+                       data_encipherment=False, key_agreement=False, encipher_only=False, decipher_only=False), True),
+        (x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False),
+    ])
+    server = certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DRIVE_HOSTS[0])]), ca_name, server_key, ca_key, [
+        (x509.SubjectAlternativeName([x509.DNSName(host) for host in DRIVE_HOSTS]), False),
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False),
+        (x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False),
+    ])
+    ca_file, server_file = Path(folder) / "ca.pem", Path(folder) / "server.pem"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    server_file.write_bytes(server.public_bytes(serialization.Encoding.PEM) + server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return ca_file, server_file
+
+
+class DriveProxy:
+    """An HTTP proxy on 127.0.0.1 whose CONNECT tunnels to Drive's hosts reach ``loopback``'s routes."""
+
+    def __init__(self, loopback, server_cert_file):
+        self.loopback = loopback
+        self.tunnels = []  # CONNECT targets, in order
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(server_cert_file)
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _ProxyHandler)
+        self._server.daemon_threads = True
+        self._server.proxy = self
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self):
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class _ProxyHandler(socketserver.StreamRequestHandler):
+    rbufsize = 0  # read the CONNECT head byte by byte: nothing of the TLS stream may be buffered here
+
+    def handle(self):
+        proxy = self.server.proxy
+        request_line = self.rfile.readline(65537).decode("latin-1").split()
+        while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+            pass
+        if len(request_line) != 3 or request_line[0] != "CONNECT" or request_line[1].rpartition(":")[0] not in DRIVE_HOSTS:
+            self.wfile.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+            return
+        proxy.tunnels.append(request_line[1])
+        self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        try:
+            tls = proxy.context.wrap_socket(self.connection, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        _Handler(tls, self.client_address, proxy.loopback._httpd)  # serves the tunnel's requests, then returns
+
+
+@pytest.fixture(scope="session")
+def drive_certificates(tmp_path_factory):
+    return make_drive_certificates(tmp_path_factory.mktemp("drive_tls"))
+
+
+@pytest.fixture
+def drive_proxy(http_server, drive_certificates, monkeypatch):
+    """A DriveProxy in front of ``http_server``; requests trusts its CA and no proxy from the environment interferes."""
+    ca_file, server_file = drive_certificates
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))
+    monkeypatch.setenv("CURL_CA_BUNDLE", str(ca_file))
+    proxy = DriveProxy(http_server, server_file)
+    yield proxy
+    proxy.stop()

@@ -82,8 +82,10 @@ def test_processes_train_the_single_process_model(tmp_path, data_root, dino_file
     out = tmp_path / "ddp"
     torchrun(nproc, "train.py", *args_for(data_root, dino_file, out, batch_size))
     assert_same_training(single[batch_size], out)
+    # Rank 0 alone writes (one TensorBoard event file).
     assert sorted(p.name for p in out.iterdir()) == ["best_model.pth", "config.yaml", "last_model.pth", "log.jsonl",
-                                                     "resume.pth", "train.log"]  # rank 0 alone writes
+                                                     "resume.pth", "tensorboard", "train.log"]
+    assert len(list((out / "tensorboard").iterdir())) == 1
     if (nproc, batch_size) == (2, 8):
         # Validation under torchrun sums the processes' confusion matrices: the single-process ones.
         common = ["--data-root", str(data_root), "--checkpoint", str(out / "last_model.pth"), "--device", "cpu",

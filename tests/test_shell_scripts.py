@@ -8,7 +8,7 @@ import pytest
 
 from data.synthetic import write_synthetic_cocostuff
 from helpers import save_released, small_model
-from http_server import closed_port_url, http_server  # noqa: F401  (fixtures)
+from http_server import Reply, closed_port_url, drive_certificates, drive_proxy, http_server  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,23 +25,25 @@ def run_script(script, *args, env=None, cwd=None):
     return subprocess.run(["bash", str(ROOT / script), *args], env=full_env, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def test_val_script_downloads_missing_checkpoint_then_evaluates(tmp_path, data_root, http_server):
+def test_val_script_downloads_missing_checkpoint_then_evaluates(tmp_path, data_root, http_server, drive_proxy):
     checkpoint = save_released(small_model(), tmp_path / "served.pth")
-    http_server.serve_bytes("uc", checkpoint.read_bytes())
+    # Google Drive (behind the loopback HTTPS proxy) serves the small file directly.
+    http_server.routes["uc"] = lambda request: Reply(checkpoint.read_bytes(), headers={"Content-Disposition": 'attachment; filename="c.pth"'})
     out = tmp_path / "result.json"
     done = run_script("val_coco27.sh", "vits16", "--device", "cpu", "--num-workers", "0", "--output-json", str(out),
                       env={"DATA_ROOT": str(data_root), "CHECKPOINT_DIR": str(tmp_path / "ckpts"),
-                           "IDDC_GDRIVE_BASE_URL": http_server.url("uc")}, cwd=tmp_path)
+                           "HTTPS_PROXY": drive_proxy.url}, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "downloading the released checkpoint" in done.stdout
     assert (tmp_path / "ckpts" / "cocostuff27_vits16.pth").read_bytes() == checkpoint.read_bytes()
+    assert http_server.requests_for("uc")[0].query == {"id": "11a_S4t7KbyQJRzKLnhSIoSQ59ykPCxBl"}
     result = json.loads(out.read_text())
     assert result["protocol"] == "sliding" and result["num_images"] == 2
 
 
 def test_val_script_offline_and_without_data_root(tmp_path, data_root, closed_port_url):
     done = run_script("val_coco27.sh", "vits8", env={"DATA_ROOT": str(data_root), "CHECKPOINT_DIR": str(tmp_path),
-                                                     "IDDC_GDRIVE_BASE_URL": closed_port_url + "uc"}, cwd=tmp_path)
+                                                     "HTTPS_PROXY": closed_port_url.rstrip("/")}, cwd=tmp_path)
     assert done.returncode == 1
     assert "1TNkAyky3903eRRH8OEvrB9EyCKxgNA8w" in done.stdout + done.stderr
     assert not (tmp_path / "cocostuff27_vits8.pth").exists()

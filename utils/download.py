@@ -1,28 +1,22 @@
-"""Resumable HTTP downloads with a progress bar and checksums, plus Google Drive's confirm step.
+"""Resumable HTTP downloads with a progress bar and checksums, and Google Drive files through gdown.
 
-The data (18 GB of COCO images) and the released checkpoints are fetched with the standard
-library only, so preparing a machine needs nothing beyond the project's requirements. A transfer
-that breaks off keeps what arrived in ``<dest>.part`` and continues from there (HTTP ``Range``),
-and ``dest`` itself only ever appears complete and verified, so its existence can be trusted.
+The data (18 GB of COCO images) is fetched with the standard library: a transfer that breaks off
+keeps what arrived in ``<dest>.part`` and continues from there (HTTP ``Range``). The released
+checkpoints live on Google Drive, whose confirm pages change over time; gdown follows them and is
+kept up to date with them. Either way ``dest`` itself only ever appears complete and verified, so
+its existence can be trusted.
 """
 import hashlib
 import http.client
 import os
 import re
-from html.parser import HTMLParser
-from http.cookiejar import CookieJar
 from pathlib import Path
 from urllib.error import HTTPError, URLError
-from urllib.parse import urlencode, urljoin, urlsplit
-from urllib.request import HTTPCookieProcessor, Request, build_opener
+from urllib.request import Request, build_opener
 
 from tqdm import tqdm
 
-GOOGLE_DRIVE_URL = "https://drive.google.com/uc"
-# Google Drive serves different pages to clients it does not recognise as browsers.
 USER_AGENT = "Mozilla/5.0 (compatible; iddc-download/1.0)"
-# A confirm page is a few tens of kB; reading more than this means it is not a confirm page.
-MAX_PAGE_BYTES = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
@@ -61,42 +55,46 @@ def download_file(url, dest, *, md5=None, sha256=None, desc=None, timeout=60, ch
                      chunk_size=chunk_size, quiet=quiet, retries=retries, opener=build_opener())
 
 
-def download_google_drive(file_id, dest, *, base_url=GOOGLE_DRIVE_URL, md5=None, sha256=None, desc=None,
-                          timeout=60, chunk_size=1 << 20, quiet=False, retries=3):
-    """Download a publicly shared Google Drive file to ``dest`` and return ``dest`` as a Path.
+def download_google_drive(file_id, dest, *, proxy=None, md5=None, sha256=None, timeout=60, quiet=False, retries=3):
+    """Download a publicly shared Google Drive file to ``dest`` with gdown and return ``dest`` as a Path.
 
-    For files too large to be virus-scanned Drive first answers with an HTML page whose form (or,
-    on older pages, a ``confirm=`` link) leads to the file; that form is followed with its hidden
-    parameters. A web page that offers no way on (download quota exceeded, file not shared) is
-    a DownloadError, and so is a web page where the file should be, so that an HTML page is never
-    saved as the file. Same resuming, retries and checks as :func:`download_file`.
+    gdown follows Drive's "too large to scan for viruses" confirm page and resumes what an earlier
+    run left (its ``<dest name>.download<8 characters>.part`` beside ``dest``). ``proxy``
+    ("http://host:port") is handed to gdown; without it the usual HTTPS_PROXY variables apply. A
+    page instead of the file (download quota exceeded, file not shared) is a DownloadError, and
+    ``dest`` appears only once the digests given match.
     """
+    import gdown
+    import requests
+    from gdown.exceptions import FileURLRetrievalError
+
     dest = Path(dest)
-    opener = build_opener(HTTPCookieProcessor(CookieJar()))
-    url = f"{base_url}?{urlencode({'export': 'download', 'id': file_id})}"
-    response = _open(opener, url, dest, timeout)
-    if response.headers.get_content_type() == "text/html":
-        with response:
-            charset = response.headers.get_content_charset() or "utf-8"
-            page = response.read(MAX_PAGE_BYTES).decode(charset, errors="replace")
-            url = _follow_confirm_page(page, response.geturl(), dest)
-        response = None
-    return _download(url, dest, md5=md5, sha256=sha256, desc=desc, timeout=timeout, chunk_size=chunk_size,
-                     quiet=quiet, retries=retries, opener=opener, response=response, html_is_error=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fetched = dest.with_name(dest.name + ".download")  # complete but not yet verified
+    try:
+        gdown.download(id=file_id, output=str(fetched), quiet=quiet, proxy=proxy, resume=True, retries=retries,
+                       timeout=timeout, use_cookies=False)
+    except FileURLRetrievalError as err:
+        reason = "Google Drive answered with a page instead of the file (download quota exceeded, or not shared publicly)"
+        raise DownloadError(f"{reason}: {' '.join(str(err).split())}. Try again later, or download it by hand in a "
+                            f"browser and put it at {dest}.", reason=reason) from err
+    except (gdown.exceptions.DownloadError, requests.exceptions.RequestException, OSError) as err:
+        reason = f"cannot download Google Drive file {file_id} ({type(err).__name__}: {err})"
+        raise DownloadError(f"{reason}. What arrived is kept beside {dest} and resumed by the next run; or download the "
+                            f"file by hand and put it at {dest}.", reason=reason) from err
+    _check_digests(fetched, dest, f"Google Drive file {file_id}", md5=md5, sha256=sha256)
+    os.replace(fetched, dest)
+    return dest
 
 
-def _download(url, dest, *, md5, sha256, desc, timeout, chunk_size, quiet, retries, opener,
-              response=None, html_is_error=False):
-    """Shared body of the public functions; ``response`` is an already opened first attempt."""
+def _download(url, dest, *, md5, sha256, desc, timeout, chunk_size, quiet, retries, opener):
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = partial_path(dest)
     for attempt in range(retries + 1):
-        if response is None:
-            response = _open(opener, url, dest, timeout)
+        response = _open(opener, url, dest, timeout)
         try:
             with response:
-                _receive(response, url, dest, desc=desc or dest.name, chunk_size=chunk_size, quiet=quiet,
-                         html_is_error=html_is_error)
+                _receive(response, url, dest, desc=desc or dest.name, chunk_size=chunk_size, quiet=quiet)
             break
         except _Interrupted as err:
             if attempt == retries:
@@ -106,7 +104,6 @@ def _download(url, dest, *, md5, sha256, desc, timeout, chunk_size, quiet, retri
                     f"and put it at {dest}.", reason=str(err)) from None
             if not quiet:
                 tqdm.write(f"{dest.name}: transfer broke off ({err}); resuming (retry {attempt + 1} of {retries})")
-        response = None
     _check_digests(part, dest, url, md5=md5, sha256=sha256)
     os.replace(part, dest)
     return dest
@@ -138,14 +135,9 @@ def _open(opener, url, dest, timeout):
         f"download the file by hand and put it at {dest}.", reason=reason)
 
 
-def _receive(response, url, dest, *, desc, chunk_size, quiet, html_is_error):
+def _receive(response, url, dest, *, desc, chunk_size, quiet):
     """Append (206) or write (200) the response body to the .part file."""
     part = partial_path(dest)
-    if html_is_error and response.headers.get_content_type() == "text/html":
-        reason = f"{url} answered with a web page instead of the file"
-        raise DownloadError(
-            f"{reason} (download quota exceeded, or the file is not shared publicly?). Try again later, or "
-            f"download it by hand in a browser and put it at {dest}.", reason=reason)
     length = response.headers.get("Content-Length")
     length = int(length) if length and length.isdigit() else None
     if response.status == 206:
@@ -184,7 +176,7 @@ def _receive(response, url, dest, *, desc, chunk_size, quiet, html_is_error):
 
 
 def _check_digests(part, dest, url, *, md5, sha256):
-    """Compare the finished .part with the expected digests; a mismatch removes it."""
+    """Compare the finished download ``part`` with the expected digests; a mismatch removes it."""
     expected = {name: value.lower() for name, value in (("md5", md5), ("sha256", sha256)) if value}
     if not expected:
         return
@@ -201,60 +193,3 @@ def _check_digests(part, dest, url, *, md5, sha256):
             raise DownloadError(
                 f"{dest.name} downloaded from {url}: {reason}. The download was removed; run again, and if it "
                 f"keeps failing the file on the server is not the expected one.", reason=reason)
-
-
-class _DrivePageParser(HTMLParser):
-    """Collects the forms (action + hidden inputs), ``confirm=`` links and title of a Drive page."""
-
-    def __init__(self):
-        super().__init__()
-        self.forms = []
-        self.confirm_links = []
-        self.title = ""
-        self._form = None
-        self._in_title = False
-
-    def handle_starttag(self, tag, attrs):
-        attrs = {name: value or "" for name, value in attrs}
-        if tag == "form":
-            self._form = {"id": attrs.get("id", ""), "action": attrs.get("action", ""),
-                          "method": attrs.get("method", "get").lower(), "params": {}}
-            self.forms.append(self._form)
-        elif tag == "input" and self._form is not None and attrs.get("type", "").lower() == "hidden":
-            if attrs.get("name"):
-                self._form["params"][attrs["name"]] = attrs.get("value", "")
-        elif tag == "a" and "confirm=" in attrs.get("href", ""):
-            self.confirm_links.append(attrs["href"])
-        elif tag == "title":
-            self._in_title = True
-
-    def handle_endtag(self, tag):
-        if tag == "form":
-            self._form = None
-        elif tag == "title":
-            self._in_title = False
-
-    def handle_data(self, data):
-        if self._in_title:
-            self.title += data
-
-
-def _follow_confirm_page(page, page_url, dest):
-    """The URL that Drive's "download anyway" page leads to; DownloadError when it leads nowhere."""
-    parser = _DrivePageParser()
-    parser.feed(page)
-    parser.close()
-    forms = [form for form in parser.forms
-             if form["method"] == "get" and ("confirm" in form["params"] or "id" in form["params"])]
-    forms.sort(key=lambda form: form["id"] != "download-form")
-    if forms:
-        action = urljoin(page_url, forms[0]["action"])
-        separator = "&" if urlsplit(action).query else "?"
-        return f"{action}{separator}{urlencode(forms[0]['params'])}"
-    if parser.confirm_links:
-        return urljoin(page_url, parser.confirm_links[0])
-    title = " ".join(parser.title.split()) or "no title"
-    reason = f"Google Drive answered with a web page ({title!r}) that has no download form or confirm link"
-    raise DownloadError(
-        f"{reason} at {page_url}: the file may be over its download quota or not shared publicly. Try again "
-        f"later, or download it by hand in a browser and put it at {dest}.", reason=reason)

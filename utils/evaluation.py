@@ -20,6 +20,7 @@ from tqdm import tqdm
 from data.cocostuff import CocoStuffEval
 from data.transforms import CenterCropTransform, ResizeTransform, SlidingTransform
 from utils import distributed
+from utils.crf import CRFPool
 from utils.metrics import confusion_matrix, segmentation_metrics
 
 
@@ -35,6 +36,7 @@ class Protocol:
     input_size: int = None
     image_interpolation: str = "bilinear"
     align_corners: bool = False
+    crf: bool = False
 
     def transform(self):
         if self.name == "sliding":
@@ -47,18 +49,19 @@ class Protocol:
 PROTOCOLS = ("sliding", "resize320", "center320")
 
 
-def make_protocol(name, flip=None, window=224, overlap=75, score_size=(320, 320), image_interpolation="nearest"):
+def make_protocol(name, flip=None, window=224, overlap=75, score_size=(320, 320), image_interpolation="nearest", crf=False):
     """The published protocol (sliding), the original's per-epoch validation (resize320) and the
-    peers' centre crop (center320); ``flip`` None keeps each protocol's own default."""
+    peers' centre crop (center320); ``flip`` None keeps each protocol's own default; ``crf``
+    refines the probabilities with STEGO's dense CRF (utils/crf.py) before the argmax."""
     if name == "sliding":
         # SPEC §5: 224 windows, overlap 75, flip averaging, scored at 320x320 (legacy nearest).
-        return Protocol("sliding", window=window, overlap=overlap, flip=True if flip is None else flip, score_size=tuple(score_size))
+        return Protocol("sliding", window=window, overlap=overlap, flip=True if flip is None else flip, score_size=tuple(score_size), crf=crf)
     if name == "resize320":
         # The original's val_mode 2: one forward at 320x320, no flip, scored at 320.
-        return Protocol("resize320", flip=bool(flip), score_size=(320, 320), input_size=320)
+        return Protocol("resize320", flip=bool(flip), score_size=(320, 320), input_size=320, crf=crf)
     if name == "center320":
         return Protocol(
-            "center320", flip=bool(flip), score_size=(320, 320), input_size=320, image_interpolation=image_interpolation
+            "center320", flip=bool(flip), score_size=(320, 320), input_size=320, image_interpolation=image_interpolation, crf=crf
         )
     raise ValueError(f"--protocol must be one of {PROTOCOLS}, got {name!r}")
 
@@ -171,12 +174,16 @@ def whole_image_probabilities(model, images, flip, precision, batch_size, align_
     return softmax_per_head(upsampled, num_heads(model))  # (B, K, H, W)
 
 
+def predict_head_probabilities(model, images, protocol, precision="fp32", batch_size=32):
+    """Probabilities of every head at each image's size: list of (heads * K, H, W)."""
+    if protocol.window:
+        return sliding_probabilities_many(model, images, protocol.window, protocol.overlap, protocol.flip, precision, batch_size)
+    return list(whole_image_probabilities(model, torch.stack(images), protocol.flip, precision, batch_size, protocol.align_corners))
+
+
 def predict_head_clusters(model, images, protocol, precision="fp32", batch_size=32):
     """Class maps of every head for a list of normalised images (3, H, W): list of (heads, H, W)."""
-    if protocol.window:
-        probs = sliding_probabilities_many(model, images, protocol.window, protocol.overlap, protocol.flip, precision, batch_size)
-    else:
-        probs = whole_image_probabilities(model, torch.stack(images), protocol.flip, precision, batch_size, protocol.align_corners)
+    probs = predict_head_probabilities(model, images, protocol, precision, batch_size)
     return [argmax_per_head(prob, num_heads(model)) for prob in probs]
 
 
@@ -258,11 +265,13 @@ def evaluate_heads(
     split="val",
     progress=True,
     on_image=None,
+    crf_workers=None,
 ):
     """One EvalResult per head of ``model``, all from the same backbone forwards.
 
     ``on_image(sample, pred)`` is called for every image with the first head's map (e.g. to save
-    pictures).
+    pictures). With ``protocol.crf`` the CRFs run in ``crf_workers`` processes (default: the CPU
+    cores, at most 8; 0: in this process) while the next images go through the backbone.
     """
     num_classes = model.num_classes
     heads = num_heads(model)
@@ -276,16 +285,30 @@ def evaluate_heads(
     confusions = torch.zeros((heads, num_classes, num_classes), dtype=torch.int64)
     start = time.perf_counter()
     bar = tqdm(total=len(loader.dataset), desc=f"eval {protocol.name}", unit="img", disable=not (progress and distributed.is_main()))
-    with torch.no_grad():
+
+    def record(sample, pred):  # pred (heads, H, W)
+        for head in range(heads):
+            confusions[head] += score_image(pred[head], sample["label"], protocol.score_size, num_classes)
+        if on_image is not None:
+            on_image(sample, pred[0].cpu())
+        bar.update(1)
+
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        crf = stack.enter_context(CRFPool(crf_workers, heads)) if protocol.crf else None
         for samples in loader:
             images = [sample["image"].to(device, non_blocking=True) for sample in samples]
-            preds = predict_head_clusters(model, images, protocol, precision, batch_size)  # each (heads, H, W)
-            for sample, pred in zip(samples, preds):
-                for head in range(heads):
-                    confusions[head] += score_image(pred[head], sample["label"], protocol.score_size, num_classes)
-                if on_image is not None:
-                    on_image(sample, pred[0].cpu())
-            bar.update(len(samples))
+            if crf is None:
+                for sample, pred in zip(samples, predict_head_clusters(model, images, protocol, precision, batch_size)):
+                    record(sample, pred)
+                continue
+            probs = predict_head_probabilities(model, images, protocol, precision, batch_size)  # each (heads * K, H, W)
+            for sample, image, prob in zip(samples, images, probs):
+                crf.submit(image, prob, sample)
+            for sample, pred in crf.finished():
+                record(sample, pred)
+        if crf is not None:
+            for sample, pred in crf.finished(wait_all=True):
+                record(sample, pred)
     bar.close()
     model.train(was_training)
     confusions = distributed.all_reduce_sum(confusions.to(device)).cpu().numpy()

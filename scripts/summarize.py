@@ -1,0 +1,201 @@
+"""Turn training runs and evaluation JSONs into one results table (markdown and CSV).
+
+    python scripts/summarize.py outputs/train_seed1 outputs/train_seed2 outputs/val_coco27_vits16.json
+    python scripts/summarize.py outputs/*/ outputs/*.json --csv results.csv --markdown results.md
+
+A training run (a train.py --output-dir) gives rows from its log.jsonl: the best and the last
+epoch under the validation protocol, and the last model under --final-protocol when it ran, each
+with its linear probe. An eval.py or baseline_kmeans.py --output-json file gives one row. Rows
+that share dataset, backbone, method, protocol, flip, CRF and checkpoint (best, last, or the file
+name) are one line of the table: Acc and mIoU as mean and standard deviation (n - 1) over seeds.
+"""
+import argparse
+import csv
+import io
+import json
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a file, the script only sees scripts/
+    sys.path.insert(0, str(REPO_ROOT))
+
+from utils.evaluation import make_protocol  # noqa: E402
+
+GROUP_FIELDS = ("dataset", "backbone", "method", "protocol", "flip", "crf", "checkpoint")
+METRICS = ("acc", "miou", "probe_acc", "probe_miou")
+
+
+class SummaryError(ValueError):
+    """A path given to summarize.py is neither a training run nor an evaluation JSON."""
+
+
+@dataclass
+class Row:
+    dataset: str
+    backbone: str
+    method: str
+    protocol: str
+    flip: bool
+    crf: bool
+    checkpoint: str
+    seed: object
+    source: str
+    acc: float
+    miou: float
+    probe_acc: float = None
+    probe_miou: float = None
+
+    def group(self):
+        return tuple(getattr(self, name) for name in GROUP_FIELDS)
+
+
+def backbone_of(config):
+    """The backbone a config names; configs from before backbones were named are DINO ViT-S."""
+    return config.get("backbone") or f"dino_vits{config.get('patch_size') or 16}"
+
+
+def rows_from_run(run_dir):
+    """Best and last validation epochs, and the final evaluation, of one train.py output folder."""
+    log_path, config_path = run_dir / "log.jsonl", run_dir / "config.yaml"
+    if not log_path.is_file() or not config_path.is_file():
+        raise SummaryError(f"{run_dir}: not a training run (expected log.jsonl and config.yaml from train.py --output-dir)")
+    config = yaml.safe_load(config_path.read_text()) or {}
+    try:
+        entries = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise SummaryError(f"{log_path}: a line is not JSON ({err})") from err
+    epochs = [entry for entry in entries if entry.get("kind") == "val"]
+    if not epochs:
+        raise SummaryError(f"{log_path}: no validation epoch logged yet")
+    common = dict(dataset=config.get("dataset", "cocostuff27"), backbone=backbone_of(config), method="iddc",
+                  seed=config.get("seed"), source=str(run_dir))
+    best = epochs[0]
+    for entry in epochs:  # ">=" as train.py, which keeps the later of equal epochs
+        if entry["miou"] >= best["miou"]:
+            best = entry
+    rows = [_run_row(entry, kind, common) for kind, entry in (("best", best), ("last", epochs[-1]))]
+    rows.extend(_run_row(entry, "last", common) for entry in entries if entry.get("kind") == "final")
+    return rows
+
+
+def _run_row(entry, checkpoint, common):
+    protocol = make_protocol(entry["protocol"])  # training evaluates with each protocol's defaults
+    return Row(protocol=protocol.name, flip=protocol.flip, crf=protocol.crf, checkpoint=checkpoint, acc=entry["acc"],
+               miou=entry["miou"], probe_acc=entry.get("probe_acc"), probe_miou=entry.get("probe_miou"), **common)
+
+
+def row_from_json(path):
+    """One row from an eval.py or baseline_kmeans.py --output-json file."""
+    try:
+        result = json.loads(path.read_text())
+        settings = result["protocol_settings"]
+        acc, miou = float(result["acc"]), float(result["miou"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise SummaryError(f"{path}: not an eval.py or baseline_kmeans.py results file ({type(err).__name__}: {err})") from err
+    config = result.get("config") or {}
+    method = result.get("method", "iddc")
+    if method == "kmeans":
+        checkpoint = "-"
+    else:
+        name = Path(result.get("checkpoint") or "?").name
+        checkpoint = {"best_model.pth": "best", "last_model.pth": "last"}.get(name, name)
+    return Row(dataset=config.get("dataset", "cocostuff27"), backbone=result.get("backbone") or backbone_of(config), method=method,
+               protocol=result["protocol"], flip=bool(settings.get("flip")), crf=bool(settings.get("crf")), checkpoint=checkpoint,
+               seed=result.get("seed"), source=str(path), acc=acc, miou=miou)
+
+
+def collect(paths):
+    rows = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            rows.extend(rows_from_run(path))
+        elif path.is_file():
+            rows.append(row_from_json(path))
+        else:
+            raise SummaryError(f"{path}: no such file or folder")
+    return rows
+
+
+def mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarize(rows):
+    """One dict a group, in the order groups first appear; metrics as (mean, std) pairs."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(row.group(), []).append(row)
+    table = []
+    for key, members in groups.items():
+        line = dict(zip(GROUP_FIELDS, key))
+        line["seeds"] = ",".join("?" if row.seed is None else str(row.seed) for row in members)
+        line["n"] = len(members)
+        for metric in METRICS:
+            line[metric] = mean_std([getattr(row, metric) for row in members])
+        table.append(line)
+    return table
+
+
+def _cell(mean, std):
+    if mean is None:
+        return "-"
+    return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+
+
+def to_markdown(table):
+    header = ["dataset", "backbone", "method", "protocol", "flip", "CRF", "checkpoint", "seeds", "Acc", "mIoU",
+              "probe Acc", "probe mIoU"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for line in table:
+        cells = [line["dataset"], line["backbone"], line["method"], line["protocol"], "yes" if line["flip"] else "no",
+                 "yes" if line["crf"] else "no", line["checkpoint"], f"{line['seeds']} (n={line['n']})",
+                 *(_cell(*line[metric]) for metric in METRICS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table):
+    out = io.StringIO()
+    fields = [*GROUP_FIELDS, "seeds", "n"] + [f"{metric}_{stat}" for metric in METRICS for stat in ("mean", "std")]
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for line in table:
+        record = {name: line[name] for name in (*GROUP_FIELDS, "seeds", "n")}
+        for metric in METRICS:
+            mean, std = line[metric]
+            record[f"{metric}_mean"] = "" if mean is None else f"{mean:.4f}"
+            record[f"{metric}_std"] = "" if std is None else f"{std:.4f}"
+        writer.writerow(record)
+    return out.getvalue()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="RUN_OR_JSON", help="train.py output folders and eval JSON files")
+    parser.add_argument("--markdown", default=None, metavar="FILE", help="also write the markdown table here")
+    parser.add_argument("--csv", default=None, metavar="FILE", help="write the table as CSV here")
+    args = parser.parse_args(argv)
+    try:
+        table = summarize(collect(args.paths))
+    except SummaryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    markdown = to_markdown(table)
+    print(markdown, end="")
+    for path, text in ((args.markdown, markdown), (args.csv, to_csv(table))):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
