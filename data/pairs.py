@@ -1,5 +1,8 @@
 """Training pairs (SPEC §4): two overlapping 224 crops of one randomly flipped and resized image.
 
+The dataset spec (data/spec.py) gives the images: ``train_items`` and ``read_train_pair`` (which may
+preprocess, e.g. Cityscapes' five crops); the sampling below is the same for every dataset.
+
 Every random number of a sample comes from a generator seeded by (seed, epoch, index), so a
 sample is the same whichever worker or process draws it, and a resumed run sees exactly the data
 an uninterrupted one would.
@@ -11,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.cocostuff import check_data_root, image_path, label_path, read_coarse_label, read_image, read_split_ids, DataError
+from data.cocostuff import COCOSTUFF27
 from data.transforms import label_tensor, to_normalized_tensor
 
 
@@ -42,32 +45,28 @@ def overlapping_crops(width, height, rng, crop=224):
     return (top0, left0), (top1, left1)
 
 
-class CocoStuffPairs(torch.utils.data.Dataset):
+class TrainingPairs(torch.utils.data.Dataset):
     """Yields {'image', 'image_aug', 'label', 'crops'}; the label (of the first crop) feeds the probe only."""
 
-    def __init__(self, data_root, split="train", crop=224, seed=0, limit=None):
-        check_data_root(data_root, split)
+    def __init__(self, spec, data_root, split="train", crop=224, seed=0, limit=None):
+        spec.check_root(data_root, split)
+        self.spec = spec
         self.data_root = Path(data_root)
         self.split = split
         self.crop = crop
         self.seed = seed
         self.epoch = 0
-        self.ids = read_split_ids(data_root, split)[:limit]
+        self.items = spec.train_items(data_root, split)[:limit]
 
     def set_epoch(self, epoch):
         self.epoch = epoch
 
     def __len__(self):
-        return len(self.ids)
+        return len(self.items)
 
     def __getitem__(self, index):
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        image_id = self.ids[index]
-        image = read_image(image_path(self.data_root, self.split, image_id))
-        label_file = label_path(self.data_root, self.split, image_id)
-        label = Image.fromarray(read_coarse_label(label_file))
-        if label.size != image.size:
-            raise DataError(f"{label_file}: label is {label.size[0]}x{label.size[1]} but the image is {image.size[0]}x{image.size[1]}")
+        image, label = self.spec.read_train_pair(self.data_root, self.split, self.items[index])
         if rng.random() <= 0.5:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
             label = label.transpose(Image.FLIP_LEFT_RIGHT)
@@ -82,3 +81,10 @@ class CocoStuffPairs(torch.utils.data.Dataset):
             "label": label_tensor(label.crop((left0, top0, left0 + c, top0 + c))).long(),  # (c, c)
             "crops": torch.tensor([top0, left0, top1, left1]),
         }
+
+
+class CocoStuffPairs(TrainingPairs):
+    """COCO-Stuff-27's training pairs."""
+
+    def __init__(self, data_root, split="train", crop=224, seed=0, limit=None):
+        super().__init__(COCOSTUFF27, data_root, split=split, crop=crop, seed=seed, limit=limit)

@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data.pairs import CocoStuffPairs
+from data.pairs import TrainingPairs
+from data.registry import DEFAULT_DATASET, get_dataset
 from utils import distributed
 from utils.evaluation import autocast_context
 
@@ -59,15 +60,19 @@ def set_lr(optimizer, lr):
         group["lr"] = lr
 
 
-def train_loader(data_root, batch_size, seed, num_workers, device, limit=None):
-    """Shuffled, drop_last loader of this process's share; ``batch_size`` is the global batch."""
+def train_loader(data_root, batch_size, seed, num_workers, device, limit=None, dataset=DEFAULT_DATASET):
+    """Shuffled, drop_last loader of this process's share; ``batch_size`` is the global batch.
+
+    ``dataset`` is a name or spec of data/registry.py; its training items (e.g. five crops of each
+    Cityscapes image) make up an epoch.
+    """
     world = distributed.world_size()
     if batch_size % world:
         raise ValueError(f"--batch-size {batch_size} must be divisible by the number of processes ({world})")
     local_batch = batch_size // world
     if local_batch < 2:
         raise ValueError(f"--batch-size {batch_size} gives {local_batch} image(s) a process; IDDC's negatives need at least 2")
-    dataset = CocoStuffPairs(data_root, "train", seed=seed, limit=limit)
+    dataset = TrainingPairs(get_dataset(dataset), data_root, "train", seed=seed, limit=limit)
     if len(dataset) < batch_size:
         raise ValueError(f"the training split has {len(dataset)} images, fewer than --batch-size {batch_size} (batches are drop_last)")
     sampler = torch.utils.data.DistributedSampler(
