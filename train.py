@@ -69,8 +69,9 @@ def build_parser():
 
 def validate(model, probe, args, device, protocol_name):
     """Clusters (Hungarian-matched) and the linear probe (identity-matched) from one evaluation pass."""
+    score_size = get_dataset(args.dataset).score_size  # the dataset's sliding grid (2:1 for Cityscapes)
     clusters, probe_result = evaluate_heads(
-        ClustersAndProbe(model, probe), args.data_root, make_protocol(protocol_name), device=device,
+        ClustersAndProbe(model, probe), args.data_root, make_protocol(protocol_name, score_size=score_size), device=device,
         precision=args.precision, batch_size=args.val_batch_size, num_workers=min(args.num_workers, 4), limit=args.val_limit,
         dataset=args.dataset,
     )
