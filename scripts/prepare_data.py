@@ -55,7 +55,7 @@ def prepare_cityscapes(data_root, splits, zips_dir, *, quiet=False):
     missing = [(top, split) for top in CITYSCAPES_ZIPS for split in splits if not (root / top / split).is_dir()]
     for top, split in ((t, s) for t in CITYSCAPES_ZIPS for s in splits if (t, s) not in missing):
         say(f"{root / top / split} already there, skipping")
-    needed = sorted({top for top, _ in missing})
+    needed = [top for top in CITYSCAPES_ZIPS if any(top == wanted for wanted, _ in missing)]
     absent = [zips_dir / CITYSCAPES_ZIPS[top][0] for top in needed if not (zips_dir / CITYSCAPES_ZIPS[top][0]).is_file()]
     if absent:
         wanted = " and ".join(f"{path.name} ({CITYSCAPES_ZIPS[path.name.split('_')[0]][1]})" for path in absent)
