@@ -23,7 +23,18 @@ IGNORE_INDEX = 255
 
 
 class DataError(ValueError):
-    """A data root, image, label or split list is not what the project expects."""
+    """A data root, image, label or split list is not what the project expects.
+
+    Raised in a DataLoader worker, it comes back re-created from "Caught DataError in DataLoader
+    worker process N. Original Traceback ... DataError: <message>"; only <message> is kept, so that
+    the entry points report one line naming the file, whatever --num-workers is.
+    """
+
+    def __init__(self, message):
+        marker = f"{type(self).__name__}: "
+        if message.startswith("Caught ") and "Original Traceback" in message and marker in message:
+            message = message.rstrip().rsplit(marker, 1)[1]
+        super().__init__(message)
 
 
 def read_image(path):
