@@ -14,10 +14,12 @@ images in the official release), ids are the file names' ``CITY_SEQ_FRAME`` part
 
 Training follows STEGO's preparation of these large images (its crop_datasets.py, crop type
 "five", crop ratio 0.5): every training image yields five crops of half its width and height (the
-four corners and the centre; 1024x512 for 2048x1024 images), cut on the fly here instead of
-written to disk, and each crop then goes through the usual IDDC pair sampling (flip, random
-resize, two overlapping 224 crops) at its own resolution, the scale at which the sliding protocol
-evaluates. PiCIE instead trains on the unlabelled ``train_extra`` and ``test`` images and
+four corners and the centre; 1024x512 for 2048x1024 images), and each crop then goes through the
+usual IDDC pair sampling (flip, random resize, two overlapping 224 crops) at its own resolution,
+the scale at which the sliding protocol evaluates. scripts/prepare_data.py writes the crops as
+lossless PNGs under ``five_crops/train/CITY/`` (STEGO writes them to disk too), because decoding a
+whole 2048x1024 PNG for every crop would starve the GPU; without them the crops are cut on the fly
+from the full images, with the same result. PiCIE instead trains on the unlabelled ``train_extra`` and ``test`` images and
 evaluates on train + val; that is not followed.
 """
 from pathlib import Path
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data.spec import DataError, DatasetSpec, label_lookup, map_labels
+from data.spec import DataError, DatasetSpec, label_lookup, map_labels, read_image
 
 FIRST_CLASS_ID = 7
 CLASS_NAMES = (
@@ -48,6 +50,7 @@ PALETTE = np.array(
 PALETTE.setflags(write=False)
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
+CROPS_FOLDER = "five_crops"
 FIVE_CROPS = 5
 CROP_RATIO = 0.5
 
@@ -55,6 +58,12 @@ CROP_RATIO = 0.5
 def city_of(image_id):
     """'aachen' of 'aachen_000000_000019' (city names have no underscore; sequence and frame follow)."""
     return image_id.rsplit("_", 2)[0]
+
+
+def crop_paths(data_root, split, image_id, crop):
+    """Where scripts/prepare_data.py writes crop ``crop`` of an image and of its label ids."""
+    folder = Path(data_root) / CROPS_FOLDER / split / city_of(image_id)
+    return folder / f"{image_id}_crop{crop}{IMAGE_SUFFIX}", folder / f"{image_id}_crop{crop}{LABEL_SUFFIX}"
 
 
 def five_crop_boxes(width, height, ratio=CROP_RATIO):
@@ -141,7 +150,16 @@ class CityscapesSpec(DatasetSpec):
         return [(image_id, crop) for image_id in self.split_ids(data_root, split) for crop in range(FIVE_CROPS)]
 
     def read_train_pair(self, data_root, split, item):
+        """One of the five crops of an image: the prepared files when present, else cut from the image."""
         image_id, crop = item
+        image_file, label_file = crop_paths(data_root, split, image_id, crop)
+        if image_file.is_file() and label_file.is_file():
+            image = read_image(image_file)
+            label = self.map_label(self.read_raw_label(label_file), str(label_file))
+            if label.shape != (image.height, image.width):
+                raise DataError(f"{label_file}: label is {label.shape[1]}x{label.shape[0]} but the image is "
+                                f"{image.width}x{image.height}; delete {Path(data_root) / CROPS_FOLDER} to cut the crops anew")
+            return image, Image.fromarray(label)
         image, label = self.read_pair(data_root, split, image_id)
         box = five_crop_boxes(*image.size)[crop]
         return image.crop(box), label.crop(box)

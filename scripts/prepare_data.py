@@ -8,7 +8,8 @@
 COCO-Stuff (-27 and -171 read the same files) is downloaded as scripts/prepare_cocostuff.py does.
 Cityscapes needs a login at cityscapes-dataset.com, so the two official zips are taken from
 ``--zips-dir`` (default ``DATA_ROOT/downloads``) and their train and val folders unpacked; the zips
-are left in place. Potsdam-3 is STEGO's preparation, downloaded from STEGO's public storage (or
+are left in place. Once the check passes, the five training crops of every train image (STEGO's
+preparation, data/cityscapes.py) are written to ``five_crops/train/`` as lossless PNGs. Potsdam-3 is STEGO's preparation, downloaded from STEGO's public storage (or
 taken from ``--zips-dir``). Every step can be re-run: a folder only appears once fully unpacked,
 and folders already there are skipped. A check of every listed id (image present, label present
 and readable with values of the dataset's label map) ends every run.
@@ -23,12 +24,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
 from tqdm import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a file, the script only sees scripts/
     sys.path.insert(0, str(REPO_ROOT))
 
+from data.cityscapes import FIVE_CROPS, crop_paths, five_crop_boxes  # noqa: E402
 from data.potsdam import SPLIT_FILES as POTSDAM_SPLIT_FILES  # noqa: E402
 from data.registry import DATASET_NAMES, get_dataset  # noqa: E402
 from data.spec import DataError  # noqa: E402
@@ -67,6 +70,32 @@ def prepare_cityscapes(data_root, splits, zips_dir, *, quiet=False):
         say(f"unpacking {top}/{split}/ of {zip_path.name} to {root / top / split}")
         (root / top).mkdir(parents=True, exist_ok=True)
         unpack_folder(zip_path, f"{top}/{split}", root / top / split, quiet=quiet)
+
+
+def _write_crops(spec, data_root, image_id):
+    """The five crops of one train image and of its raw label ids, each written to a temporary file
+    and renamed, so that a crop file is either whole or absent."""
+    targets = [crop_paths(data_root, "train", image_id, crop) for crop in range(FIVE_CROPS)]
+    if all(image.is_file() and label.is_file() for image, label in targets):
+        return
+    image = Image.open(spec.image_path(data_root, "train", image_id)).convert("RGB")
+    label = Image.open(spec.label_path(data_root, "train", image_id))
+    targets[0][0].parent.mkdir(parents=True, exist_ok=True)
+    for box, paths in zip(five_crop_boxes(*image.size), targets):
+        for source, path in zip((image, label), paths):
+            tmp = path.with_name(f".{path.name}.tmp")
+            source.crop(box).save(tmp, format="PNG")
+            os.replace(tmp, path)
+
+
+def write_five_crops(spec, data_root, *, quiet=False):
+    """Cut every train image of Cityscapes into its five crops once, so training reads 1024x512 PNGs
+    instead of decoding a whole 2048x1024 one per crop. Crops already written are kept."""
+    ids = spec.split_ids(data_root, "train")
+    with ThreadPoolExecutor(max_workers=min(CHECK_WORKERS, os.cpu_count() or 1)) as pool:
+        jobs = pool.map(lambda image_id: _write_crops(spec, data_root, image_id), ids)
+        for _ in tqdm(jobs, total=len(ids), desc="five crops", unit="img", disable=quiet):
+            pass
 
 
 def potsdam_prefix(zip_path):
@@ -227,11 +256,14 @@ def main(argv=None):
             elif spec.name == "potsdam3":
                 prepare_potsdam(args.data_root, zips_dir, base_url=args.base_url, keep_zip=args.keep_zips)
         reports = check_dataset(spec, args.data_root, splits, limit=args.check_limit)
-    except (DataError, DownloadError) as err:
+        ok = all(report.ok for report in reports)
+        if ok and spec.name == "cityscapes27" and "train" in splits and not args.check:
+            write_five_crops(spec, args.data_root)
+    except (DataError, DownloadError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(format_reports(spec, reports, official))
-    return 0 if all(report.ok for report in reports) else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def test_wrong_dataset_and_bad_data_are_one_clear_line(tmp_path, roots, checkpoi
     data = tmp_path / "cityscapes"
     ids = write_synthetic_cityscapes(data, num_train=0, num_val=2)["val"]
     spec = get_dataset("cityscapes27")
-    label_file = spec.label_path(data, "val", ids[1])
+    label_file = spec.label_path(data, "val", ids[0])
     label = np.array(Image.open(label_file))
     label[0, 0] = 34
     Image.fromarray(label).save(label_file)

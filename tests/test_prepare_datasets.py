@@ -19,7 +19,8 @@ from PIL import Image
 from scipy.io import savemat
 
 import train as train_cli
-from data.registry import DATASET_NAMES
+from data.cityscapes import five_crop_boxes
+from data.registry import DATASET_NAMES, get_dataset
 from data.synthetic import write_synthetic_cityscapes, write_synthetic_cocostuff, write_synthetic_potsdam
 from helpers import save_dino, small_model
 from scripts.prepare_data import main
@@ -62,7 +63,17 @@ def test_cityscapes_from_the_official_zips(tmp_path, cityscapes_zips, capsys):
             expected = sorted(p.relative_to(source) for p in (source / top / split).rglob("*.png"))
             assert sorted(p.relative_to(root) for p in (root / top / split).rglob("*.png")) == expected
     assert (zips / "gtFine_trainvaltest.zip").is_file()  # the user's download is left in place
-    assert main(["cityscapes27", "--data-root", str(root), "--zips-dir", str(zips)]) == 0
+    # STEGO's five crops of the train images, written once: the same pixels as cutting them on the fly
+    spec = get_dataset("cityscapes27")
+    assert len(list((root / "five_crops" / "train").rglob("*.png"))) == 2 * 5 * 2
+    first = spec.split_ids(root, "train")[0]
+    image, label = spec.read_pair(root, "train", first)
+    spec.image_path(root, "train", first).write_bytes(b"gone")  # from now on only the crop files can serve it
+    for crop, box in enumerate(five_crop_boxes(*image.size)):
+        part, part_label = spec.read_train_pair(root, "train", (first, crop))
+        np.testing.assert_array_equal(np.array(part), np.array(image.crop(box)))
+        np.testing.assert_array_equal(np.array(part_label), np.array(label.crop(box)))
+    assert main(["cityscapes27", "--data-root", str(root), "--zips-dir", str(zips), "--splits", "val"]) == 0
     assert "already there, skipping" in capsys.readouterr().out
 
 
