@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from data.cocostuff import CocoStuffEval, DataError, class_names
+from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
+from data.spec import DataError, SegmentationEval
 from data.transforms import CenterCropTransform
 from modules.backbones import BACKBONES, build_backbone
 from modules.kmeans import DEFAULT_LOGIT_SCALE, KMeansSegmenter, fit_kmeans, sample_features
@@ -27,21 +28,11 @@ from utils.config import parse_args_with_config, save_config
 from utils.evaluation import PROTOCOLS, evaluate, make_protocol
 from utils.log import git_commit, setup_logger
 
-DATASETS = ("cocostuff27",)
-
-
-def dataset_classes(name):
-    """Class names of the dataset ``--dataset`` names (the dataset registry's job once it exists)."""
-    if name not in DATASETS:
-        raise DataError(f"--dataset must be one of {DATASETS}, got {name!r}")
-    return class_names()
-
-
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML file of defaults (flags override it)")
     parser.add_argument("--data-root", default=None, help="dataset root (train split for fitting, val for scoring)")
-    parser.add_argument("--dataset", default="cocostuff27", help=f"one of {', '.join(DATASETS)}")
+    parser.add_argument("--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="benchmark (README, 'Datasets')")
     parser.add_argument("--backbone", default="dino_vits16", help=f"one of {', '.join(sorted(BACKBONES))}")
     parser.add_argument("--backbone-weights", default=None, help="backbone release file; default: the official weights (hub cache or download)")
     parser.add_argument("--num-samples", type=int, default=100_000, help="patch features sampled from the training split")
@@ -52,6 +43,8 @@ def build_parser():
     parser.add_argument("--seed", type=int, default=0, help="image choice, patch sampling and k-means initialisation")
     parser.add_argument("--logit-scale", type=float, default=DEFAULT_LOGIT_SCALE, help="logits = scale * cosine similarity (STEGO's cluster probe: 2)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="center320", help="evaluation protocol (see eval.py)")
+    parser.add_argument("--score-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="sliding protocol's scoring grid (default: the dataset's)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="flip averaging (default: on for sliding, off otherwise)")
     parser.add_argument("--image-interpolation", choices=("nearest", "bilinear"), default="nearest", help="center320 image resizing")
     parser.add_argument("--crf", action="store_true", help="refine with STEGO's dense CRF before the argmax")
@@ -78,9 +71,9 @@ def check_args(parser, args):
         parser.error(f"--crf-workers must be >= 0, got {args.crf_workers}")
 
 
-def fitting_loader(args):
+def fitting_loader(args, spec):
     """Up to --fit-images training images, chosen at random by --seed, centre-cropped to --fit-size."""
-    dataset = CocoStuffEval(args.data_root, CenterCropTransform(args.fit_size, "bilinear"), split="train")
+    dataset = SegmentationEval(spec, args.data_root, CenterCropTransform(args.fit_size, "bilinear"), split="train")
     generator = torch.Generator().manual_seed(args.seed)
     chosen = torch.randperm(len(dataset), generator=generator)[: args.fit_images].sort().values.tolist()
     subset = torch.utils.data.Subset(dataset, chosen)
@@ -96,17 +89,20 @@ def main(argv=None):
     commit = git_commit()
     logger.info("baseline_kmeans.py at commit %s with %s", commit, json.dumps(vars(args), sort_keys=True))
     try:
-        names = dataset_classes(args.dataset)
+        spec = get_dataset(args.dataset)
+        names = spec.class_names
         num_clusters = len(names)  # one cluster a class: evaluate() matches one to one (Hungarian)
         backbone = build_backbone(args.backbone, args.backbone_weights).to(args.device)
-        features = sample_features(backbone, fitting_loader(args), args.num_samples, args.seed, args.device, args.precision)
+        features = sample_features(backbone, fitting_loader(args, spec), args.num_samples, args.seed, args.device, args.precision)
         logger.info("k-means: %d clusters on %d patch features (%d-d) from the training split", num_clusters, *features.shape)
         centroids, inertia = fit_kmeans(features, num_clusters, args.iterations, args.restarts, args.seed,
                                         use_gpu=None if args.device.startswith("cuda") else False)
         model = KMeansSegmenter(backbone, centroids, args.logit_scale).to(args.device)
-        protocol = make_protocol(args.protocol, args.flip, image_interpolation=args.image_interpolation, crf=args.crf)
+        protocol = make_protocol(args.protocol, args.flip, score_size=tuple(args.score_size or spec.score_size),
+                                 image_interpolation=args.image_interpolation, crf=args.crf)
         result = evaluate(model, args.data_root, protocol, device=args.device, precision=args.precision,
-                          batch_size=args.batch_size, num_workers=args.num_workers, limit=args.limit, crf_workers=args.crf_workers)
+                          batch_size=args.batch_size, num_workers=args.num_workers, limit=args.limit, crf_workers=args.crf_workers,
+                          dataset=spec)
     except (CheckpointError, DataError, ValueError) as err:
         logger.error("error: %s", err)
         return 2
@@ -119,7 +115,7 @@ def main(argv=None):
     if args.output_json:
         output = result.as_dict(names)
         output.update(
-            method="kmeans", backbone=args.backbone, seed=args.seed, checkpoint=None, checkpoint_meta_epoch=None, git_commit=commit,
+            method="kmeans", dataset=spec.name, backbone=args.backbone, seed=args.seed, checkpoint=None, checkpoint_meta_epoch=None, git_commit=commit,
             config=vars(args),
             kmeans={"num_clusters": num_clusters, "num_samples": int(features.shape[0]), "iterations": args.iterations,
                     "restarts": args.restarts, "seed": args.seed, "inertia": inertia, "logit_scale": args.logit_scale},

@@ -1,6 +1,7 @@
-"""Evaluate an IDDC checkpoint on COCO-Stuff-27 under a named protocol.
+"""Evaluate an IDDC checkpoint on a benchmark (default COCO-Stuff-27) under a named protocol.
 
     python eval.py --data-root DIR --checkpoint checkpoints/cocostuff27_vits16.pth
+    python eval.py --dataset cityscapes27 --data-root DIR --checkpoint FILE     # sliding at full resolution
     python eval.py --data-root DIR --checkpoint FILE --protocol center320 --flip --output-json out.json
     python eval.py --data-root DIR --checkpoint FILE --protocol center320 --flip --crf   # the peers' full protocol
     python eval.py --data-root DIR --checkpoint FILE --save-visuals outputs/visuals --num-visuals 8
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from data.cocostuff import DataError, class_names
+from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
+from data.spec import DataError
 from utils import distributed
 from utils.checkpoint import CheckpointError, load_iddc_model
 from utils.config import parse_args_with_config, save_config
@@ -24,15 +26,16 @@ from utils.visualize import VisualCollector
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML file of defaults (flags override it)")
-    parser.add_argument("--data-root", required=False, help="COCO-Stuff root with images/, annotations/ (curated/ optional)")
+    parser.add_argument("--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="benchmark (README, 'Datasets'); sets the default protocol and scoring grid")
+    parser.add_argument("--data-root", required=False, help="the dataset's root folder (COCO-Stuff: images/, annotations/, curated/ optional)")
     parser.add_argument("--checkpoint", required=False, help="IDDC checkpoint (released format or written by train.py)")
     parser.add_argument("--patch-size", type=int, choices=(16, 8, 14), default=None, help="expected patch size (default: read from the checkpoint)")
     parser.add_argument("--num-heads", type=int, default=None, help="attention heads (default: embed dim / 64, as DINO's ViTs)")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="sliding", help="sliding (published), resize320 (original's per-epoch val), center320 (peers')")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=None, help="sliding (published), resize320 (original's per-epoch val), center320 (peers'); default: the dataset's (sliding; center320 for potsdam3)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="flip averaging (default: on for sliding, off otherwise)")
     parser.add_argument("--window", type=int, default=224, help="sliding window size")
     parser.add_argument("--overlap", type=int, default=75, help="sliding window overlap")
-    parser.add_argument("--score-size", type=int, nargs=2, default=(320, 320), metavar=("H", "W"), help="size predictions and labels are scored at (sliding)")
+    parser.add_argument("--score-size", type=int, nargs=2, default=None, metavar=("H", "W"), help="size predictions and labels are scored at (sliding); default: the dataset's (320 320; 320 640 for cityscapes27)")
     parser.add_argument("--image-interpolation", choices=("nearest", "bilinear"), default="nearest", help="center320 image resizing: nearest (STEGO, HP, CAUSE) or bilinear (PiCIE)")
     parser.add_argument("--crf", action="store_true", help="refine with STEGO's dense CRF before the argmax (the peers' post-processing)")
     parser.add_argument("--crf-workers", type=int, default=None, help="CRF processes running beside the forwards (default: CPU cores, at most 8; 0: none)")
@@ -56,6 +59,16 @@ def format_table(result, names):
     return "\n".join(lines)
 
 
+def check_clusters_fit(model, meta, spec, checkpoint):
+    """One clear error when a checkpoint trained for another dataset is evaluated on this one."""
+    if model.num_classes == spec.num_classes:
+        return
+    trained_on = (meta.get("config") or {}).get("dataset")
+    hint = f" (it was trained with --dataset {trained_on})" if trained_on else ""
+    raise CheckpointError(f"{checkpoint}: the model has {model.num_classes} clusters but --dataset {spec.name} has "
+                          f"{spec.num_classes} classes{hint}; pass the dataset it was trained for")
+
+
 def main(argv=None):
     parser = build_parser()
     args = parse_args_with_config(parser, argv)
@@ -64,6 +77,9 @@ def main(argv=None):
             parser.error(f"--{option.replace('_', '-')} is required")
     if args.num_visuals < 0:
         parser.error(f"--num-visuals must be >= 0, got {args.num_visuals}")
+    spec = get_dataset(args.dataset)
+    args.protocol = args.protocol or spec.default_protocol
+    args.score_size = tuple(args.score_size or spec.score_size)
     if args.crf_workers is not None and args.crf_workers < 0:
         parser.error(f"--crf-workers must be >= 0, got {args.crf_workers}")
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -72,9 +88,10 @@ def main(argv=None):
     logger = setup_logger()
     commit = git_commit()
     logger.info("eval.py at commit %s with %s", commit, json.dumps(vars(args), sort_keys=True))
-    collector = VisualCollector(args.num_visuals) if args.save_visuals and main_process else None
+    collector = VisualCollector(args.num_visuals, spec.palette) if args.save_visuals and main_process else None
     try:
         model, meta = load_iddc_model(args.checkpoint, patch_size=args.patch_size, num_heads=args.num_heads)
+        check_clusters_fit(model, meta, spec, args.checkpoint)
         protocol = make_protocol(args.protocol, args.flip, args.window, args.overlap, args.score_size, args.image_interpolation, args.crf)
         model.to(device)
         result = evaluate(
@@ -88,6 +105,7 @@ def main(argv=None):
             limit=args.limit,
             on_image=collector,
             crf_workers=args.crf_workers,
+            dataset=spec,
         )
     except (CheckpointError, DataError, ValueError) as err:  # ValueError: e.g. a --window the patch does not divide
         logger.error("error: %s", err)
@@ -96,13 +114,13 @@ def main(argv=None):
         distributed.cleanup()
     if not main_process:
         return 0
-    names = class_names()
-    logger.info("%s on %d images (%s, %s, %s) in %.1f s\n%s", protocol.name, result.num_images, args.checkpoint,
+    names = spec.class_names
+    logger.info("%s: %s on %d images (%s, %s, %s) in %.1f s\n%s", spec.name, protocol.name, result.num_images, args.checkpoint,
                 model.backbone_name, args.precision, result.seconds, format_table(result, names))
     logger.info("pixel Acc %.2f  mIoU %.2f", result.metrics["acc"], result.metrics["miou"])
     if args.output_json:
         output = result.as_dict(names)
-        output.update(checkpoint=str(args.checkpoint), checkpoint_meta_epoch=meta.get("epoch"), backbone=model.backbone_name,
+        output.update(dataset=spec.name, checkpoint=str(args.checkpoint), checkpoint_meta_epoch=meta.get("epoch"), backbone=model.backbone_name,
                       git_commit=commit, config=vars(args))
         # For scripts/summarize.py: what was evaluated and the training seed, when the checkpoint records it.
         output.update(method="iddc", seed=(meta.get("config") or {}).get("seed"))

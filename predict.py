@@ -2,6 +2,7 @@
 
     python predict.py --checkpoint checkpoints/cocostuff27_vits16.pth --input photo.jpg --output-dir out/
     python predict.py --checkpoint FILE --input photos/ --output-dir out/ --assignment eval.json
+    python predict.py --dataset cityscapes27 --checkpoint FILE --input street.png --output-dir out/ --assignment eval.json
 
 Each image is segmented with the published sliding-window protocol (224 windows, overlap 75, flip
 averaging) at its own resolution (--crf: then refined with STEGO's dense CRF), and gets, at its
@@ -11,6 +12,7 @@ original size:
   <stem>_overlay.png   the colours blended over the image
 plus one legend.png. Clusters have no names of their own: with --assignment (an eval.py
 --output-json file) each cluster is coloured and named by the class the Hungarian matching gave it.
+--dataset chooses the class names and palette (the checkpoint's dataset; default cocostuff27).
 Unreadable images are reported and skipped; the exit code is then 1.
 """
 import argparse
@@ -24,13 +26,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from data.cocostuff import DataError, class_names, read_image
+from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
+from data.spec import DataError, read_image
 from data.transforms import to_normalized_tensor, upscaled_size
 from utils.checkpoint import CheckpointError, load_iddc_model
 from utils.crf import CRFPool
 from utils.evaluation import resize_nearest, sliding_probabilities
 from utils.log import setup_logger
-from utils.visualize import PALETTE, colorize, indexed_png, legend, map_clusters, overlay
+from utils.visualize import colorize, indexed_png, legend, map_clusters, overlay
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -44,6 +47,7 @@ def build_parser():
     parser.add_argument("--checkpoint", required=True, help="IDDC checkpoint (released format or written by train.py)")
     parser.add_argument("--input", required=True, nargs="+", metavar="PATH", help="image files and/or folders (their images, not recursive)")
     parser.add_argument("--output-dir", required=True, help="where the PNGs are written")
+    parser.add_argument("--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="the checkpoint's dataset: class names and colours")
     parser.add_argument("--assignment", default=None, metavar="EVAL_JSON", help="eval.py --output-json file: colour and name clusters by their matched class")
     parser.add_argument("--patch-size", type=int, choices=(16, 8, 14), default=None, help="expected patch size (default: read from the checkpoint)")
     parser.add_argument("--window", type=int, default=224, help="sliding window size")
@@ -111,44 +115,44 @@ def at_image_size(clusters, image):
     return clusters.cpu().numpy()
 
 
-def cluster_colours(cluster_to_class):
+def cluster_colours(cluster_to_class, palette):
     """Colour of each cluster id: its matched class's colour, or its own palette entry."""
     if cluster_to_class is None:
-        return PALETTE
+        return palette
     colours = np.zeros((len(cluster_to_class), 3), dtype=np.uint8)
     matched = cluster_to_class >= 0
-    colours[matched] = PALETTE[cluster_to_class[matched]]
+    colours[matched] = palette[cluster_to_class[matched]]
     return colours  # unmatched clusters stay black
 
 
-def write_outputs(image, clusters, stem, out_dir, cluster_to_class):
+def write_outputs(image, clusters, stem, out_dir, cluster_to_class, palette):
     """The three PNGs of one image, all at the image's size."""
-    indexed_png(clusters, cluster_colours(cluster_to_class)).save(out_dir / f"{stem}_clusters.png")
+    indexed_png(clusters, cluster_colours(cluster_to_class, palette)).save(out_dir / f"{stem}_clusters.png")
     shown = clusters if cluster_to_class is None else map_clusters(clusters, cluster_to_class)  # (H, W)
-    colour = colorize(shown)
+    colour = colorize(shown, palette)
     colour.save(out_dir / f"{stem}_color.png")
     overlay(image, colour).save(out_dir / f"{stem}_overlay.png")
 
 
-def write_legend(out_dir, num_clusters, cluster_to_class):
+def write_legend(out_dir, num_clusters, cluster_to_class, spec):
     """legend.png: matched class names (with their clusters) or plain cluster ids."""
     if cluster_to_class is None:
-        entries = [(f"cluster {k}", PALETTE[k]) for k in range(num_clusters)]
+        entries = [(f"cluster {k}", spec.palette[k]) for k in range(num_clusters)]
     else:
-        names = class_names()
         matched = sorted((c, k) for k, c in enumerate(cluster_to_class) if c >= 0)  # in class order
-        entries = [(f"{names[c]} (cluster {k})", PALETTE[c]) for c, k in matched]
+        entries = [(f"{spec.class_names[c]} (cluster {k})", spec.palette[c]) for c, k in matched]
     legend([name for name, _ in entries], [colour for _, colour in entries]).save(out_dir / "legend.png")
 
 
-def load_model(args, device):
+def load_model(args, device, spec):
     model, _ = load_iddc_model(args.checkpoint, patch_size=args.patch_size)
-    if model.num_classes > len(PALETTE):
-        raise CheckpointError(f"{args.checkpoint}: {model.num_classes} clusters, but the palette has only {len(PALETTE)} colours")
+    if model.num_classes > len(spec.palette):
+        raise CheckpointError(f"{args.checkpoint}: {model.num_classes} clusters, but the {spec.name} palette has only "
+                              f"{len(spec.palette)} colours; pass the --dataset the checkpoint was trained for")
     return model.to(device).eval()
 
 
-def predict_all(model, paths, out_dir, cluster_to_class, args, device, logger):
+def predict_all(model, paths, out_dir, cluster_to_class, args, device, logger, palette):
     """Segment every image; unreadable ones are reported and skipped. Returns the failed paths."""
     failed = []
     with CRFPool(args.crf_workers) if args.crf else contextlib.nullcontext() as crf:
@@ -161,19 +165,19 @@ def predict_all(model, paths, out_dir, cluster_to_class, args, device, logger):
                 continue
             pixels, probs = window_probabilities(model, image, device, args.window, args.overlap, args.flip, args.precision, args.batch_size)
             if crf is None:
-                write_outputs(image, at_image_size(probs.argmax(dim=0), image), path.stem, out_dir, cluster_to_class)
+                write_outputs(image, at_image_size(probs.argmax(dim=0), image), path.stem, out_dir, cluster_to_class, palette)
                 continue
             crf.submit(pixels, probs, (path, image))  # the CRF runs while the next image goes through the model
-            write_refined(crf.finished(), out_dir, cluster_to_class)
+            write_refined(crf.finished(), out_dir, cluster_to_class, palette)
         if crf is not None:
-            write_refined(crf.finished(wait_all=True), out_dir, cluster_to_class)
+            write_refined(crf.finished(wait_all=True), out_dir, cluster_to_class, palette)
     return failed
 
 
-def write_refined(finished, out_dir, cluster_to_class):
+def write_refined(finished, out_dir, cluster_to_class, palette):
     """The PNGs of the images whose CRF is done: [((path, image), maps (1, H', W'))]."""
     for (path, image), maps in finished:
-        write_outputs(image, at_image_size(maps[0], image), path.stem, out_dir, cluster_to_class)
+        write_outputs(image, at_image_size(maps[0], image), path.stem, out_dir, cluster_to_class, palette)
 
 
 def main(argv=None):
@@ -187,12 +191,13 @@ def main(argv=None):
         parser.error(f"--crf-workers must be >= 0, got {args.crf_workers}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     logger = setup_logger()
+    spec = get_dataset(args.dataset)
     try:
         paths = list_images(args.input)
-        model = load_model(args, device)
+        model = load_model(args, device, spec)
         cluster_to_class = None
         if args.assignment:
-            cluster_to_class = load_assignment(args.assignment, model.num_classes, len(class_names()))
+            cluster_to_class = load_assignment(args.assignment, model.num_classes, spec.num_classes)
     except (CheckpointError, InputError) as err:
         logger.error("error: %s", err)
         return 2
@@ -200,8 +205,8 @@ def main(argv=None):
         parser.error(f"--window {args.window} is not a multiple of the backbone's patch size {model.patch_size}")
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    failed = predict_all(model, paths, out_dir, cluster_to_class, args, device, logger)
-    write_legend(out_dir, model.num_classes, cluster_to_class)
+    failed = predict_all(model, paths, out_dir, cluster_to_class, args, device, logger, spec.palette)
+    write_legend(out_dir, model.num_classes, cluster_to_class, spec)
     logger.info("%d of %d images segmented, PNGs in %s", len(paths) - len(failed), len(paths), out_dir)
     if failed:
         logger.error("error: %d image(s) could not be read: %s", len(failed), ", ".join(map(str, failed)))

@@ -1,6 +1,7 @@
-"""Train IDDC on COCO-Stuff-27 (SPEC §3-4), on one device or many (torchrun).
+"""Train IDDC on a benchmark (default COCO-Stuff-27; SPEC §3-4), on one device or many (torchrun).
 
     python train.py --data-root DIR --config configs/train_coco27_vits16.yaml
+    python train.py --data-root DIR --config configs/train_cityscapes27_vits8.yaml     # its dataset: cityscapes27
     torchrun --nproc_per_node 4 train.py --data-root DIR --config configs/train_coco27_vits8.yaml
     python train.py --data-root DIR --config configs/train_coco27_vits16.yaml --resume --epochs 30
 
@@ -14,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.cocostuff import DataError, class_names
+from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
+from data.spec import DataError
 from modules.backbones import BACKBONES, resolve_backbone_name
 from modules.loss import IDDCLoss
 from modules.model import LinearProbe
@@ -35,7 +37,8 @@ RESUME_FILE = "resume.pth"
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML file of defaults, e.g. configs/train_coco27_vits16.yaml")
-    parser.add_argument("--data-root", default=None, help="COCO-Stuff root with images/, annotations/ (curated/ optional)")
+    parser.add_argument("--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="benchmark (README, 'Datasets')")
+    parser.add_argument("--data-root", default=None, help="the dataset's root folder (COCO-Stuff: images/, annotations/, curated/ optional)")
     parser.add_argument("--output-dir", default="outputs/train", help="checkpoints, config and logs go here")
     parser.add_argument("--backbone", choices=BACKBONES, default=None, help="frozen backbone (default dino_vits16)")
     parser.add_argument("--patch-size", type=int, choices=(16, 8), default=None, help="short form of --backbone dino_vits16 / dino_vits8")
@@ -69,10 +72,12 @@ def build_parser():
 
 def validate(model, probe, args, device, protocol_name, on_image=None):
     """Clusters (Hungarian-matched) and the linear probe (identity-matched) from one evaluation pass."""
+    score_size = get_dataset(args.dataset).score_size  # the dataset's sliding grid (2:1 for Cityscapes)
     clusters, probe_result = evaluate_heads(
-        ClustersAndProbe(model, probe), args.data_root, make_protocol(protocol_name), device=device,
+        ClustersAndProbe(model, probe), args.data_root, make_protocol(protocol_name, score_size=score_size), device=device,
         precision=args.precision, batch_size=args.val_batch_size, num_workers=min(args.num_workers, 4), limit=args.val_limit,
         on_image=on_image,
+        dataset=args.dataset,
     )
     probe_metrics = segmentation_metrics(probe_result.confusion, np.arange(model.num_classes))
     return clusters, probe_metrics
@@ -120,10 +125,14 @@ def train(args, device, output_dir, logger):
 
     resume_path = output_dir / RESUME_FILE
     resume = load_file(resume_path) if args.resume else None
+    spec = get_dataset(args.dataset)
     if resume is None:
-        model = new_iddc_model(args.backbone, args.backbone_weights, num_heads=args.num_heads)
+        model = new_iddc_model(args.backbone, args.backbone_weights, num_classes=spec.num_classes, num_heads=args.num_heads)
     else:  # the resume file carries the backbone: no download
         model = model_from_iddc_state(resume["model"], resume_path, num_heads=args.num_heads, backbone=args.backbone)
+        if model.num_classes != spec.num_classes:
+            raise CheckpointError(f"{resume_path}: a run with {model.num_classes} clusters cannot continue on "
+                                  f"--dataset {spec.name} ({spec.num_classes} classes)")
     probe = LinearProbe(model.vit.embed_dim, model.num_classes)
     model.to(device)
     probe.to(device)
@@ -145,10 +154,10 @@ def train(args, device, output_dir, logger):
     distributed.broadcast_parameters([*head.parameters(), *probe.parameters()])
 
     loss_fn = IDDCLoss(args.pos_threshold, args.neg_threshold, args.neg_weight, args.balance_weight, args.num_negatives)
-    loader = train_loader(args.data_root, args.batch_size, args.seed, args.num_workers, device, args.train_limit)
+    loader = train_loader(args.data_root, args.batch_size, args.seed, args.num_workers, device, args.train_limit, spec)
     if start_epoch >= args.epochs:
         logger.info("nothing to do: epoch %d already done; pass --epochs > %d to train further", start_epoch - 1, start_epoch)
-    names = class_names()
+    names = spec.class_names
 
     def resume_state(epoch, batch, step, epoch_sums, best_miou):
         """Everything to continue at ``batch`` of ``epoch`` exactly (weights, optimisers, position)."""

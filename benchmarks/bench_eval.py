@@ -1,15 +1,23 @@
-"""Sliding-window evaluation speed: images/s and the share of time spent in backbone forwards.
+"""Sliding-window evaluation speed: images/s, the share of time spent in backbone forwards, peak memory.
 
     python benchmarks/bench_eval.py [--images 6] [--repeats 3] [--device cpu] [--precision fp32]
+    python benchmarks/bench_eval.py --case cityscapes --images 2     # 2048x1024 Cityscapes-size images
 
-Runs evaluate() on synthetic 640x480 scenes with a randomly initialised full-size ViT-S (speed
-does not depend on the weights) and, in the same process, the bare backbone forwards of the same
-windows and flips in the same batches. Goal: evaluate() at most 1.3x the bare forwards.
+Runs evaluate() on synthetic scenes (``--case coco``: 640x480 in the COCO-Stuff layout; ``--case
+cityscapes``: 2048x1024 in the Cityscapes layout, scored on its 320x640 grid) with a randomly
+initialised full-size ViT-S (speed does not depend on the weights) and, in the same process, the
+bare backbone forwards of the same windows and flips in the same batches. Goal: evaluate() at most
+1.3x the bare forwards. Peak memory: on CUDA the most allocated during evaluate(); on CPU the
+highest resident memory of this process during evaluate() above what it held before (sampled every
+5 ms; data-loading workers are separate processes and not included).
 """
 import argparse
+import os
+import resource
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -18,10 +26,58 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import TimedBackbone, sync  # noqa: E402
-from data.synthetic import write_synthetic_cocostuff  # noqa: E402
+from data.synthetic import write_synthetic_cityscapes, write_synthetic_cocostuff  # noqa: E402
 from modules.model import IDDCModel  # noqa: E402
 from modules.vit import VisionTransformer  # noqa: E402
 from utils.evaluation import autocast_context, evaluate, make_protocol, window_boxes  # noqa: E402
+
+# case -> (dataset, (width, height) of the images, sliding score grid (H, W))
+CASES = {"coco": ("cocostuff27", (640, 480), (320, 320)), "cityscapes": ("cityscapes27", (2048, 1024), (320, 640))}
+
+
+def resident_bytes():
+    """Resident memory of this process (Linux /proc; elsewhere the peak so far, from getrusage)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PeakMemory:
+    """Peak memory used during a ``with`` block, above what was in use when it began (bytes)."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.peak = 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        self.start = resident_bytes()
+        self.highest = self.start
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.highest = max(self.highest, resident_bytes())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.start
+        else:
+            self.running = False
+            self.thread.join()
+            self.peak = max(self.highest, resident_bytes()) - self.start
+        return False
 
 
 def bare_forwards(vit, window_counts, args, device):
@@ -41,6 +97,7 @@ def bare_forwards(vit, window_counts, args, device):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", choices=sorted(CASES), default="coco", help="coco: 640x480 images; cityscapes: 2048x1024")
     parser.add_argument("--images", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--patch-size", type=int, default=16, choices=(16, 8))
@@ -51,33 +108,44 @@ def main():
     args = parser.parse_args()
     device = torch.device(args.device)
 
+    dataset, (width, height), score_size = CASES[args.case]
     root = Path(tempfile.mkdtemp(prefix="bench_eval_"))
-    write_synthetic_cocostuff(root, num_train=0, num_val=args.images, sizes=((640, 480),))
+    if args.case == "coco":
+        write_synthetic_cocostuff(root, num_train=0, num_val=args.images, sizes=((width, height),))
+    else:
+        write_synthetic_cityscapes(root, num_train=0, num_val=args.images, size=(width, height))
     timed = TimedBackbone(VisionTransformer(patch_size=args.patch_size))
     model = IDDCModel(timed.inner).to(device).eval()
     model.backbone.model = timed
-    window_counts = [len(window_boxes(480, 640, 224, 75))] * args.images
-    protocol = make_protocol("sliding")
+    window_counts = [len(window_boxes(height, width, 224, 75))] * args.images
+    protocol = make_protocol("sliding", score_size=score_size)
+    common = dict(device=device, precision=args.precision, batch_size=args.batch_size, num_workers=args.num_workers,
+                  progress=False, dataset=dataset)
 
-    evaluate(model, root, protocol, device=device, precision=args.precision, batch_size=args.batch_size,
-             num_workers=args.num_workers, limit=1, progress=False)  # warm-up
-    eval_times, backbone_times, bare_times = [], [], []
+    evaluate(model, root, protocol, limit=1, **common)  # warm-up
+    eval_times, backbone_times, bare_times, peaks = [], [], [], []
     for _ in range(args.repeats):
         timed.seconds = 0.0
-        result = evaluate(model, root, protocol, device=device, precision=args.precision, batch_size=args.batch_size,
-                          num_workers=args.num_workers, progress=False)
+        with PeakMemory(device) as memory:
+            result = evaluate(model, root, protocol, **common)
         eval_times.append(result.seconds)
         backbone_times.append(timed.seconds)
+        peaks.append(memory.peak)
         bare_times.append(bare_forwards(timed.inner, window_counts, args, device))
 
     eval_s, in_backbone_s, bare_s = (statistics.median(t) for t in (eval_times, backbone_times, bare_times))
     print(f"device {device} ({torch.get_num_threads()} threads), ViT-S/{args.patch_size}, {args.precision}, "
-          f"{args.images} images of 640x480, {sum(window_counts)} windows (x2 with flips), batch {args.batch_size}, "
-          f"median of {args.repeats}")
+          f"{args.images} images of {width}x{height} ({dataset}), {sum(window_counts)} windows (x2 with flips), "
+          f"batch {args.batch_size}, median of {args.repeats}")
     print(f"evaluate():            {eval_s:8.2f} s  ({args.images / eval_s:.2f} images/s)")
     print(f"  of which backbone:   {in_backbone_s:8.2f} s  ({100 * in_backbone_s / eval_s:.1f}% of the evaluation)")
     print(f"bare backbone forwards:{bare_s:8.2f} s")
-    print(f"evaluation / bare forwards: {eval_s / bare_s:.2f}x  (goal <= 1.3x)")
+    ratios = [e / b for e, b in zip(eval_times, bare_times)]
+    print(f"evaluation / bare forwards: {eval_s / bare_s:.2f}x of the medians, {statistics.median(ratios):.2f}x median of "
+          f"the repeats' ratios {[round(r, 2) for r in ratios]}  (goal <= 1.3x)")
+    print(f"peak memory during evaluate(): {statistics.median(peaks) / 2**20:.0f} MiB above its start "
+          f"({'allocated on ' + str(device) if device.type == 'cuda' else 'resident, main process'}; "
+          f"max over repeats {max(peaks) / 2**20:.0f} MiB)")
     print("all repeats (eval, in-backbone, bare):", [(round(a, 2), round(b, 2), round(c, 2)) for a, b, c in zip(eval_times, backbone_times, bare_times)])
 
 

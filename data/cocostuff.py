@@ -5,14 +5,18 @@ Layout under a data root (SPEC §6)::
     images/{train2017,val2017}/ID.jpg
     annotations/{train2017,val2017}/ID.png      # stuffthingmaps: fine ids 0..181, 255 unlabelled
     curated/{train2017,val2017}/Coco164kFull_Stuff_Coarse_7.txt   # optional: shipped copies are used otherwise
+
+``COCOSTUFF27`` is this module's dataset spec (data/spec.py); COCO-Stuff-171 (data/cocostuff171.py)
+shares its layout and lists with another label map.
 """
 import json
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
+
+from data.spec import DataError, DatasetSpec, SegmentationEval, map_labels, read_image  # noqa: F401  (re-exported)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 LABEL_MAP_FILE = PACKAGE_DIR / "cocostuff27.json"
@@ -24,19 +28,52 @@ NUM_CLASSES = 27
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# One colour per COCO-Stuff-27 class, in the order of cocostuff27.json's coarse_names. Stuff that
+# has a natural colour gets it (sky light blue, water navy, plant green, ground brown) so pictures
+# read at a glance; the rest are well-separated hues.
+PALETTE = np.array(
+    [
+        (0, 130, 200),  # electronic
+        (70, 240, 240),  # appliance
+        (255, 225, 25),  # food-things
+        (128, 0, 0),  # furniture-things
+        (240, 50, 230),  # indoor
+        (250, 190, 212),  # kitchen
+        (145, 30, 180),  # accessory
+        (245, 130, 48),  # animal
+        (0, 128, 128),  # outdoor
+        (230, 25, 75),  # person
+        (210, 245, 60),  # sports
+        (220, 190, 255),  # vehicle
+        (255, 250, 200),  # ceiling
+        (128, 128, 0),  # floor
+        (255, 128, 192),  # food-stuff
+        (128, 64, 255),  # furniture-stuff
+        (128, 128, 128),  # rawmaterial
+        (75, 0, 130),  # textile
+        (255, 255, 255),  # wall
+        (170, 255, 195),  # window
+        (64, 64, 64),  # building
+        (170, 110, 40),  # ground
+        (60, 180, 75),  # plant
+        (135, 206, 250),  # sky
+        (250, 128, 114),  # solid
+        (100, 0, 60),  # structural
+        (0, 0, 128),  # water
+    ],
+    dtype=np.uint8,
+)
+PALETTE.setflags(write=False)
 
-class DataError(ValueError):
-    """A data root, image, label or split list is not what the project expects."""
 
-
-@lru_cache(maxsize=1)
-def load_label_map():
-    """Return (lookup table of 256 entries, class names).
+@lru_cache(maxsize=4)
+def load_label_map(path=LABEL_MAP_FILE):
+    """Return (lookup table of 256 entries, class names) of a label map file (fine id -> class).
 
     Unknown fine ids map to -1 in the table so that they can be detected and reported
     instead of silently becoming a class.
     """
-    with open(LABEL_MAP_FILE) as f:
+    with open(path) as f:
         spec = json.load(f)
     lut = np.full(256, -1, dtype=np.int16)
     for fine, coarse in spec["fine_to_coarse"].items():
@@ -108,60 +145,56 @@ def check_data_root(data_root, split):
             raise DataError(f"{folder}: missing; the data root must hold {sub}/{split_folder(split)}/ (see README, 'Data')")
 
 
-def read_image(path):
-    """RGB PIL image, as the original reads it (PIL convert('RGB'))."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: image file not found")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img if img.mode == "RGB" else img.convert("RGB")
-    except (OSError, SyntaxError) as err:
-        raise DataError(f"{path}: cannot read the image ({err})") from err
-
-
-def read_fine_label(path):
-    """Fine label ids (uint8 numpy array) of a stuffthingmaps PNG, as the original reads it (convert('L'))."""
+def read_coarse_label(path):
+    """Coarse label (uint8 numpy array, 255 = ignore) from a stuffthingmaps PNG."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: label file not found")
     try:
         with Image.open(path) as lab:
-            return np.array(lab if lab.mode == "L" else lab.convert("L"))
+            fine = np.array(lab.convert("L"))
     except (OSError, SyntaxError) as err:
         raise DataError(f"{path}: cannot read the label ({err})") from err
+    return map_fine_to_coarse(fine, source=str(path))
 
 
-def read_coarse_label(path):
-    """Coarse label (uint8 numpy array, 255 = ignore) from a stuffthingmaps PNG."""
-    return map_fine_to_coarse(read_fine_label(path), source=str(path))
+class CocoStuffSpec(DatasetSpec):
+    """The COCO-Stuff layout (SPEC §6) with a fine id -> class map file; COCO-Stuff-27 and -171."""
+
+    splits = SPLITS
+
+    def __init__(self, name, label_map_file, description):
+        self.name = name
+        self.label_map_file = Path(label_map_file)
+        self.lut, self.class_names = load_label_map(self.label_map_file)
+        self.description = description
+
+    def check_root(self, data_root, split):
+        check_data_root(data_root, split)
+
+    def split_ids(self, data_root, split):
+        return read_split_ids(data_root, split)
+
+    def image_path(self, data_root, split, image_id):
+        return image_path(data_root, split, image_id)
+
+    def label_path(self, data_root, split, image_id):
+        return label_path(data_root, split, image_id)
+
+    def map_label(self, raw, source):
+        known = f"{self.label_map_file.name} maps {self.num_classes} classes and 255; is this a stuffthingmaps PNG?"
+        return map_labels(raw, self.lut, source, known)
 
 
-class CocoStuffEval(torch.utils.data.Dataset):
-    """The evaluation split: (normalised image, coarse label, id) with a protocol's resizing.
+class CocoStuff27Spec(CocoStuffSpec):
+    palette = PALETTE
 
-    ``transform(image, label) -> (image tensor, label tensor)`` comes from data/transforms.py.
-    """
+
+COCOSTUFF27 = CocoStuff27Spec("cocostuff27", LABEL_MAP_FILE, "COCO-Stuff-27: the 27 coarse classes of the curated lists")
+
+
+class CocoStuffEval(SegmentationEval):
+    """The COCO-Stuff-27 evaluation split (see data/spec.py's SegmentationEval)."""
 
     def __init__(self, data_root, transform, split="val", limit=None):
-        check_data_root(data_root, split)
-        self.data_root = Path(data_root)
-        self.split = split
-        self.ids = read_split_ids(data_root, split)[:limit]
-        self.transform = transform
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, index):
-        image_id = self.ids[index]
-        image = read_image(image_path(self.data_root, self.split, image_id))
-        label = read_coarse_label(label_path(self.data_root, self.split, image_id))
-        if label.shape != (image.height, image.width):
-            raise DataError(
-                f"{label_path(self.data_root, self.split, image_id)}: label is {label.shape[1]}x{label.shape[0]} "
-                f"but the image is {image.width}x{image.height}"
-            )
-        image, label = self.transform(image, Image.fromarray(label))
-        return {"image": image, "label": label, "id": image_id}
+        super().__init__(COCOSTUFF27, data_root, transform, split=split, limit=limit)

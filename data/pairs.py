@@ -1,5 +1,8 @@
 """Training pairs (SPEC §4): two overlapping 224 crops of one randomly flipped and resized image.
 
+The dataset spec (data/spec.py) gives the images: ``train_items`` and ``read_train_pair`` (which may
+preprocess, e.g. Cityscapes' five crops); the sampling below is the same for every dataset.
+
 Every random number of a sample comes from a generator seeded by (seed, epoch, index), and the
 epoch travels with the index (the sampler yields ``(epoch, index)`` keys), so a sample is the same
 whichever worker or process draws it, persistent loader workers see every new epoch, and a
@@ -10,8 +13,8 @@ crops are produced:
 
 * label: the nearest-neighbour resize is separable, so the source row and column of every output
   pixel are looked up once per (source size, resized size) by resizing an index ramp with Pillow
-  itself; the two crops' rows and columns then index the fine label directly, and only the crop is
-  mapped fine -> coarse. Bit-identical to flip + resize + crop of the whole label.
+  itself; the crop's rows and columns then index the label directly. Bit-identical to flip +
+  resize + crop of the whole label.
 * image: each crop is resampled straight from the source with Pillow's ``box`` option (same
   bilinear filter, same sample positions). Pillow holds the box corners in float32, so the filter
   taps' weights differ from a whole-image resize in their last bits: measured on random images,
@@ -28,9 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.cocostuff import (
-    DataError, check_data_root, image_path, label_path, map_fine_to_coarse, read_fine_label, read_image, read_split_ids,
-)
+from data.cocostuff import COCOSTUFF27
 
 
 def random_resize_size(width, height, rng, low=0.8, high=1.2, min_side=224):
@@ -82,58 +83,60 @@ def crop_resized_image(image, resized_size, top, left, crop, flip):
     return pixels[:, ::-1] if flip else pixels
 
 
-def crop_resized_label(fine_label, resized_size, top, left, crop, flip):
-    """The same crop of the fine label, flipped and NEAREST-resized: (crop, crop) uint8."""
-    height, width = fine_label.shape
+def crop_resized_label(label, resized_size, top, left, crop, flip):
+    """The same crop of the label (H, W), flipped and NEAREST-resized: (crop, crop) uint8."""
+    height, width = label.shape
     resized_w, resized_h = resized_size
     rows = nearest_source_indices(height, resized_h)[top:top + crop]  # (crop,)
     cols = nearest_source_indices(width, resized_w)
     if flip:  # column j of the flipped label is column width - 1 - j of the label
         cols = width - 1 - cols
-    return fine_label[np.ix_(rows, cols[left:left + crop])]  # (crop, crop)
+    return label[np.ix_(rows, cols[left:left + crop])]  # (crop, crop)
 
 
 def _chw(pixels):
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1)  # (3, H, W) uint8, owning its memory
 
 
-class CocoStuffPairs(torch.utils.data.Dataset):
+class TrainingPairs(torch.utils.data.Dataset):
     """Keys are ``(epoch, index)``; yields {'image', 'image_aug', 'label', 'crops'}.
 
     'image' and 'image_aug' are uint8 (3, crop, crop) (normalise with
-    ``data.transforms.normalize_uint8``), 'label' uint8 (crop, crop) coarse ids of the first
-    crop (255 ignored; it feeds the linear probe only), 'crops' (top0, left0, top1, left1).
+    ``data.transforms.normalize_uint8``), 'label' uint8 (crop, crop) class ids of the first crop
+    (255 ignored; it feeds the linear probe only), 'crops' (top0, left0, top1, left1).
     """
 
-    def __init__(self, data_root, split="train", crop=224, seed=0, limit=None):
-        check_data_root(data_root, split)
+    def __init__(self, spec, data_root, split="train", crop=224, seed=0, limit=None):
+        spec.check_root(data_root, split)
+        self.spec = spec
         self.data_root = Path(data_root)
         self.split = split
         self.crop = crop
         self.seed = seed
-        self.ids = read_split_ids(data_root, split)[:limit]
+        self.items = spec.train_items(data_root, split)[:limit]
 
     def __len__(self):
-        return len(self.ids)
+        return len(self.items)
 
     def __getitem__(self, key):
         epoch, index = key
         rng = np.random.default_rng([self.seed, epoch, index])
-        image_id = self.ids[index]
-        image = read_image(image_path(self.data_root, self.split, image_id))
-        label_file = label_path(self.data_root, self.split, image_id)
-        fine_label = read_fine_label(label_file)  # (H, W) uint8
-        if fine_label.shape != (image.height, image.width):
-            raise DataError(f"{label_file}: label is {fine_label.shape[1]}x{fine_label.shape[0]} but the image is "
-                            f"{image.width}x{image.height}")
+        image, label = self.spec.read_train_pair(self.data_root, self.split, self.items[index])
+        label = np.asarray(label)  # (H, W) uint8 class ids
         flip = rng.random() <= 0.5  # drawn in the original's order: flip, resize factors, crops
         size = random_resize_size(*image.size, rng, min_side=self.crop)
         (top0, left0), (top1, left1) = overlapping_crops(*size, rng, self.crop)
         crop = self.crop
-        label = map_fine_to_coarse(crop_resized_label(fine_label, size, top0, left0, crop, flip), source=str(label_file))
         return {
             "image": _chw(crop_resized_image(image, size, top0, left0, crop, flip)),  # (3, c, c) uint8
             "image_aug": _chw(crop_resized_image(image, size, top1, left1, crop, flip)),  # (3, c, c) uint8
-            "label": torch.from_numpy(np.ascontiguousarray(label)),  # (c, c) uint8
+            "label": torch.from_numpy(crop_resized_label(label, size, top0, left0, crop, flip)),  # (c, c) uint8
             "crops": torch.tensor([top0, left0, top1, left1]),
         }
+
+
+class CocoStuffPairs(TrainingPairs):
+    """COCO-Stuff-27's training pairs."""
+
+    def __init__(self, data_root, split="train", crop=224, seed=0, limit=None):
+        super().__init__(COCOSTUFF27, data_root, split=split, crop=crop, seed=seed, limit=limit)

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data.cocostuff import CocoStuffEval
+from data.registry import DEFAULT_DATASET, get_dataset
+from data.spec import SegmentationEval
 from data.transforms import CenterCropTransform, ResizeTransform, SlidingTransform
 from utils import distributed
 from utils.crf import CRFPool
@@ -266,16 +267,22 @@ def evaluate_heads(
     progress=True,
     on_image=None,
     crf_workers=None,
+    dataset=DEFAULT_DATASET,
 ):
     """One EvalResult per head of ``model``, all from the same backbone forwards.
 
     ``on_image(sample, pred)`` is called for every image with the first head's map (e.g. to save
     pictures). With ``protocol.crf`` the CRFs run in ``crf_workers`` processes (default: the CPU
     cores, at most 8; 0: in this process) while the next images go through the backbone.
+    pictures). ``dataset`` is a name or spec of data/registry.py; the model must have one cluster
+    per class of it.
     """
+    spec = get_dataset(dataset)
     num_classes = model.num_classes
+    if num_classes != spec.num_classes:
+        raise ValueError(f"the model has {num_classes} clusters but {spec.name} has {spec.num_classes} classes")
     heads = num_heads(model)
-    dataset = CocoStuffEval(data_root, protocol.transform(), split=split, limit=limit)
+    dataset = SegmentationEval(spec, data_root, protocol.transform(), split=split, limit=limit)
     # Sliding evaluation batches the windows of several images (about 24 with flips for 640x480),
     # so a few images a step fill a forward; single-forward protocols batch whole images.
     images_per_step = max(1, batch_size // 24) if protocol.window else batch_size

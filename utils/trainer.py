@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data.cocostuff import IGNORE_INDEX
-from data.pairs import CocoStuffPairs
+from data.pairs import TrainingPairs
+from data.registry import DEFAULT_DATASET, get_dataset
 from data.sampler import GlobalBatchSampler
 from data.transforms import normalize_uint8
 from utils import distributed
@@ -65,16 +66,18 @@ def set_lr(optimizer, lr):
         group["lr"] = lr
 
 
-def train_loader(data_root, batch_size, seed, num_workers, device, limit=None):
+def train_loader(data_root, batch_size, seed, num_workers, device, limit=None, dataset=DEFAULT_DATASET):
     """Loader of this process's contiguous share of every global batch; ``batch_size`` is global.
 
     The batch sampler runs in the main process and yields ``(epoch, index)`` keys, so the loader
     workers (persistent across epochs) draw each epoch's own augmentations; see
-    ``data.sampler.GlobalBatchSampler`` for the order and the split between processes.
+    ``data.sampler.GlobalBatchSampler`` for the order and the split between processes. ``dataset``
+    is a name or spec of data/registry.py; its training items (e.g. five crops of each Cityscapes
+    image) make up an epoch.
     """
     if batch_size < 2:
         raise ValueError(f"--batch-size {batch_size}: IDDC's negatives need a global batch of at least 2 images")
-    dataset = CocoStuffPairs(data_root, "train", seed=seed, limit=limit)
+    dataset = TrainingPairs(get_dataset(dataset), data_root, "train", seed=seed, limit=limit)
     sampler = GlobalBatchSampler(len(dataset), batch_size, seed=seed, rank=distributed.rank(),
                                  world_size=distributed.world_size())
     return torch.utils.data.DataLoader(

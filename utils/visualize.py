@@ -11,44 +11,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from data.cocostuff import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from data.cocostuff import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, PALETTE
 
-# One colour per COCO-Stuff-27 class, in the order of cocostuff27.json's coarse_names. Stuff that
-# has a natural colour gets it (sky light blue, water navy, plant green, ground brown) so pictures
-# read at a glance; the rest are well-separated hues.
-PALETTE = np.array(
-    [
-        (0, 130, 200),  # electronic
-        (70, 240, 240),  # appliance
-        (255, 225, 25),  # food-things
-        (128, 0, 0),  # furniture-things
-        (240, 50, 230),  # indoor
-        (250, 190, 212),  # kitchen
-        (145, 30, 180),  # accessory
-        (245, 130, 48),  # animal
-        (0, 128, 128),  # outdoor
-        (230, 25, 75),  # person
-        (210, 245, 60),  # sports
-        (220, 190, 255),  # vehicle
-        (255, 250, 200),  # ceiling
-        (128, 128, 0),  # floor
-        (255, 128, 192),  # food-stuff
-        (128, 64, 255),  # furniture-stuff
-        (128, 128, 128),  # rawmaterial
-        (75, 0, 130),  # textile
-        (255, 255, 255),  # wall
-        (170, 255, 195),  # window
-        (64, 64, 64),  # building
-        (170, 110, 40),  # ground
-        (60, 180, 75),  # plant
-        (135, 206, 250),  # sky
-        (250, 128, 114),  # solid
-        (100, 0, 60),  # structural
-        (0, 0, 128),  # water
-    ],
-    dtype=np.uint8,
-)
-PALETTE.setflags(write=False)
 # Unlabelled pixels (255) and clusters no class was matched to.
 IGNORE_COLOUR = (0, 0, 0)
 CAPTION_HEIGHT = 16
@@ -205,15 +169,16 @@ def plot_confusion(confusion, class_names, path, cluster_to_class=None):
     plt.close(fig)
 
 
-def plot_per_class_iou(per_class_iou, path):
-    """Bar chart of IoU (percent) per class; classes without a value (absent, NaN) are marked n/a."""
+def plot_per_class_iou(per_class_iou, path, palette=PALETTE):
+    """Bar chart of IoU (percent) per class, in the classes' palette colours; classes without a value
+    (absent, NaN) are marked n/a."""
     names = list(per_class_iou)
     values = np.array([np.nan if v is None else float(v) for v in per_class_iou.values()])
     finite = np.isfinite(values)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(names) + 2), 5))
     positions = np.arange(len(names))
-    colours = PALETTE[: len(names)] / 255.0 if len(names) <= len(PALETTE) else None
+    colours = palette[: len(names)] / 255.0 if len(names) <= len(palette) else None
     ax.bar(positions, np.where(finite, values, 0.0), color=colours, edgecolor="black", linewidth=0.5)
     for position in positions[~finite]:
         ax.text(position, 1, "n/a", ha="center", va="bottom", rotation=90, fontsize=7)
@@ -238,13 +203,14 @@ class VisualCollector:
 
     The Hungarian matching that turns clusters into classes is only known once the whole split is
     scored, so pictures are written after ``evaluate()`` with ``write()``. Pass an instance as
-    ``evaluate(..., on_image=collector)``.
+    ``evaluate(..., on_image=collector)``. ``palette`` colours the dataset's classes.
     """
 
-    def __init__(self, num_images):
+    def __init__(self, num_images, palette=PALETTE):
         if num_images < 0:
             raise ValueError(f"the number of pictures to keep must be >= 0, got {num_images}")
         self.num_images = num_images
+        self.palette = palette
         self.items = []
 
     def __call__(self, sample, pred):
@@ -262,13 +228,13 @@ class VisualCollector:
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for image_id, image, label, pred in self.items:
-            panel = side_by_side(image, colorize(label), colorize(map_clusters(pred, cluster_to_class)))
+            panel = side_by_side(image, colorize(label, self.palette), colorize(map_clusters(pred, cluster_to_class), self.palette))
             written.append(out_dir / f"{image_id}.png")
             panel.save(written[-1])
         written.append(out_dir / "legend.png")
-        legend(class_names, PALETTE[: len(class_names)]).save(written[-1])
+        legend(class_names, self.palette[: len(class_names)]).save(written[-1])
         written.append(out_dir / "confusion.png")
         plot_confusion(confusion, class_names, written[-1], cluster_to_class)
         written.append(out_dir / "per_class_iou.png")
-        plot_per_class_iou(per_class_iou, written[-1])
+        plot_per_class_iou(per_class_iou, written[-1], self.palette)
         return written

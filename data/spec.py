@@ -1,0 +1,199 @@
+"""The dataset abstraction: one object per benchmark that knows its classes, label mapping, splits
+and files, so that training, evaluation, prediction and the scripts never depend on a layout.
+
+A benchmark is a ``DatasetSpec`` subclass in its own module under data/ (cocostuff.py,
+cocostuff171.py, cityscapes.py, potsdam.py) and one line in data/registry.py, which maps the
+``--dataset`` names to instances. What a spec provides:
+
+- ``class_names``, ``palette`` (one RGB colour per class) and ``num_classes``;
+- ``split_ids(root, split)``, ``image_path`` / ``label_path`` and ``check_root(root, split)``;
+- ``read_image`` (PIL RGB) and ``read_label`` (uint8 class ids, 255 = ignore; any raw value outside
+  the dataset's label map is a ``DataError`` naming the file);
+- ``train_items`` / ``read_train_pair``: the per-dataset preprocessing of training images before the
+  generic pair sampling of data/pairs.py (e.g. Cityscapes' five crops);
+- evaluation defaults: ``default_protocol`` and ``score_size`` (the grid the sliding protocol scores on).
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+IGNORE_INDEX = 255
+
+
+class DataError(ValueError):
+    """A data root, image, label or split list is not what the project expects.
+
+    Raised in a DataLoader worker, it comes back re-created from "Caught DataError in DataLoader
+    worker process N. Original Traceback ... DataError: <message>"; only <message> is kept, so that
+    the entry points report one line naming the file, whatever --num-workers is.
+    """
+
+    def __init__(self, message):
+        marker = f"{type(self).__name__}: "
+        if message.startswith("Caught ") and "Original Traceback" in message and marker in message:
+            message = message.rstrip().rsplit(marker, 1)[1]
+        super().__init__(message)
+
+
+def read_image(path):
+    """RGB PIL image, as the original reads it (PIL convert('RGB'))."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img if img.mode == "RGB" else img.convert("RGB")
+    except (OSError, SyntaxError) as err:
+        raise DataError(f"{path}: cannot read the image ({err})") from err
+
+
+def label_lookup(raw_to_class):
+    """A 256-entry int16 table from a {raw value: class id} mapping; unmapped raw values are -1,
+    so that they can be reported instead of silently becoming a class."""
+    lut = np.full(256, -1, dtype=np.int16)
+    for raw, cls in raw_to_class.items():
+        lut[int(raw)] = int(cls)
+    lut.setflags(write=False)
+    return lut
+
+
+def map_labels(raw, lut, source, known):
+    """Class ids (uint8, 255 kept) of a raw label array through ``lut``; a value outside the map is a
+    DataError naming ``source`` and what the map ``known``s."""
+    raw = np.asarray(raw)
+    if raw.dtype != np.uint8:
+        if raw.size and (raw.min() < 0 or raw.max() > 255):
+            bad = np.unique(raw[(raw < 0) | (raw > 255)])
+            raise DataError(f"{source}: label values {bad.tolist()[:10]} are not in the label map ({known})")
+        raw = raw.astype(np.uint8)
+    mapped = lut[raw]
+    if (mapped < 0).any():
+        bad = np.unique(raw[mapped < 0])
+        raise DataError(f"{source}: label values {bad.tolist()[:10]} are not in the label map ({known})")
+    return mapped.astype(np.uint8)
+
+
+def distinct_palette(count):
+    """``count`` well-separated RGB colours (PASCAL VOC's bit-interleaving scheme, starting at 1 so
+    that no class is black, the colour of ignored pixels)."""
+    palette = np.zeros((count, 3), dtype=np.uint8)
+    for index in range(count):
+        value, colour = index + 1, [0, 0, 0]
+        for shift in range(7, -1, -1):
+            for channel in range(3):
+                colour[channel] |= ((value >> channel) & 1) << shift
+            value >>= 3
+        palette[index] = colour
+    palette.setflags(write=False)
+    return palette
+
+
+class DatasetSpec:
+    """What training, evaluation and prediction need to know about one benchmark.
+
+    Subclasses set the class attributes and implement ``split_ids``, ``image_path``,
+    ``label_path``, ``check_root`` and ``map_label``; reading and the training preprocessing have
+    defaults that suit one image file and one label file per id.
+    """
+
+    name = None
+    class_names = ()
+    palette = None
+    splits = ("train", "val")
+    default_protocol = "sliding"
+    score_size = (320, 320)  # (H, W) grid the sliding protocol scores predictions and labels on
+    description = ""
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    def __repr__(self):
+        return f"<dataset {self.name}: {self.num_classes} classes>"
+
+    def check_split(self, split):
+        if split not in self.splits:
+            raise DataError(f"{self.name}: split must be one of {self.splits}, got {split!r}")
+
+    # Layout: implemented by every dataset.
+    def check_root(self, data_root, split):
+        raise NotImplementedError
+
+    def split_ids(self, data_root, split):
+        raise NotImplementedError
+
+    def image_path(self, data_root, split, image_id):
+        raise NotImplementedError
+
+    def label_path(self, data_root, split, image_id):
+        raise NotImplementedError
+
+    def map_label(self, raw, source):
+        """Class ids (uint8, 255 = ignore) of a raw label array read from ``source``."""
+        raise NotImplementedError
+
+    # Reading.
+    def read_image(self, data_root, split, image_id):
+        return read_image(self.image_path(data_root, split, image_id))
+
+    def read_raw_label(self, path):
+        """The raw label values of a single-channel PNG, read as the original reads COCO's (convert('L'))."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: label file not found")
+        try:
+            with Image.open(path) as label:
+                return np.array(label.convert("L"))
+        except (OSError, SyntaxError) as err:
+            raise DataError(f"{path}: cannot read the label ({err})") from err
+
+    def read_label(self, data_root, split, image_id):
+        path = self.label_path(data_root, split, image_id)
+        return self.map_label(self.read_raw_label(path), str(path))
+
+    def read_pair(self, data_root, split, image_id):
+        """(PIL RGB image, PIL 'L' label of class ids) of one id, checked to be the same size."""
+        image = self.read_image(data_root, split, image_id)
+        label = self.read_label(data_root, split, image_id)
+        if label.shape != (image.height, image.width):
+            raise DataError(
+                f"{self.label_path(data_root, split, image_id)}: label is {label.shape[1]}x{label.shape[0]} "
+                f"but the image is {image.width}x{image.height}"
+            )
+        return image, Image.fromarray(label)
+
+    # Training preprocessing, before the pair sampling of data/pairs.py.
+    def train_items(self, data_root, split):
+        """What one training sample is drawn from; by default one item per image id."""
+        return self.split_ids(data_root, split)
+
+    def read_train_pair(self, data_root, split, item):
+        """(image, label) of one training item; by default the whole image."""
+        return self.read_pair(data_root, split, item)
+
+
+class SegmentationEval(torch.utils.data.Dataset):
+    """An evaluation split: (normalised image, class-id label, id) with a protocol's resizing.
+
+    ``transform(image, label) -> (image tensor, label tensor)`` comes from data/transforms.py.
+    """
+
+    def __init__(self, spec, data_root, transform, split="val", limit=None):
+        spec.check_root(data_root, split)
+        self.spec = spec
+        self.data_root = Path(data_root)
+        self.split = split
+        self.ids = spec.split_ids(data_root, split)[:limit]
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        image_id = self.ids[index]
+        image, label = self.spec.read_pair(self.data_root, self.split, image_id)
+        image, label = self.transform(image, label)
+        return {"image": image, "label": label, "id": image_id}
