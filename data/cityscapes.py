@@ -149,20 +149,19 @@ class CityscapesSpec(DatasetSpec):
     def train_items(self, data_root, split):
         return [(image_id, crop) for image_id in self.split_ids(data_root, split) for crop in range(FIVE_CROPS)]
 
-    def read_train_pair(self, data_root, split, item):
+    def read_train_raw(self, data_root, split, item):
         """One of the five crops of an image: the prepared files when present, else cut from the image."""
         image_id, crop = item
         image_file, label_file = crop_paths(data_root, split, image_id, crop)
         if image_file.is_file() and label_file.is_file():
-            image = read_image(image_file)
-            label = self.map_label(self.read_raw_label(label_file), str(label_file))
-            if label.shape != (image.height, image.width):
-                raise DataError(f"{label_file}: label is {label.shape[1]}x{label.shape[0]} but the image is "
+            image, raw = read_image(image_file), self.read_raw_label(label_file)
+            if raw.shape != (image.height, image.width):
+                raise DataError(f"{label_file}: label is {raw.shape[1]}x{raw.shape[0]} but the image is "
                                 f"{image.width}x{image.height}; delete {Path(data_root) / CROPS_FOLDER} to cut the crops anew")
-            return image, Image.fromarray(label)
-        image, label = self.read_pair(data_root, split, image_id)
-        box = five_crop_boxes(*image.size)[crop]
-        return image.crop(box), label.crop(box)
+            return image, raw, str(label_file)
+        image, raw, source = super().read_train_raw(data_root, split, image_id)
+        left, top, right, bottom = five_crop_boxes(*image.size)[crop]
+        return image.crop((left, top, right, bottom)), raw[top:bottom, left:right], source
 
 
 CITYSCAPES27 = CityscapesSpec()

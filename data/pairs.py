@@ -1,6 +1,6 @@
 """Training pairs (SPEC §4): two overlapping 224 crops of one randomly flipped and resized image.
 
-The dataset spec (data/spec.py) gives the images: ``train_items`` and ``read_train_pair`` (which may
+The dataset spec (data/spec.py) gives the images: ``train_items`` and ``read_train_raw`` (which may
 preprocess, e.g. Cityscapes' five crops); the sampling below is the same for every dataset.
 
 Every random number of a sample comes from a generator seeded by (seed, epoch, index), and the
@@ -13,8 +13,8 @@ crops are produced:
 
 * label: the nearest-neighbour resize is separable, so the source row and column of every output
   pixel are looked up once per (source size, resized size) by resizing an index ramp with Pillow
-  itself; the crop's rows and columns then index the label directly. Bit-identical to flip +
-  resize + crop of the whole label.
+  itself; the crop's rows and columns then index the raw label directly, and only the crop is
+  mapped to class ids. Bit-identical to flip + resize + crop of the whole mapped label.
 * image: each crop is resampled straight from the source with Pillow's ``box`` option (same
   bilinear filter, same sample positions). Pillow holds the box corners in float32, so the filter
   taps' weights differ from a whole-image resize in their last bits: measured on random images,
@@ -121,8 +121,7 @@ class TrainingPairs(torch.utils.data.Dataset):
     def __getitem__(self, key):
         epoch, index = key
         rng = np.random.default_rng([self.seed, epoch, index])
-        image, label = self.spec.read_train_pair(self.data_root, self.split, self.items[index])
-        label = np.asarray(label)  # (H, W) uint8 class ids
+        image, raw_label, source = self.spec.read_train_raw(self.data_root, self.split, self.items[index])  # raw (H, W)
         flip = rng.random() <= 0.5  # drawn in the original's order: flip, resize factors, crops
         size = random_resize_size(*image.size, rng, min_side=self.crop)
         (top0, left0), (top1, left1) = overlapping_crops(*size, rng, self.crop)
@@ -130,7 +129,7 @@ class TrainingPairs(torch.utils.data.Dataset):
         return {
             "image": _chw(crop_resized_image(image, size, top0, left0, crop, flip)),  # (3, c, c) uint8
             "image_aug": _chw(crop_resized_image(image, size, top1, left1, crop, flip)),  # (3, c, c) uint8
-            "label": torch.from_numpy(crop_resized_label(label, size, top0, left0, crop, flip)),  # (c, c) uint8
+            "label": torch.from_numpy(self.spec.map_label(crop_resized_label(raw_label, size, top0, left0, crop, flip), source)),  # (c, c) uint8
             "crops": torch.tensor([top0, left0, top1, left1]),
         }
 

@@ -9,7 +9,7 @@ cocostuff171.py, cityscapes.py, potsdam.py) and one line in data/registry.py, wh
 - ``split_ids(root, split)``, ``image_path`` / ``label_path`` and ``check_root(root, split)``;
 - ``read_image`` (PIL RGB) and ``read_label`` (uint8 class ids, 255 = ignore; any raw value outside
   the dataset's label map is a ``DataError`` naming the file);
-- ``train_items`` / ``read_train_pair``: the per-dataset preprocessing of training images before the
+- ``train_items`` / ``read_train_raw``: the per-dataset preprocessing of training images before the
   generic pair sampling of data/pairs.py (e.g. Cityscapes' five crops);
 - evaluation defaults: ``default_protocol`` and ``score_size`` (the grid the sliding protocol scores on).
 """
@@ -170,9 +170,20 @@ class DatasetSpec:
         """What one training sample is drawn from; by default one item per image id."""
         return self.split_ids(data_root, split)
 
+    def read_train_raw(self, data_root, split, item):
+        """(PIL RGB image, raw label array (H, W), the label's source) of one training item; by default
+        the whole image. Raw, so that the pair sampling maps only the crops it keeps."""
+        image = self.read_image(data_root, split, item)
+        path = self.label_path(data_root, split, item)
+        raw = self.read_raw_label(path)
+        if raw.shape != (image.height, image.width):
+            raise DataError(f"{path}: label is {raw.shape[1]}x{raw.shape[0]} but the image is {image.width}x{image.height}")
+        return image, raw, str(path)
+
     def read_train_pair(self, data_root, split, item):
-        """(image, label) of one training item; by default the whole image."""
-        return self.read_pair(data_root, split, item)
+        """(image, PIL label of class ids) of one training item."""
+        image, raw, source = self.read_train_raw(data_root, split, item)
+        return image, Image.fromarray(self.map_label(raw, source))
 
 
 class SegmentationEval(torch.utils.data.Dataset):
