@@ -200,7 +200,7 @@ def train(args, device, output_dir, logger):
                 return stop.report(logger, resume_path, epoch, progress["batch"], progress["step"])
             progress = {"batch": 0, "step": step, "epoch_sums": {}}
 
-            pictures = tensorboard.pictures()
+            pictures = tensorboard.pictures(spec.palette)
             clusters, probe_metrics = validate(model, probe, args, device, args.val_protocol, on_image=pictures)
             tensorboard.write_pictures(pictures, clusters.metrics["cluster_to_class"], step)
             miou, acc = float(clusters.metrics["miou"]), float(clusters.metrics["acc"])

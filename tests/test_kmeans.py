@@ -108,8 +108,9 @@ def test_baseline_bad_options_are_clear(tmp_path, data_root, capsys):
     with pytest.raises(SystemExit):
         baseline_kmeans.main(["--data-root", str(data_root), "--backbone", "resnet50"])
     assert "--backbone must be one of" in capsys.readouterr().err
-    assert baseline_kmeans.main(["--data-root", str(data_root), "--dataset", "cityscapes", "--device", "cpu"]) == 2
-    assert "--dataset must be one of" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        baseline_kmeans.main(["--data-root", str(data_root), "--dataset", "cityscapes", "--device", "cpu"])
+    assert "--dataset: invalid choice: 'cityscapes'" in capsys.readouterr().err
     missing = tmp_path / "missing.pth"
     assert baseline_kmeans.main(["--data-root", str(data_root), "--backbone-weights", str(missing), "--device", "cpu"]) == 2
     assert str(missing) in capsys.readouterr().out

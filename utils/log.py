@@ -101,11 +101,12 @@ class TensorboardLog:
                 self.writer.add_scalar(f"{kind}/{name}" + (f"/{key}" if key is not None else ""), number, step)
         self.writer.flush()
 
-    def pictures(self, num_images=4):
-        """A collector to pass as ``evaluate(..., on_image=...)``: it keeps the first images."""
+    def pictures(self, palette, num_images=4):
+        """A collector to pass as ``evaluate(..., on_image=...)``: it keeps the first images, to be
+        drawn in the dataset's ``palette``."""
         from utils.visualize import VisualCollector
 
-        return VisualCollector(num_images if self.writer is not None else 0)
+        return VisualCollector(num_images if self.writer is not None else 0, palette)
 
     def write_pictures(self, collector, cluster_to_class, step, tag="val"):
         """One image | ground truth | matched prediction panel per collected image."""
@@ -114,7 +115,8 @@ class TensorboardLog:
         from utils.visualize import colorize, map_clusters, side_by_side
 
         for image_id, image, label, pred in collector.items:
-            panel = side_by_side(image, colorize(label), colorize(map_clusters(pred, cluster_to_class)))
+            panel = side_by_side(image, colorize(label, collector.palette),
+                                 colorize(map_clusters(pred, cluster_to_class), collector.palette))
             self.writer.add_image(f"{tag}/{image_id}", np.asarray(panel), step, dataformats="HWC")
         self.writer.flush()
 
