@@ -9,13 +9,14 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
-from data.cocostuff import DataError, class_names
+from data.cocostuff import DataError, check_split_files, class_names
 from utils import distributed
-from utils.checkpoint import CheckpointError, load_iddc_model
+from utils.checkpoint import load_iddc_model
+from utils.cli import add_debug_flag, check_at_least, entry_point, resolve_device
 from utils.config import parse_args_with_config, save_config
+from utils.errors import OptionError
 from utils.evaluation import PROTOCOLS, evaluate, make_protocol
+from utils.files import check_writable_dir, check_writable_file, write_text_atomic
 from utils.log import git_commit, setup_logger
 from utils.visualize import VisualCollector
 
@@ -41,7 +42,27 @@ def build_parser():
     parser.add_argument("--output-json", default=None, help="write the results (metrics, confusion, assignment) here")
     parser.add_argument("--save-visuals", default=None, metavar="DIR", help="write image | ground truth | matched prediction PNGs, confusion.png and per_class_iou.png here")
     parser.add_argument("--num-visuals", type=int, default=8, help="how many images --save-visuals draws (the first ones of rank 0)")
+    add_debug_flag(parser)
     return parser
+
+
+def check_options(args):
+    """Every option that can be wrong, before a model is loaded or an image read."""
+    check_at_least(args.batch_size, "--batch-size", 1)
+    check_at_least(args.num_workers, "--num-workers", 0)
+    check_at_least(args.limit, "--limit", 1)
+    check_at_least(args.num_visuals, "--num-visuals", 0)
+    for side in args.score_size:
+        check_at_least(side, "--score-size", 1)
+    if args.protocol == "sliding" and not 0 <= args.overlap < args.window:
+        raise OptionError(f"--overlap must lie in 0..{args.window - 1} (below --window {args.window}), got {args.overlap}")
+    args.device = resolve_device(args.device)
+    if args.output_json:
+        output = Path(args.output_json)
+        for path in (output, output.with_suffix(".config.yaml")):
+            check_writable_file(path, "--output-json", inputs=[args.checkpoint, args.config])
+    if args.save_visuals:
+        check_writable_dir(args.save_visuals, "--save-visuals")
 
 
 def format_table(result, names):
@@ -53,15 +74,15 @@ def format_table(result, names):
     return "\n".join(lines)
 
 
+@entry_point
 def main(argv=None):
     parser = build_parser()
     args = parse_args_with_config(parser, argv)
     for option in ("data_root", "checkpoint"):
         if getattr(args, option) is None:
             parser.error(f"--{option.replace('_', '-')} is required")
-    if args.num_visuals < 0:
-        parser.error(f"--num-visuals must be >= 0, got {args.num_visuals}")
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_options(args)
+    check_split_files(args.data_root, "val", args.limit)  # a fast scan, before the model is loaded
     device = distributed.init_from_env(args.device)
     main_process = distributed.is_main()  # remembered: after cleanup every process would read as rank 0
     logger = setup_logger()
@@ -71,6 +92,8 @@ def main(argv=None):
     try:
         model, meta = load_iddc_model(args.checkpoint, patch_size=args.patch_size, num_heads=args.num_heads)
         protocol = make_protocol(args.protocol, args.flip, args.window, args.overlap, args.score_size, args.image_interpolation)
+        if protocol.window is not None and protocol.window < model.patch_size:
+            raise OptionError(f"--window {protocol.window}: smaller than the checkpoint's ViT patch ({model.patch_size})")
         model.to(device)
         result = evaluate(
             model,
@@ -83,11 +106,11 @@ def main(argv=None):
             limit=args.limit,
             on_image=collector,
         )
-    except (CheckpointError, DataError) as err:
-        logger.error("error: %s", err)
-        return 2
     finally:
         distributed.cleanup()
+    if result.confusion.sum() == 0:  # every metric would be NaN
+        raise DataError(f"--data-root {args.data_root}: the {result.num_images} image(s) evaluated hold no labelled pixel "
+                        f"(every label value is 255, unlabelled), so there is nothing to score")
     if not main_process:
         return 0
     names = class_names()
@@ -98,8 +121,7 @@ def main(argv=None):
         output = result.as_dict(names)
         output.update(checkpoint=str(args.checkpoint), checkpoint_meta_epoch=meta.get("epoch"), git_commit=commit, config=vars(args))
         path = Path(args.output_json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(output, indent=1))
+        write_text_atomic(path, json.dumps(output, indent=1))
         save_config(args, path.with_suffix(".config.yaml"))
         logger.info("results written to %s", path)
     if collector is not None:

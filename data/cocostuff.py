@@ -14,6 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from data.scan import missing_files
+from utils.errors import ReportedError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 LABEL_MAP_FILE = PACKAGE_DIR / "cocostuff27.json"
 SHIPPED_CURATED_DIR = PACKAGE_DIR / "curated"
@@ -25,7 +28,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DataError(ValueError):
+class DataError(ReportedError, ValueError):
     """A data root, image, label or split list is not what the project expects."""
 
 
@@ -86,6 +89,14 @@ def read_split_ids(data_root, split):
         ids = [line.strip() for line in f if line.strip()]
     if not ids:
         raise DataError(f"{path}: the split list is empty")
+    if len(set(ids)) != len(ids):  # a repeated id would be scored (or trained on) twice
+        seen, repeated = set(), []
+        for image_id in ids:
+            if image_id in seen and image_id not in repeated:
+                repeated.append(image_id)
+            seen.add(image_id)
+        raise DataError(f"{path}: {len(repeated)} id(s) listed more than once (first: {', '.join(repeated[:5])}); "
+                        f"each image may be listed once")
     return ids
 
 
@@ -108,6 +119,29 @@ def check_data_root(data_root, split):
             raise DataError(f"{folder}: missing; the data root must hold {sub}/{split_folder(split)}/ (see README, 'Data')")
 
 
+SHOW_MISSING = 5
+
+
+def check_split_files(data_root, split, limit=None):
+    """Fail before the long work, with a count and the first names, when listed files are missing.
+
+    A fast scan (folder listings, no decoding) of every image and label the split's first
+    ``limit`` ids need; ``scripts/prepare_cocostuff.py --check`` opens them all. Returns the ids.
+    """
+    check_data_root(data_root, split)
+    ids = read_split_ids(data_root, split)[:limit]
+    problems = []
+    for kind, path_of in (("images", image_path), ("labels", label_path)):
+        missing = missing_files([path_of(data_root, split, image_id) for image_id in ids])
+        if missing:
+            names = ", ".join(path.name for path in missing[:SHOW_MISSING]) + (", ..." if len(missing) > SHOW_MISSING else "")
+            problems.append(f"{len(missing)} of {len(ids)} {kind} missing in {missing[0].parent} ({names})")
+    if problems:
+        raise DataError(f"--data-root {data_root}, {split_folder(split)} split ({split_list_path(data_root, split)}): "
+                        f"{'; '.join(problems)}. `python scripts/prepare_cocostuff.py --data-root {data_root} --check` lists them all")
+    return ids
+
+
 def read_image(path):
     """RGB PIL image, as the original reads it (PIL convert('RGB'))."""
     path = Path(path)
@@ -116,7 +150,7 @@ def read_image(path):
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
-    except (OSError, SyntaxError) as err:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: cannot read the image ({err})") from err
 
 

@@ -15,7 +15,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a file, the script only sees scripts/
     sys.path.insert(0, str(REPO_ROOT))
 
+from utils.cli import add_debug_flag, entry_point  # noqa: E402
 from utils.download import GOOGLE_DRIVE_URL, DownloadError, download_google_drive  # noqa: E402
+from utils.errors import EXIT_PROBLEMS  # noqa: E402
+from utils.files import check_writable_file  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ def fetch_checkpoint(name, dest=None, *, base_url=GOOGLE_DRIVE_URL, quiet=False)
     return dest
 
 
+@entry_point
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Download a released IDDC checkpoint (COCO-Stuff-27).")
     parser.add_argument("name", choices=sorted(RELEASED_CHECKPOINTS),
@@ -71,16 +75,18 @@ def main(argv=None):
                         help="where to write it (default: checkpoints/<file name> in the repository)")
     # For tests and mirrors: the Google Drive download endpoint to use instead of the real one.
     parser.add_argument("--base-url", default=os.environ.get(BASE_URL_ENV, GOOGLE_DRIVE_URL), help=argparse.SUPPRESS)
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
 
     dest = args.dest if args.dest is not None else default_dest(args.name)
+    check_writable_file(dest, "--dest")
     try:
         fetch_checkpoint(args.name, dest, base_url=args.base_url)
     except DownloadError as err:
         print(f"error: could not download the {args.name} checkpoint: {err.reason}. Download it by hand from "
               f"{drive_page(args.name)} and put it at {dest} (a partial download is resumed when this command "
               f"is run again).", file=sys.stderr)
-        return 1
+        return EXIT_PROBLEMS
     return 0
 
 

@@ -7,14 +7,14 @@ Released IDDC format (SPEC §2), which the project also writes so the original c
 Extra top-level keys (``config``, ``epoch``, ...) hold only plain Python values, so files load
 with ``torch.load(weights_only=True)``.
 """
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from modules.model import IDDCModel
 from modules.vit import VisionTransformer, vit_arch_from_state_dict
+from utils.errors import EXIT_PROBLEMS, ReportedError
+from utils.files import atomic_path
 
 DINO_BASE_URL = "https://dl.fbaipublicfiles.com/dino/"
 # The S/8 file is the 300-epoch release the IDDC code uses (not timm's vit_small_patch8_224.dino).
@@ -26,8 +26,14 @@ IDDC_PARTS = ("backbone", "head_nonlinear", "classifier")
 BACKBONE_PREFIX = "model."
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or does not fit the model asked for."""
+class CheckpointError(ReportedError, ValueError):
+    """A checkpoint file is missing, unreadable, holds non-finite weights or does not fit the model asked for."""
+
+
+class WeightsDownloadError(CheckpointError):
+    """The DINO weights could not be downloaded: a problem of the network, not of the input (exit 1)."""
+
+    exit_code = EXIT_PROBLEMS
 
 
 def load_file(path):
@@ -89,7 +95,20 @@ def load_strict(module, state_dict, what, source):
                 shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
                 lines.append(f"  {title}: {shown}")
         raise CheckpointError("\n".join(lines))
+    check_finite_weights(state_dict, what, source)
     module.load_state_dict(state_dict, strict=True)
+
+
+def check_finite_weights(state_dict, what, source):
+    """A NaN or inf weight would make every prediction silently meaningless: name the tensor."""
+    for key, value in state_dict.items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            finite = torch.isfinite(value)
+            if not bool(finite.all()):
+                bad = value[~finite]
+                raise CheckpointError(
+                    f"{source}: the '{what}' tensor {key} {tuple(value.shape)} holds {int(bad.isnan().sum())} NaN and "
+                    f"{int(bad.isinf().sum())} infinite value(s); the file is damaged or came from a diverged run")
 
 
 def build_vit(vit_state, source, patch_size=None, num_heads=None):
@@ -149,15 +168,8 @@ def save_atomic(obj, path):
     """Write to a temporary file beside ``path`` and rename, so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(obj, tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def dino_cache_path(patch_size):
@@ -183,7 +195,7 @@ def dino_weights(patch_size, weights_file=None, download=True, base_url=DINO_BAS
         try:
             download_file(base_url + DINO_FILES[patch_size], cached, desc=cached.name)
         except DownloadError as err:
-            raise CheckpointError(f"{err}\n(or pass --backbone-weights FILE with the DINO ViT-S/{patch_size} weights)") from err
+            raise WeightsDownloadError(f"{err} (or pass --backbone-weights FILE with the DINO ViT-S/{patch_size} weights)") from err
     return dino_state_dict(load_file(cached), cached)
 
 
