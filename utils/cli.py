@@ -57,6 +57,9 @@ def run_cli(main, argv=None):
         if debug:
             raise
         code, message = _classify(err)
+        # Free the frames' locals now, by reference counting: a DataLoader iterator freed later by
+        # the garbage collector may find its worker queues collected first and wait 5 s per worker.
+        traceback.clear_frames(err.__traceback__)
     _finish_output()
     _log_to_files(message)
     print(message, file=sys.stderr, flush=True)
