@@ -137,4 +137,4 @@ def test_band_stitching_is_bit_identical_to_whole_image_stitching(height, width,
         bands = sliding_probabilities(model, image, 224, overlap, True, "fp32", 16)
         classes = sliding_class_maps(model, [image], 224, overlap, True, "fp32", 16)[0]
     assert torch.equal(bands, reference)
-    assert torch.equal(classes, reference.argmax(0)[None])
+    assert torch.equal(classes.long(), reference.argmax(0)[None])

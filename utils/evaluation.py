@@ -134,10 +134,14 @@ def sliding_probabilities_many(model, images, window, overlap, flip, precision, 
 
 
 def sliding_class_maps(model, images, window, overlap, flip, precision, batch_size):
-    """Class maps (heads, H, W) of several images by the sliding protocol, band by band."""
+    """Class maps (heads, H, W) of several images by the sliding protocol, band by band.
+
+    The maps are uint8 when the classes fit (a 4032x3024 int64 map alone is 98 MB).
+    """
     heads = num_heads(model)
+    dtype = torch.uint8 if model.num_classes <= 256 else torch.int64
     per_image = sliding_bands_many(model, images, window, overlap, flip, precision, batch_size)
-    return [torch.cat([argmax_per_head(band, heads) for _, band in bands], dim=1) for bands in per_image]
+    return [torch.cat([argmax_per_head(band, heads).to(dtype) for _, band in bands], dim=1) for bands in per_image]
 
 
 def sliding_bands_many(model, images, window, overlap, flip, precision, batch_size):
