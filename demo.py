@@ -20,6 +20,9 @@ import train as train_cli
 from data.synthetic import write_synthetic_cocostuff
 from modules.backbones import release_cache_path
 from modules.vit import VisionTransformer
+from utils.checkpoint import save_atomic
+from utils.cli import add_debug_flag, check_at_least, check_finite, entry_point, resolve_device
+from utils.files import check_writable_dir, write_text_atomic
 
 
 def build_parser():
@@ -33,6 +36,7 @@ def build_parser():
     parser.add_argument("--lr", type=float, default=5e-3, help="higher than the paper's 5e-4: the demo trains for a few dozen steps")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--seed", type=int, default=0)
+    add_debug_flag(parser)
     return parser
 
 
@@ -45,15 +49,21 @@ def choose_backbone(weights, output_dir, seed):
         return cached, f"official DINO ViT-S/16 weights ({cached})"
     torch.manual_seed(seed)
     random_file = output_dir / "random_vits16.pth"
-    torch.save(VisionTransformer(patch_size=16).state_dict(), random_file)
+    save_atomic(VisionTransformer(patch_size=16).state_dict(), random_file)
     return random_file, "RANDOMLY INITIALISED ViT-S/16 (no DINO weights found): the numbers show the pipeline runs, not what IDDC achieves"
 
 
+@entry_point
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    for option in ("train_images", "val_images", "epochs"):
+        check_at_least(getattr(args, option), "--" + option.replace("_", "-"), 1)
+    check_at_least(args.batch_size, "--batch-size", 2)
+    check_at_least(args.train_images, "--train-images", args.batch_size)
+    check_finite(args.lr, "--lr", positive=True)
+    device = resolve_device(args.device)
+    output_dir = check_writable_dir(args.output_dir, "--output-dir")
+    debug = ["--debug"] if args.debug else []
     data_root = output_dir / "data"
     write_synthetic_cocostuff(data_root, num_train=args.train_images, num_val=args.val_images,
                               sizes=((320, 256), (256, 320), (288, 288), (352, 240)), seed=args.seed)
@@ -65,6 +75,7 @@ def main(argv=None):
         "--data-root", str(data_root), "--backbone-weights", str(backbone_file), "--output-dir", str(run_dir),
         "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed),
         "--device", device, "--num-workers", "2", "--log-every", "5", "--val-protocol", "resize320",
+        "--overwrite", *debug,  # the demo's own folder: a second demo replaces the first
     ])
     if code:
         return code
@@ -72,13 +83,13 @@ def main(argv=None):
     code = eval_cli.main([
         "--data-root", str(data_root), "--checkpoint", str(run_dir / "last_model.pth"), "--device", device,
         "--protocol", "sliding", "--output-json", str(metrics_file), "--save-visuals", str(output_dir / "pictures"),
-        "--num-visuals", "6", "--num-workers", "2",
+        "--num-visuals", "6", "--num-workers", "2", *debug,
     ])
     if code:
         return code
     metrics = json.loads(metrics_file.read_text())
     metrics.update(backbone=backbone_note, random_backbone=backbone_note.startswith("RANDOM"), dataset="synthetic scenes (data/synthetic.py)")
-    metrics_file.write_text(json.dumps(metrics, indent=1))
+    write_text_atomic(metrics_file, json.dumps(metrics, indent=1))
     print(f"\ndemo done: pixel Acc {metrics['acc']:.2f}  mIoU {metrics['miou']:.2f} (sliding protocol, last model, {metrics['num_images']} synthetic images)")
     print(f"backbone: {backbone_note}")
     print(f"metrics: {metrics_file}\npictures: {output_dir / 'pictures'}\ncheckpoints and logs: {run_dir}")

@@ -17,8 +17,11 @@ from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from data.spec import DataError
 from utils import distributed
 from utils.checkpoint import CheckpointError, load_iddc_model
+from utils.cli import add_debug_flag, check_at_least, entry_point, resolve_device
 from utils.config import parse_args_with_config, save_config
+from utils.errors import OptionError
 from utils.evaluation import PROTOCOLS, evaluate, make_protocol
+from utils.files import check_writable_dir, check_writable_file, write_text_atomic
 from utils.log import git_commit, setup_logger
 from utils.visualize import VisualCollector
 
@@ -47,7 +50,27 @@ def build_parser():
     parser.add_argument("--output-json", default=None, help="write the results (metrics, confusion, assignment) here")
     parser.add_argument("--save-visuals", default=None, metavar="DIR", help="write image | ground truth | matched prediction PNGs, confusion.png and per_class_iou.png here")
     parser.add_argument("--num-visuals", type=int, default=8, help="how many images --save-visuals draws (the first ones of rank 0)")
+    add_debug_flag(parser)
     return parser
+
+
+def check_options(args):
+    """Every option that can be wrong, before a model is loaded or an image read."""
+    check_at_least(args.batch_size, "--batch-size", 1)
+    check_at_least(args.num_workers, "--num-workers", 0)
+    check_at_least(args.limit, "--limit", 1)
+    check_at_least(args.num_visuals, "--num-visuals", 0)
+    for side in args.score_size:
+        check_at_least(side, "--score-size", 1)
+    if args.protocol == "sliding" and not 0 <= args.overlap < args.window:
+        raise OptionError(f"--overlap must lie in 0..{args.window - 1} (below --window {args.window}), got {args.overlap}")
+    args.device = resolve_device(args.device)
+    if args.output_json:
+        output = Path(args.output_json)
+        for path in (output, output.with_suffix(".config.yaml")):
+            check_writable_file(path, "--output-json", inputs=[args.checkpoint, args.config])
+    if args.save_visuals:
+        check_writable_dir(args.save_visuals, "--save-visuals")
 
 
 def format_table(result, names):
@@ -69,20 +92,19 @@ def check_clusters_fit(model, meta, spec, checkpoint):
                           f"{spec.num_classes} classes{hint}; pass the dataset it was trained for")
 
 
+@entry_point
 def main(argv=None):
     parser = build_parser()
     args = parse_args_with_config(parser, argv)
     for option in ("data_root", "checkpoint"):
         if getattr(args, option) is None:
             parser.error(f"--{option.replace('_', '-')} is required")
-    if args.num_visuals < 0:
-        parser.error(f"--num-visuals must be >= 0, got {args.num_visuals}")
     spec = get_dataset(args.dataset)
     args.protocol = args.protocol or spec.default_protocol
     args.score_size = tuple(args.score_size or spec.score_size)
-    if args.crf_workers is not None and args.crf_workers < 0:
-        parser.error(f"--crf-workers must be >= 0, got {args.crf_workers}")
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_at_least(args.crf_workers, "--crf-workers", 0)
+    check_options(args)
+    spec.check_split_files(args.data_root, "val", args.limit)  # a fast scan, before the model is loaded
     device = distributed.init_from_env(args.device)
     main_process = distributed.is_main()  # remembered: after cleanup every process would read as rank 0
     logger = setup_logger()
@@ -93,6 +115,8 @@ def main(argv=None):
         model, meta = load_iddc_model(args.checkpoint, patch_size=args.patch_size, num_heads=args.num_heads)
         check_clusters_fit(model, meta, spec, args.checkpoint)
         protocol = make_protocol(args.protocol, args.flip, args.window, args.overlap, args.score_size, args.image_interpolation, args.crf)
+        if protocol.window is not None and protocol.window < model.patch_size:
+            raise OptionError(f"--window {protocol.window}: smaller than the checkpoint's ViT patch ({model.patch_size})")
         model.to(device)
         result = evaluate(
             model,
@@ -107,11 +131,11 @@ def main(argv=None):
             crf_workers=args.crf_workers,
             dataset=spec,
         )
-    except (CheckpointError, DataError, ValueError) as err:  # ValueError: e.g. a --window the patch does not divide
-        logger.error("error: %s", err)
-        return 2
     finally:
         distributed.cleanup()
+    if result.confusion.sum() == 0:  # every metric would be NaN
+        raise DataError(f"--data-root {args.data_root}: the {result.num_images} image(s) evaluated hold no labelled pixel "
+                        f"(every label value is 255, unlabelled), so there is nothing to score")
     if not main_process:
         return 0
     names = spec.class_names
@@ -125,8 +149,7 @@ def main(argv=None):
         # For scripts/summarize.py: what was evaluated and the training seed, when the checkpoint records it.
         output.update(method="iddc", seed=(meta.get("config") or {}).get("seed"))
         path = Path(args.output_json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(output, indent=1))
+        write_text_atomic(path, json.dumps(output, indent=1))
         save_config(args, path.with_suffix(".config.yaml"))
         logger.info("results written to %s", path)
     if collector is not None:

@@ -2,43 +2,55 @@
 
     python predict.py --checkpoint checkpoints/cocostuff27_vits16.pth --input photo.jpg --output-dir out/
     python predict.py --checkpoint FILE --input photos/ --output-dir out/ --assignment eval.json
-    python predict.py --dataset cityscapes27 --checkpoint FILE --input street.png --output-dir out/ --assignment eval.json
 
 Each image is segmented with the published sliding-window protocol (224 windows, overlap 75, flip
-averaging) at its own resolution (--crf: then refined with STEGO's dense CRF), and gets, at its
-original size:
+averaging) at its own resolution, and gets, at its original size:
   <stem>_clusters.png  indexed PNG whose pixel values are the cluster ids
   <stem>_color.png     the segmentation in colour
   <stem>_overlay.png   the colours blended over the image
 plus one legend.png. Clusters have no names of their own: with --assignment (an eval.py
 --output-json file) each cluster is coloured and named by the class the Hungarian matching gave it.
 --dataset chooses the class names and palette (the checkpoint's dataset; default cocostuff27).
-Unreadable images are reported and skipped; the exit code is then 1.
+--crf refines the stitched probabilities with STEGO's dense CRF at the image's size.
+Images are read as viewers show them (EXIF orientation, 16-bit and transparent images converted).
+Files of an input folder that are not readable images are reported and skipped; the exit code is
+then 1. No output replaces an input, or a file predict.py did not write; every PNG is written
+atomically.
 """
 import argparse
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
+from data.photos import identify, open_photo
 from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
-from data.spec import DataError, read_image
+from data.spec import DataError
 from data.transforms import to_normalized_tensor, upscaled_size
 from utils.checkpoint import CheckpointError, load_iddc_model
+from utils.cli import add_debug_flag, check_at_least, entry_point, resolve_device
 from utils.crf import CRFPool
-from utils.evaluation import resize_nearest, sliding_probabilities
+from utils.errors import EXIT_OK, EXIT_PROBLEMS, OutputError, ReportedError
+from utils.evaluation import resize_nearest, sliding_class_maps, sliding_probabilities
+from utils.files import check_writable_dir, save_image_atomic
 from utils.log import setup_logger
 from utils.visualize import colorize, indexed_png, legend, map_clusters, overlay
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+OUTPUT_SUFFIXES = ("_clusters.png", "_color.png", "_overlay.png")
+LEGEND_FILE = "legend.png"
+# Every PNG predict.py writes carries this text chunk: an existing file without it is the user's
+# own and is never replaced, and a folder of earlier outputs can be given as --input again.
+OUTPUT_MARK = ("Software", "iddc predict.py")
+SHOW_NAMES = 5
 
 
-class InputError(ValueError):
+class InputError(ReportedError, ValueError):
     """An --input path or the --assignment file is not what predict.py expects."""
 
 
@@ -58,26 +70,77 @@ def build_parser():
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast is faster on GPUs")
     parser.add_argument("--batch-size", type=int, default=32, help="windows (flips included) per backbone forward")
+    add_debug_flag(parser)
     return parser
 
 
+def output_paths(stem, out_dir):
+    return [Path(out_dir) / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
+
+
+def written_by_predict(path):
+    """Whether ``path`` is a PNG this script wrote (it carries OUTPUT_MARK)."""
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get(OUTPUT_MARK[0]) == OUTPUT_MARK[1]
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+
+
 def list_images(inputs):
-    """Image files from files and folders (folders: non-recursive, sorted by name)."""
-    paths = []
+    """(images, not_images) from files and folders.
+
+    Folders are read non-recursively, sorted by name; every file in them whose header is not an
+    image's is returned in ``not_images`` to be reported, except hidden files (.DS_Store and the
+    like) and the PNGs of an earlier predict.py run. Files named directly are taken as images.
+    """
+    images, not_images = [], []
     for entry in map(Path, inputs):
         if entry.is_dir():
-            paths.extend(sorted(p for p in entry.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            for path in sorted(p for p in entry.iterdir() if p.is_file() and not p.name.startswith(".")):
+                if identify(path) is None:
+                    not_images.append(path)
+                elif not written_by_predict(path):
+                    images.append(path)
         elif entry.is_file():
-            paths.append(entry)
+            images.append(entry)
         else:
             raise InputError(f"--input {entry}: no such file or folder")
-    if not paths:
-        raise InputError(f"--input {' '.join(inputs)}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
-    stems = [path.stem for path in paths]
+    if not images:
+        found = f"; {len(not_images)} file(s) that are not images, e.g. {', '.join(p.name for p in not_images[:SHOW_NAMES])}" if not_images else ""
+        raise InputError(f"--input {' '.join(inputs)}: no images found{found}")
+    stems = [path.stem for path in images]
     clashes = sorted({stem for stem in stems if stems.count(stem) > 1})
     if clashes:
         raise InputError(f"--input: several images share the name(s) {clashes[:5]}, so their outputs would overwrite each other")
-    return paths
+    return images, not_images
+
+
+def check_outputs(images, out_dir, protected):
+    """Before any work: no output may replace an input, nor a file predict.py did not write.
+
+    ``protected`` are the other files the run reads (checkpoint, assignment). Files of an earlier
+    run (they carry OUTPUT_MARK) are replaced, so that predicting again into a folder works.
+    """
+    kept = set()
+    for path in [*images, *protected]:
+        if path is not None and Path(path).exists():
+            stat = os.stat(path)
+            kept.add((stat.st_dev, stat.st_ino))
+    planned = [(out, image) for image in images for out in output_paths(image.stem, out_dir)]
+    planned.append((Path(out_dir) / LEGEND_FILE, None))
+    for out, image in planned:
+        if not out.exists():
+            continue
+        what = f"the output {out.name}" + (f" of {image.name}" if image is not None else "")
+        stat = os.stat(out)
+        if out.is_dir():
+            raise OutputError(f"--output-dir {out_dir}: {what} would replace the folder {out}")
+        if (stat.st_dev, stat.st_ino) in kept:
+            raise OutputError(f"--output-dir {out_dir}: {what} would replace {out}, an input of this run; choose another --output-dir")
+        if not written_by_predict(out):
+            raise OutputError(f"--output-dir {out_dir}: {what} would replace {out}, which predict.py did not write; "
+                              f"move it away or choose another --output-dir")
 
 
 def load_assignment(path, num_clusters, num_classes):
@@ -98,10 +161,26 @@ def load_assignment(path, num_clusters, num_classes):
     return cluster_to_class
 
 
+def segment(model, image, device, window=224, overlap=75, flip=True, precision="fp32", batch_size=32):
+    """Cluster map (H, W) of a PIL image at its original size, by overlapping windows.
+
+    Images with a side under the window are upscaled first (aspect kept, as eval.py's sliding
+    protocol) and the map is brought back with torch's legacy nearest. Windows are stitched band
+    by band into the class map, so memory stays bounded whatever the image size.
+    """
+    size = upscaled_size(*image.size, window)
+    resized = image if size == image.size else image.resize(size, Image.BILINEAR)
+    pixels = to_normalized_tensor(resized).to(device)  # (3, H', W')
+    with torch.no_grad():
+        clusters = sliding_class_maps(model, [pixels], window, overlap, flip, precision, batch_size)[0][0]  # (H', W')
+    if resized.size != image.size:
+        clusters = resize_nearest(clusters, (image.height, image.width))  # (H, W)
+    return clusters.cpu().numpy()
+
+
 def window_probabilities(model, image, device, window=224, overlap=75, flip=True, precision="fp32", batch_size=32):
-    """(normalised image (3, H', W'), cluster probabilities (K, H', W')) of a PIL image by overlapping
-    windows; images with a side under the window are upscaled first (aspect kept, as eval.py's
-    sliding protocol)."""
+    """(normalised image (3, H', W'), cluster probabilities (K, H', W')) of a PIL image, for the CRF,
+    which needs the stitched probabilities (held whole at the image's size: only with --crf)."""
     resized = image.resize(upscaled_size(*image.size, window), Image.BILINEAR)
     pixels = to_normalized_tensor(resized).to(device)  # (3, H', W')
     with torch.no_grad():
@@ -125,13 +204,21 @@ def cluster_colours(cluster_to_class, palette):
     return colours  # unmatched clusters stay black
 
 
+def save_png(image, path):
+    """Atomically, with OUTPUT_MARK (indexed PNGs keep their palette)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(*OUTPUT_MARK)
+    save_image_atomic(image, path, pnginfo=info)
+
+
 def write_outputs(image, clusters, stem, out_dir, cluster_to_class, palette):
     """The three PNGs of one image, all at the image's size."""
-    indexed_png(clusters, cluster_colours(cluster_to_class, palette)).save(out_dir / f"{stem}_clusters.png")
+    clusters_png, colour_png, overlay_png = output_paths(stem, out_dir)
+    save_png(indexed_png(clusters, cluster_colours(cluster_to_class, palette)), clusters_png)
     shown = clusters if cluster_to_class is None else map_clusters(clusters, cluster_to_class)  # (H, W)
     colour = colorize(shown, palette)
-    colour.save(out_dir / f"{stem}_color.png")
-    overlay(image, colour).save(out_dir / f"{stem}_overlay.png")
+    save_png(colour, colour_png)
+    save_png(overlay(image, colour), overlay_png)
 
 
 def write_legend(out_dir, num_clusters, cluster_to_class, spec):
@@ -141,7 +228,7 @@ def write_legend(out_dir, num_clusters, cluster_to_class, spec):
     else:
         matched = sorted((c, k) for k, c in enumerate(cluster_to_class) if c >= 0)  # in class order
         entries = [(f"{spec.class_names[c]} (cluster {k})", spec.palette[c]) for c, k in matched]
-    legend([name for name, _ in entries], [colour for _, colour in entries]).save(out_dir / "legend.png")
+    save_png(legend([name for name, _ in entries], [colour for _, colour in entries]), Path(out_dir) / LEGEND_FILE)
 
 
 def load_model(args, device, spec):
@@ -149,6 +236,8 @@ def load_model(args, device, spec):
     if model.num_classes > len(spec.palette):
         raise CheckpointError(f"{args.checkpoint}: {model.num_classes} clusters, but the {spec.name} palette has only "
                               f"{len(spec.palette)} colours; pass the --dataset the checkpoint was trained for")
+    if args.window < model.patch_size or args.window % model.patch_size:
+        raise InputError(f"--window {args.window}: must be a multiple of the checkpoint's ViT patch ({model.patch_size})")
     return model.to(device).eval()
 
 
@@ -158,15 +247,17 @@ def predict_all(model, paths, out_dir, cluster_to_class, args, device, logger, p
     with CRFPool(args.crf_workers) if args.crf else contextlib.nullcontext() as crf:
         for path in tqdm(paths, desc="predict", unit="img"):
             try:
-                image = read_image(path)
+                image = open_photo(path)
             except DataError as err:
                 logger.warning("skipped: %s", err)
                 failed.append(path)
                 continue
-            pixels, probs = window_probabilities(model, image, device, args.window, args.overlap, args.flip, args.precision, args.batch_size)
             if crf is None:
-                write_outputs(image, at_image_size(probs.argmax(dim=0), image), path.stem, out_dir, cluster_to_class, palette)
+                clusters = segment(model, image, device, args.window, args.overlap, args.flip, args.precision, args.batch_size)
+                write_outputs(image, clusters, path.stem, out_dir, cluster_to_class, palette)
                 continue
+            pixels, probs = window_probabilities(model, image, device, args.window, args.overlap, args.flip, args.precision,
+                                                 args.batch_size)
             crf.submit(pixels, probs, (path, image))  # the CRF runs while the next image goes through the model
             write_refined(crf.finished(), out_dir, cluster_to_class, palette)
         if crf is not None:
@@ -180,6 +271,7 @@ def write_refined(finished, out_dir, cluster_to_class, palette):
         write_outputs(image, at_image_size(maps[0], image), path.stem, out_dir, cluster_to_class, palette)
 
 
+@entry_point
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -187,31 +279,28 @@ def main(argv=None):
         parser.error(f"--overlap must lie in 0..{args.window - 1} (below --window {args.window}), got {args.overlap}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.crf_workers is not None and args.crf_workers < 0:
-        parser.error(f"--crf-workers must be >= 0, got {args.crf_workers}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    logger = setup_logger()
+    check_at_least(args.crf_workers, "--crf-workers", 0)
+    device = torch.device(resolve_device(args.device))
     spec = get_dataset(args.dataset)
-    try:
-        paths = list_images(args.input)
-        model = load_model(args, device, spec)
-        cluster_to_class = None
-        if args.assignment:
-            cluster_to_class = load_assignment(args.assignment, model.num_classes, spec.num_classes)
-    except (CheckpointError, InputError) as err:
-        logger.error("error: %s", err)
-        return 2
-    if args.window % model.patch_size:
-        parser.error(f"--window {args.window} is not a multiple of the backbone's patch size {model.patch_size}")
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    logger = setup_logger()
+    paths, not_images = list_images(args.input)
+    out_dir = check_writable_dir(args.output_dir, "--output-dir")
+    check_outputs(paths, out_dir, [args.checkpoint, args.assignment])
+    model = load_model(args, device, spec)
+    cluster_to_class = None
+    if args.assignment:
+        cluster_to_class = load_assignment(args.assignment, model.num_classes, spec.num_classes)
+    for path in not_images:
+        logger.warning("skipped: %s: not an image (PIL cannot identify it)", path)
     failed = predict_all(model, paths, out_dir, cluster_to_class, args, device, logger, spec.palette)
     write_legend(out_dir, model.num_classes, cluster_to_class, spec)
     logger.info("%d of %d images segmented, PNGs in %s", len(paths) - len(failed), len(paths), out_dir)
-    if failed:
-        logger.error("error: %d image(s) could not be read: %s", len(failed), ", ".join(map(str, failed)))
-        return 1
-    return 0
+    if failed or not_images:
+        print(f"error: {len(failed) + len(not_images)} input file(s) could not be segmented: "
+              f"{', '.join(str(path) for path in [*failed, *not_images][:SHOW_NAMES])}"
+              f"{', ...' if len(failed) + len(not_images) > SHOW_NAMES else ''} (see 'skipped' above)", file=sys.stderr)
+        return EXIT_PROBLEMS
+    return EXIT_OK
 
 
 if __name__ == "__main__":

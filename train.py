@@ -9,6 +9,8 @@
 """
 import argparse
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,7 +24,10 @@ from modules.loss import IDDCLoss
 from modules.model import LinearProbe
 from utils import distributed
 from utils.checkpoint import CheckpointError, iddc_state, load_file, model_from_iddc_state, new_iddc_model, save_atomic
+from utils.cli import add_debug_flag, check_at_least, check_finite, entry_point, resolve_device
 from utils.config import parse_args_with_config, save_config
+from utils.errors import OptionError, OutputError
+from utils.files import check_writable_dir
 from utils.evaluation import PROTOCOLS, evaluate_heads, make_protocol
 from utils.log import JsonlLog, LogGroup, TensorboardLog, git_commit, setup_logger
 from utils.metrics import segmentation_metrics
@@ -32,6 +37,10 @@ from utils.trainer import (
 )
 
 RESUME_FILE = "resume.pth"
+# A folder holding any of these holds a run: a new run there needs --resume or --overwrite.
+RUN_FILES = ("best_model.pth", "last_model.pth", RESUME_FILE)
+# What --overwrite removes before the new run starts, so that its logs do not mix with the old ones.
+OVERWRITTEN_FILES = (*RUN_FILES, "config.yaml", "log.jsonl", "train.log")
 
 
 def build_parser():
@@ -67,6 +76,8 @@ def build_parser():
     parser.add_argument("--resume", action="store_true", help=f"continue from OUTPUT_DIR/{RESUME_FILE}, at the exact step it holds")
     parser.add_argument("--checkpoint-every", type=int, default=0,
                         help=f"also write {RESUME_FILE} every N steps (default 0: at the end of every epoch only)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in --output-dir (its checkpoints and logs are deleted)")
+    add_debug_flag(parser)
     return parser
 
 
@@ -88,6 +99,54 @@ def released_checkpoint(model, args, epoch, step, metrics):
     return iddc_state(model, config=vars(args), epoch=epoch, step=step, metrics=metrics, format="iddc-v1")
 
 
+def check_options(args):
+    """Every option that can be wrong, before anything is read or written."""
+    for option in ("epochs", "num_negatives", "val_batch_size", "log_every", "train_limit", "val_limit"):
+        check_at_least(getattr(args, option), "--" + option.replace("_", "-"), 1)
+    check_at_least(args.num_workers, "--num-workers", 0)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if args.batch_size < 2 or args.batch_size % world:
+        raise OptionError(f"--batch-size {args.batch_size}: must be at least 2 (IDDC's negatives come from the other "
+                          f"images of the batch) and divisible by the {world} process(es)")
+    check_at_least(args.checkpoint_every, "--checkpoint-every", 0)
+    for option in ("lr", "probe_lr"):
+        check_finite(getattr(args, option), "--" + option.replace("_", "-"), positive=True)
+    for option in ("lr_power", "pos_threshold", "neg_threshold", "neg_weight", "balance_weight"):
+        check_finite(getattr(args, option), "--" + option.replace("_", "-"))
+    if args.resume and args.overwrite:
+        raise OptionError("--resume and --overwrite contradict each other: continue the run, or replace it")
+    args.device = resolve_device(args.device)
+    args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+
+
+def check_output_dir(args):
+    """Refuse to start a new run over an existing one, before anything is written there."""
+    output_dir = Path(args.output_dir)
+    if args.resume:
+        if not (output_dir / RESUME_FILE).is_file():
+            raise OptionError(f"--resume: {output_dir / RESUME_FILE} not found; --output-dir must be the folder of the "
+                              f"run to continue (or leave out --resume to start a new run)")
+    elif not args.overwrite:
+        existing = [name for name in RUN_FILES if (output_dir / name).exists()]
+        if existing:
+            raise OutputError(f"--output-dir {output_dir} holds a run ({', '.join(existing)}); pass --resume to continue it, "
+                              f"--overwrite to replace it, or choose another --output-dir")
+    check_writable_dir(output_dir, "--output-dir")
+    return output_dir
+
+
+def check_data(args):
+    """A fast scan of both splits (the validation split too: it is first read after a whole epoch)."""
+    spec = get_dataset(args.dataset)
+    spec.check_split_files(args.data_root, "train", args.train_limit)
+    spec.check_split_files(args.data_root, "val", args.val_limit)
+    items = len(spec.train_items(args.data_root, "train")[:args.train_limit])
+    if items < args.batch_size:
+        raise OptionError(f"--batch-size {args.batch_size}: the training split has only {items} items "
+                          f"(batches are drop_last)")
+
+
+@entry_point
 def main(argv=None):
     parser = build_parser()
     args = parse_args_with_config(parser, argv)
@@ -97,18 +156,17 @@ def main(argv=None):
         args.backbone = resolve_backbone_name(args.backbone, args.patch_size)
     except ValueError as err:
         parser.error(str(err))
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+    check_options(args)
+    output_dir = check_output_dir(args)
+    check_data(args)
     device = distributed.init_from_env(args.device)
-    output_dir = Path(args.output_dir)
-    if distributed.is_main():
-        output_dir.mkdir(parents=True, exist_ok=True)
+    if args.overwrite and distributed.is_main():
+        for name in OVERWRITTEN_FILES:
+            (output_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(output_dir / "tensorboard", ignore_errors=True)
     logger = setup_logger(log_file=output_dir / "train.log")
     try:
         return train(args, device, output_dir, logger)
-    except (CheckpointError, DataError, ValueError) as err:
-        logger.error("error: %s", err)
-        return 2
     finally:
         distributed.cleanup()
 

@@ -123,6 +123,14 @@ def read_split_ids(data_root, split):
         ids = [line.strip() for line in f if line.strip()]
     if not ids:
         raise DataError(f"{path}: the split list is empty")
+    if len(set(ids)) != len(ids):  # a repeated id would be scored (or trained on) twice
+        seen, repeated = set(), []
+        for image_id in ids:
+            if image_id in seen and image_id not in repeated:
+                repeated.append(image_id)
+            seen.add(image_id)
+        raise DataError(f"{path}: {len(repeated)} id(s) listed more than once (first: {', '.join(repeated[:5])}); "
+                        f"each image may be listed once")
     return ids
 
 

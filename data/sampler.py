@@ -1,6 +1,8 @@
 """The order of training samples: global batches, split between processes, resumable mid-epoch."""
 import torch
 
+from utils.errors import OptionError
+
 
 class GlobalBatchSampler(torch.utils.data.Sampler):
     """Yields this process's share of each global batch as ``(epoch, index)`` keys.
@@ -18,9 +20,9 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
 
     def __init__(self, num_items, global_batch, seed=0, rank=0, world_size=1):
         if global_batch % world_size:
-            raise ValueError(f"--batch-size {global_batch} must be divisible by the number of processes ({world_size})")
+            raise OptionError(f"--batch-size {global_batch} must be divisible by the number of processes ({world_size})")
         if num_items < global_batch:
-            raise ValueError(f"the training split has {num_items} images, fewer than --batch-size {global_batch} "
+            raise OptionError(f"the training split has {num_items} images, fewer than --batch-size {global_batch} "
                              "(batches are drop_last)")
         self.num_items = num_items
         self.global_batch = global_batch

@@ -19,10 +19,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from data.scan import missing_files
+from utils.errors import ReportedError
+
 IGNORE_INDEX = 255
+SHOW_MISSING = 5  # missing files named in a split scan's error
 
 
-class DataError(ValueError):
+class DataError(ReportedError, ValueError):
     """A data root, image, label or split list is not what the project expects.
 
     Raised in a DataLoader worker, it comes back re-created from "Caught DataError in DataLoader
@@ -46,7 +50,7 @@ def read_image(path):
         with Image.open(path) as img:
             img.load()
             return img if img.mode == "RGB" else img.convert("RGB")
-    except (OSError, SyntaxError) as err:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: cannot read the image ({err})") from err
 
 
@@ -134,6 +138,25 @@ class DatasetSpec:
     def map_label(self, raw, source):
         """Class ids (uint8, 255 = ignore) of a raw label array read from ``source``."""
         raise NotImplementedError
+
+    def check_split_files(self, data_root, split, limit=None):
+        """Fail before the long work, with a count and the first names, when listed files are missing.
+
+        A fast scan (folder listings, no decoding) of every image and label the split's first
+        ``limit`` ids need; ``scripts/prepare_data.py DATASET --check`` opens them all. Returns the ids.
+        """
+        self.check_root(data_root, split)
+        ids = self.split_ids(data_root, split)[:limit]
+        problems = []
+        for kind, path_of in (("images", self.image_path), ("labels", self.label_path)):
+            missing = missing_files([path_of(data_root, split, image_id) for image_id in ids])
+            if missing:
+                names = ", ".join(path.name for path in missing[:SHOW_MISSING]) + (", ..." if len(missing) > SHOW_MISSING else "")
+                problems.append(f"{len(missing)} of {len(ids)} {kind} missing in {missing[0].parent} ({names})")
+        if problems:
+            raise DataError(f"--data-root {data_root}, {self.name} {split} split: {'; '.join(problems)}. "
+                            f"`python scripts/prepare_data.py {self.name} --data-root {data_root} --check` lists them all")
+        return ids
 
     # Reading.
     def read_image(self, data_root, split, image_id):

@@ -13,7 +13,7 @@ PIL_INTERPOLATION = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR}
 
 
 def to_normalized_tensor(image):
-    return TF.normalize(TF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)  # (3, H, W)
+    return TF.normalize(TF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD, inplace=True)  # (3, H, W), no second copy
 
 
 def label_tensor(label):

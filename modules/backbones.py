@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from modules.vit import DINO_INTERPOLATION, PositionalInterpolation, VisionTransformer
-from utils.checkpoint import CheckpointError, load_file, load_strict
+from utils.checkpoint import CheckpointError, WeightsDownloadError, load_file, load_strict
 from utils.download import DownloadError, download_file
 
 DINO_BASE_URL = "https://dl.fbaipublicfiles.com/dino/"
@@ -132,7 +132,7 @@ def release_state_dict(name, weights_file=None, *, download=True, base_url=None)
         try:
             download_file(url, cached, desc=cached.name)
         except DownloadError as err:
-            raise CheckpointError(f"{err}\n(or pass --backbone-weights FILE with the {spec.title} weights)") from err
+            raise WeightsDownloadError(f"{err} (or pass --backbone-weights FILE with the {spec.title} weights)") from err
     return unwrap_state_dict(load_file(cached), cached), cached
 
 

@@ -14,7 +14,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a file, the script only sees scripts/
     sys.path.insert(0, str(REPO_ROOT))
 
+from utils.cli import add_debug_flag, entry_point  # noqa: E402
 from utils.download import DownloadError, download_google_drive  # noqa: E402
+from utils.errors import EXIT_PROBLEMS  # noqa: E402
+from utils.files import check_writable_file  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ def fetch_checkpoint(name, dest=None, *, proxy=None, quiet=False):
     return dest
 
 
+@entry_point
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Download a released IDDC checkpoint (COCO-Stuff-27).")
     parser.add_argument("name", choices=sorted(RELEASED_CHECKPOINTS),
@@ -70,16 +74,18 @@ def main(argv=None):
                         help="where to write it (default: checkpoints/<file name> in the repository)")
     parser.add_argument("--proxy", default=None, metavar="URL",
                         help="HTTP(S) proxy for Google Drive, e.g. http://host:3128 (default: HTTPS_PROXY if set)")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
 
     dest = args.dest if args.dest is not None else default_dest(args.name)
+    check_writable_file(dest, "--dest")
     try:
         fetch_checkpoint(args.name, dest, proxy=args.proxy)
     except DownloadError as err:
         print(f"error: could not download the {args.name} checkpoint: {err.reason}. Download it by hand from "
               f"{drive_page(args.name)} and put it at {dest} (a partial download is resumed when this command "
               f"is run again).", file=sys.stderr)
-        return 1
+        return EXIT_PROBLEMS
     return 0
 
 

@@ -33,7 +33,9 @@ from data.cocostuff import (  # noqa: E402
     SHIPPED_CURATED_DIR, SPLIT_LIST_NAME, SPLITS, DataError, image_path, label_path, load_label_map,
     read_split_ids, split_folder, split_list_path,
 )
-from utils.download import DownloadError, download_file  # noqa: E402
+from utils.cli import add_debug_flag, entry_point  # noqa: E402
+from utils.download import download_file  # noqa: E402
+from utils.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
 
 IMAGES_BASE_URL = "http://images.cocodataset.org/"
 LABELS_ZIP = "stuffthingmaps_trainval2017.zip"
@@ -161,7 +163,7 @@ def prepare_root(data_root, splits, *, base_url=None, keep_zips=False, quiet=Fal
 
 @dataclass
 class SplitCheck:
-    """What ``check_root`` found for one split; ``bad_labels`` holds (id, what is wrong) pairs."""
+    """What ``check_root`` found for one split; ``bad_images`` and ``bad_labels`` hold (id, what is wrong)."""
 
     split: str
     list_path: Path
@@ -169,35 +171,54 @@ class SplitCheck:
     checked: int
     missing_images: list = field(default_factory=list)
     missing_labels: list = field(default_factory=list)
+    bad_images: list = field(default_factory=list)
     bad_labels: list = field(default_factory=list)
 
     @property
     def ok(self):
-        return not (self.missing_images or self.missing_labels or self.bad_labels)
+        return not (self.missing_images or self.missing_labels or self.bad_images or self.bad_labels)
 
 
-def _label_problem(path, lut):
-    """None for a good label; otherwise what is wrong with it. Values are read as the loaders read them."""
+def _decode(path, label=False):
+    """(size, label values or None, problem or None) of a file decoded fully: a truncated file
+    fails here, where opening it alone would not. Label values are read as the loaders read
+    them (``convert('L')``)."""
     try:
-        with Image.open(path) as label:
-            values = np.unique(np.asarray(label.convert("L")))
-    except (OSError, SyntaxError) as err:
-        return f"unreadable ({err})"
-    bad = values[lut[values] < 0]
-    return f"values {bad.tolist()[:10]} not in the fine -> coarse map" if bad.size else None
+        with Image.open(path) as image:
+            image.load()
+            values = np.unique(np.asarray(image.convert("L"))) if label else None
+            return image.size, values, None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return None, None, f"unreadable ({err})"
 
 
 def _check_id(root, split, lut, image_id):
-    """(id, whether the image exists, None | "missing" | what is wrong with the label)."""
-    label = label_path(root, split, image_id)
-    problem = _label_problem(label, lut) if label.is_file() else "missing"
-    return image_id, image_path(root, split, image_id).is_file(), problem
+    """(id, image problem, label problem); a problem is None, "missing" or what is wrong.
+
+    Both files are decoded fully, and the label's values and size are checked against the map
+    and its image.
+    """
+    image_file, label_file = image_path(root, split, image_id), label_path(root, split, image_id)
+    image_size, image_problem = None, "missing"
+    if image_file.is_file():
+        image_size, _, image_problem = _decode(image_file)
+    if not label_file.is_file():
+        return image_id, image_problem, "missing"
+    label_size, values, label_problem = _decode(label_file, label=True)
+    if values is not None:
+        bad = values[lut[values] < 0]
+        if bad.size:
+            label_problem = f"values {bad.tolist()[:10]} not in the fine -> coarse map"
+        elif image_size is not None and label_size != image_size:
+            label_problem = f"label is {label_size[0]}x{label_size[1]} but its image is {image_size[0]}x{image_size[1]}"
+    return image_id, image_problem, label_problem
 
 
 def check_root(data_root, splits, *, limit=None, quiet=False):
-    """Check that every listed id of ``splits`` has its image and a label with known values.
+    """Open every listed image and label of ``splits`` fully and check what the loaders will need.
 
     Returns one SplitCheck per split; ``limit`` checks only the first ``limit`` ids of each list.
+    Files are decoded in parallel threads (Pillow decodes without holding the GIL).
     """
     root = Path(data_root)
     if not root.is_dir():
@@ -208,33 +229,46 @@ def check_root(data_root, splits, *, limit=None, quiet=False):
         ids = read_split_ids(root, split)
         chosen = ids[:limit] if limit else ids
         report = SplitCheck(split, split_list_path(root, split), len(ids), len(chosen))
-        with ThreadPoolExecutor(max_workers=min(CHECK_WORKERS, os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(max_workers=min(CHECK_WORKERS, 2 * (os.cpu_count() or 1))) as pool:
             results = pool.map(partial(_check_id, root, split, lut), chosen)
-            for image_id, has_image, problem in tqdm(results, total=len(chosen), desc=f"check {split_folder(split)}",
-                                                     unit="img", disable=quiet):
-                if not has_image:
+            for image_id, image_problem, label_problem in tqdm(results, total=len(chosen), desc=f"check {split_folder(split)}",
+                                                               unit="img", disable=quiet):
+                if image_problem == "missing":
                     report.missing_images.append(image_id)
-                if problem == "missing":
+                elif image_problem is not None:
+                    report.bad_images.append((image_id, image_problem))
+                if label_problem == "missing":
                     report.missing_labels.append(image_id)
-                elif problem is not None:
-                    report.bad_labels.append((image_id, problem))
+                elif label_problem is not None:
+                    report.bad_labels.append((image_id, label_problem))
         reports.append(report)
     return reports
 
 
-def format_check(reports):
-    """Human-readable summary of ``check_root``'s reports, ending in an OK or FAILED line."""
+SHOW_BAD = 50
+
+
+def format_check(reports, data_root=None):
+    """Human-readable report of ``check_root``: missing files counted (with examples), every bad
+    file on its own line (up to SHOW_BAD a kind), and an OK or FAILED line."""
     lines = []
     for report in reports:
         folder = split_folder(report.split)
         scope = (f"{report.checked} ids" if report.checked == report.listed
                  else f"the first {report.checked} of {report.listed} ids")
         lines.append(f"{folder}: checked {scope} of {report.list_path}")
-        for what, ids in (("missing images", report.missing_images), ("missing labels", report.missing_labels),
-                          ("bad labels", [f"{i} ({problem})" for i, problem in report.bad_labels])):
+        for what, ids in (("missing images", report.missing_images), ("missing labels", report.missing_labels)):
             if ids:
                 more = ", ..." if len(ids) > SHOW_IDS else ""
                 lines.append(f"  {what}: {len(ids)} (e.g. {', '.join(ids[:SHOW_IDS])}{more})")
+        for what, bad, path_of in (("bad images", report.bad_images, image_path), ("bad labels", report.bad_labels, label_path)):
+            if bad:
+                lines.append(f"  {what}: {len(bad)}")
+                for image_id, problem in bad[:SHOW_BAD]:
+                    where = f": {path_of(data_root, report.split, image_id)}" if data_root is not None else ""
+                    lines.append(f"    {image_id} ({problem}){where}")
+                if len(bad) > SHOW_BAD:
+                    lines.append(f"    ... and {len(bad) - SHOW_BAD} more")
     total = sum(report.checked for report in reports)
     if all(report.ok for report in reports):
         lines.append(f"OK: {total} images")
@@ -251,6 +285,7 @@ def _positive_int(text):
     return value
 
 
+@entry_point
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Download COCO-Stuff (COCO 2017 images + stuffthingmaps, ~20 GB for both splits) into "
@@ -264,17 +299,21 @@ def main(argv=None):
     parser.add_argument("--keep-zips", action="store_true", help="keep the zips in DATA_ROOT/downloads/")
     parser.add_argument("--base-url", help="download from a mirror: BASE/zips/{train,val}2017.zip and "
                                            f"BASE/{LABELS_ZIP} instead of the official hosts")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     splits = list(dict.fromkeys(args.splits))
-    try:
-        if not args.check:
+    if not args.check:
+        try:
             prepare_root(args.data_root, splits, base_url=args.base_url, keep_zips=args.keep_zips)
-        reports = check_root(args.data_root, splits, limit=args.check_limit)
-    except (DataError, DownloadError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(format_check(reports))
-    return 0 if all(report.ok for report in reports) else 1
+        except DataError as err:  # a damaged download or project copy: a problem the run met (exit 1)
+            err.exit_code = EXIT_PROBLEMS
+            raise
+    reports = check_root(args.data_root, splits, limit=args.check_limit)
+    print(format_check(reports, args.data_root), flush=True)
+    if not all(report.ok for report in reports):
+        print(f"error: --data-root {args.data_root} has the problems listed above", file=sys.stderr)
+        return EXIT_PROBLEMS
+    return EXIT_OK
 
 
 if __name__ == "__main__":

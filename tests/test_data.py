@@ -64,3 +64,33 @@ def test_sample_small_image_upscaled(tmp_path):
     assert sample["label"].shape == (336, 224)
     assert set(np.unique(sample["label"].numpy())) <= set(range(27)) | {255}
     assert len(class_names()) == 27
+
+
+def test_split_scan_counts_and_names_missing_files(tmp_path):
+    from data.cocostuff import check_split_files
+
+    ids = write_synthetic_cocostuff(tmp_path, num_train=0, num_val=7, sizes=((230, 230),))["val"]
+    assert check_split_files(tmp_path, "val") == ids and check_split_files(tmp_path, "val", limit=3) == ids[:3]
+    for image_id in ids[:6]:
+        (tmp_path / "images/val2017" / f"{image_id}.jpg").unlink()
+    (tmp_path / "annotations/val2017" / f"{ids[6]}.png").unlink()
+    with pytest.raises(DataError) as info:
+        check_split_files(tmp_path, "val")
+    message = str(info.value)
+    assert "6 of 7 images missing" in message and f"{ids[0]}.jpg" in message and f"{ids[5]}.jpg" not in message
+    assert "1 of 7 labels missing" in message and f"{ids[6]}.png" in message
+    (tmp_path / "curated/val2017/Coco164kFull_Stuff_Coarse_7.txt").write_text(f"{ids[6]}\n{ids[6]}\n")
+    with pytest.raises(DataError, match=f"1 id\\(s\\) listed more than once \\(first: {ids[6]}\\)"):
+        read_split_ids(tmp_path, "val")
+
+
+def test_photo_modes_become_8_bit_rgb():
+    from data.photos import to_rgb
+
+    rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 0))  # fully transparent: white, as a page shows it
+    assert to_rgb(rgba).getpixel((0, 0)) == (255, 255, 255)
+    grey_float = Image.fromarray(np.full((4, 4), 0.5, np.float32))
+    assert to_rgb(grey_float).getpixel((0, 0)) == (128, 128, 128)
+    wide = Image.fromarray(np.full((4, 4), 1000, np.int32))
+    assert to_rgb(wide).getpixel((0, 0)) == (4, 4, 4)
+    assert to_rgb(Image.new("L", (4, 4), 7)).getpixel((0, 0)) == (7, 7, 7)

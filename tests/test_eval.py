@@ -73,9 +73,9 @@ def test_cli_protocols_and_bf16(tmp_path, synthetic_root, small_checkpoint):
 
 def test_cli_errors_are_one_clear_line(tmp_path, synthetic_root, small_checkpoint, capsys):
     assert eval_cli.main(["--data-root", str(tmp_path / "nowhere"), "--checkpoint", str(small_checkpoint), "--device", "cpu"]) == 2
-    assert "no such folder" in capsys.readouterr().out
+    assert "no such folder" in capsys.readouterr().err
     assert eval_cli.main(["--data-root", str(synthetic_root), "--checkpoint", str(small_checkpoint), "--patch-size", "8", "--device", "cpu"]) == 2
-    assert "--patch-size 8" in capsys.readouterr().out
+    assert "--patch-size 8" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         eval_cli.main(["--checkpoint", str(small_checkpoint)])
 

@@ -9,6 +9,7 @@ from data.pairs import CocoStuffPairs, overlapping_crops, random_resize_size
 from data.sampler import GlobalBatchSampler
 from data.transforms import normalize_uint8
 from reference_pairs import reference_pair
+from utils.errors import OptionError
 from utils.trainer import train_loader
 from data.synthetic import write_synthetic_cocostuff
 
@@ -110,7 +111,7 @@ def test_global_batches_split_between_processes():
     assert list(single) == batches[3:] and len(single) == 1
     single.set_epoch(3)
     assert list(single) != batches
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(OptionError, match="divisible"):
         GlobalBatchSampler(26, 6, world_size=4)
 
 

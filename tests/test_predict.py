@@ -76,21 +76,22 @@ def test_corrupt_image_is_reported_and_skipped(tmp_path, image_dir, checkpoint, 
     (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
     out = tmp_path / "out"
     assert run(checkpoint, [folder], out) == 1
-    printed = capsys.readouterr().out
-    assert "broken.jpg" in printed and "cannot read the image" in printed
+    printed = capsys.readouterr()
+    assert "broken.jpg" in printed.out and "not an image" in printed.out
+    assert "broken.jpg" in printed.err.splitlines()[-1]
     assert len(list(out.glob("*_color.png"))) == 3 and not (out / "broken_color.png").exists()
 
 
 def test_bad_inputs_are_one_clear_line(tmp_path, checkpoint, capsys):
     assert run(checkpoint, [tmp_path / "nowhere.jpg"], tmp_path / "out") == 2
-    assert "no such file or folder" in capsys.readouterr().out
+    assert "no such file or folder" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     assert run(checkpoint, [empty], tmp_path / "out") == 2
-    assert "no images found" in capsys.readouterr().out
+    assert "no images found" in capsys.readouterr().err
     image = tmp_path / "a.png"
     Image.new("RGB", (230, 230)).save(image)
     bad_json = tmp_path / "bad.json"
     bad_json.write_text(json.dumps({"assignment": {"0": 1}}))
     assert run(checkpoint, [image], tmp_path / "out", "--assignment", str(bad_json)) == 2
-    assert "--assignment" in capsys.readouterr().out
+    assert "--assignment" in capsys.readouterr().err

@@ -162,5 +162,5 @@ def test_check_names_missing_and_bad_files(tmp_path, fixture_root, capsys):
 
 
 def test_check_of_a_missing_root_is_an_error(tmp_path, capsys):
-    assert main(["--data-root", str(tmp_path / "nowhere"), "--check"]) == 1
+    assert main(["--data-root", str(tmp_path / "nowhere"), "--check"]) == 2  # a bad option, not a finding
     assert str(tmp_path / "nowhere") in capsys.readouterr().err

@@ -105,3 +105,36 @@ def test_windows_of_several_images_share_forwards():
         together = sliding_probabilities_many(model, images, 224, 75, True, "fp32", 64)
         for image, probs in zip(images, together):
             torch.testing.assert_close(probs, spec_sliding_probabilities(model, image), atol=1e-5, rtol=1e-5)
+
+
+def whole_image_stitching(model, image, window, overlap, batch_size):
+    """Today's reference stitching: every window's crops in one stack, their full-resolution
+    probabilities summed over a full-size (K, H, W) array, then divided by the counts."""
+    from utils.evaluation import flip_averaged_logits
+
+    boxes = window_boxes(image.shape[1], image.shape[2], window, overlap)
+    crops = torch.stack([image[:, top : top + window, left : left + window] for top, left in boxes])
+    logits = flip_averaged_logits(model, crops, True, "fp32", batch_size)
+    probs = F.interpolate(logits, size=(window, window), mode="bilinear", align_corners=False).softmax(1)
+    total = probs.new_zeros((probs.shape[1], *image.shape[1:]))
+    count = probs.new_zeros((1, *image.shape[1:]))
+    for (top, left), prob in zip(boxes, probs):
+        total[:, top : top + window, left : left + window] += prob
+        count[:, top : top + window, left : left + window] += 1
+    return total / count
+
+
+@pytest.mark.parametrize("height,width,overlap", [(300, 410, 75), (373, 900, 75), (700, 260, 0), (230, 500, 200)])
+def test_band_stitching_is_bit_identical_to_whole_image_stitching(height, width, overlap):
+    """Band-wise stitching (bounded memory) gives exactly today's fp32 probabilities and argmax."""
+    from utils.evaluation import sliding_class_maps
+
+    torch.manual_seed(2)
+    model = small_model()
+    image = torch.randn(3, height, width)
+    with torch.no_grad():
+        reference = whole_image_stitching(model, image, 224, overlap, 16)
+        bands = sliding_probabilities(model, image, 224, overlap, True, "fp32", 16)
+        classes = sliding_class_maps(model, [image], 224, overlap, True, "fp32", 16)[0]
+    assert torch.equal(bands, reference)
+    assert torch.equal(classes.long(), reference.argmax(0)[None])

@@ -11,20 +11,26 @@ the released files have none and their backbone is read off the tensor shapes. B
 files (DINO, DINOv2) are read by ``modules/backbones.py``, which imports this module for its errors
 and loaders; that is why the functions here import it where they use it.
 """
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from modules.model import IDDCModel
+from utils.errors import EXIT_PROBLEMS, ReportedError
+from utils.files import atomic_path
 
 IDDC_PARTS = ("backbone", "head_nonlinear", "classifier")
 BACKBONE_PREFIX = "model."
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or does not fit the model asked for."""
+class CheckpointError(ReportedError, ValueError):
+    """A checkpoint file is missing, unreadable, holds non-finite weights or does not fit the model asked for."""
+
+
+class WeightsDownloadError(CheckpointError):
+    """The DINO weights could not be downloaded: a problem of the network, not of the input (exit 1)."""
+
+    exit_code = EXIT_PROBLEMS
 
 
 def load_file(path):
@@ -73,7 +79,20 @@ def load_strict(module, state_dict, what, source):
                 shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
                 lines.append(f"  {title}: {shown}")
         raise CheckpointError("\n".join(lines))
+    check_finite_weights(state_dict, what, source)
     module.load_state_dict(state_dict, strict=True)
+
+
+def check_finite_weights(state_dict, what, source):
+    """A NaN or inf weight would make every prediction silently meaningless: name the tensor."""
+    for key, value in state_dict.items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            finite = torch.isfinite(value)
+            if not bool(finite.all()):
+                bad = value[~finite]
+                raise CheckpointError(
+                    f"{source}: the '{what}' tensor {key} {tuple(value.shape)} holds {int(bad.isnan().sum())} NaN and "
+                    f"{int(bad.isinf().sum())} infinite value(s); the file is damaged or came from a diverged run")
 
 
 def load_iddc_model(path, patch_size=None, num_heads=None):
@@ -142,15 +161,8 @@ def save_atomic(obj, path):
     """Write to a temporary file beside ``path`` and rename, so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(obj, tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def new_iddc_model(backbone, backbone_weights=None, num_classes=27, num_heads=None, download=True):

@@ -16,16 +16,21 @@ from urllib.request import Request, build_opener
 
 from tqdm import tqdm
 
+from utils.errors import EXIT_PROBLEMS, ReportedError
+
 USER_AGENT = "Mozilla/5.0 (compatible; iddc-download/1.0)"
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
-class DownloadError(RuntimeError):
-    """A file could not be fetched, or what arrived is not the expected file.
+class DownloadError(ReportedError, RuntimeError):
+    """A file could not be fetched, or what arrived is not the expected file (exit 1: a problem of
+    the network or the server, not of the user's input).
 
     ``reason`` is the cause alone (no advice), for callers that phrase their own advice, such as
     a Google Drive link a person can open in a browser.
     """
+
+    exit_code = EXIT_PROBLEMS
 
     def __init__(self, message, *, reason=None):
         super().__init__(message)

@@ -128,37 +128,117 @@ def sliding_probabilities(model, image, window, overlap, flip, precision, batch_
 
 
 def sliding_probabilities_many(model, images, window, overlap, flip, precision, batch_size):
-    """Sliding-window probabilities of several images, their windows sharing backbone forwards.
+    """Sliding-window probabilities (K, H, W) of several images, their windows sharing backbone forwards.
 
-    Each window's flip-averaged logits are upsampled to the window (bilinear, align_corners False),
-    turned into probabilities, and the probabilities averaged where windows overlap. The window
-    must be a multiple of the patch (224 is one of 8, 14 and 16).
+    For callers that want the probabilities themselves; a class map needs only
+    :func:`sliding_class_maps`, which never holds a full-resolution K-channel array.
+    """
+    per_image = sliding_bands_many(model, images, window, overlap, flip, precision, batch_size)
+    return [torch.cat([band for _, band in bands], dim=1) for bands in per_image]
+
+
+def sliding_class_maps(model, images, window, overlap, flip, precision, batch_size):
+    """Class maps (heads, H, W) of several images by the sliding protocol, band by band.
+
+    The maps are uint8 when the classes fit (a 4032x3024 int64 map alone is 98 MB).
+    """
+    heads = num_heads(model)
+    dtype = torch.uint8 if model.num_classes <= 256 else torch.int64
+    per_image = sliding_bands_many(model, images, window, overlap, flip, precision, batch_size)
+    return [torch.cat([argmax_per_head(band, heads).to(dtype) for _, band in bands], dim=1) for bands in per_image]
+
+
+def sliding_bands_many(model, images, window, overlap, flip, precision, batch_size):
+    """For each image, a generator of its finished horizontal bands ``(first row, (K, rows, W))``.
+
+    The windows of all images share backbone forwards, exactly as if their crops (then their
+    flips) were stacked and cut into batches of ``batch_size``, while only one batch of crops
+    exists at a time. Logits at patch resolution are small (K x 14 x 14 a window) and are kept for
+    every window; the full-resolution work is left to :func:`stitch_bands`. The window must be a
+    multiple of the patch (224 is one of 8, 14 and 16).
     """
     patch_size = getattr(model, "patch_size", 1)
     if window % patch_size:
         raise ValueError(f"--window {window} is not a multiple of the backbone's patch size {patch_size}")
     boxes = [window_boxes(image.shape[1], image.shape[2], window, overlap) for image in images]
-    crops = torch.stack([
-        image[:, top : top + window, left : left + window] for image, image_boxes in zip(images, boxes) for top, left in image_boxes
-    ])  # (n, 3, w, w)
-    logits = flip_averaged_logits(model, crops, flip, precision, batch_size)  # (n, K, h, w)
-    results = []
-    for image, image_boxes, image_logits in zip(images, boxes, logits.split([len(b) for b in boxes])):
-        upsampled = F.interpolate(image_logits, size=(window, window), mode="bilinear", align_corners=False)
-        probs = softmax_per_head(upsampled, num_heads(model))  # (m, K, w, w)
-        total = probs.new_zeros((probs.shape[1], *image.shape[1:]))  # (K, H, W)
-        count = probs.new_zeros((1, *image.shape[1:]))  # (1, H, W)
-        for (top, left), prob in zip(image_boxes, probs):
-            total[:, top : top + window, left : left + window] += prob
-            count[:, top : top + window, left : left + window] += 1
-        results.append(total / count)  # (K, H, W)
-    return results
+    logits = window_logits(model, images, boxes, window, flip, precision, batch_size)  # (n, K, h, w)
+    counts = [len(image_boxes) for image_boxes in boxes]
+    return [
+        stitch_bands(image_logits, image_boxes, image.shape[1:], window, num_heads(model))
+        for image, image_boxes, image_logits in zip(images, boxes, logits.split(counts))
+    ]
 
 
-def forward_size(size, patch_size):
-    """The smallest multiple of the patch at least ``size``: 320 stays 320 for patches 16 and 8,
-    and becomes 322 (23 patches) for patch 14."""
-    return math.ceil(size / patch_size) * patch_size
+def window_logits(model, images, boxes, window, flip, precision, batch_size):
+    """Flip-averaged logits (n, K, h, w) of every window of every image, row-major per image.
+
+    Forward batches are those of ``flip_averaged_logits`` on all crops at once (crops first, then
+    their flips, cut every ``batch_size``), so the logits are the same; crops are cut per batch.
+    """
+    places = [(index, top, left) for index, image_boxes in enumerate(boxes) for top, left in image_boxes]
+    copies = (False, True) if flip else (False,)
+    order = [(place, flipped) for flipped in copies for place in places]
+    outputs = []
+    with autocast_context(images[0].device, precision):
+        for start in range(0, len(order), batch_size):
+            crops = torch.stack([
+                _crop(images[index], top, left, window, flipped) for (index, top, left), flipped in order[start : start + batch_size]
+            ])  # (b, 3, w, w)
+            outputs.append(model(crops)[2].float())  # (b, K, h, w)
+    logits = torch.cat(outputs)  # (n or 2n, K, h, w)
+    if not flip:
+        return logits
+    plain, flipped = logits.split(len(places))
+    return (plain + flipped.flip(dims=[3])) / 2  # (n, K, h, w)
+
+
+def _crop(image, top, left, window, flipped):
+    crop = image[:, top : top + window, left : left + window]  # (3, w, w)
+    return crop.flip(dims=[2]) if flipped else crop
+
+
+# Windows upsampled (and turned into probabilities) at once: K x 224 x 224 fp32 is 5.4 MB a window.
+WINDOWS_PER_UPSAMPLE = 8
+
+
+def stitch_bands(logits, boxes, size, window, heads=1):
+    """Average the windows' probabilities, yielding finished bands ``(first row, (K, rows, W))``.
+
+    Each window's logits are upsampled to the window (bilinear, align_corners False) and turned
+    into probabilities; the probabilities are summed where windows overlap and divided by the
+    number of windows. Windows are added one window row at a time: rows above the next row's top
+    are touched by no later window, so they are final and leave as a band. Every pixel receives its
+    windows in the same (row-major) order as summing over the whole image, so the results are
+    identical, while at most one window-height band of sums (K x 224 x W) is alive instead of the
+    full-resolution K x H x W sum.
+    """
+    height, width = size
+    tops = sorted({top for top, _ in boxes})
+    lefts = sorted({left for _, left in boxes})
+    row_cover = torch.zeros(height, dtype=logits.dtype, device=logits.device)
+    col_cover = torch.zeros(width, dtype=logits.dtype, device=logits.device)
+    for top in tops:
+        row_cover[top : top + window] += 1
+    for left in lefts:
+        col_cover[left : left + window] += 1
+    count = row_cover[:, None] * col_cover[None, :]  # (H, W) windows covering each pixel
+    sums = logits.new_zeros((logits.shape[1], window, width))  # (K, w, W), rows base .. base + w
+    base = tops[0]
+    for top in tops:
+        if top > base:
+            done = top - base
+            yield base, sums[:, :done] / count[base:top]  # (K, done, W)
+            sums = torch.cat((sums[:, done:], sums.new_zeros((sums.shape[0], done, width))), dim=1)
+            base = top
+        in_row = [(index, left) for index, (row_top, left) in enumerate(boxes) if row_top == top]
+        for start in range(0, len(in_row), WINDOWS_PER_UPSAMPLE):
+            chunk = in_row[start : start + WINDOWS_PER_UPSAMPLE]
+            chunk_logits = logits[[index for index, _ in chunk]]  # (c, K, h, w)
+            upsampled = F.interpolate(chunk_logits, size=(window, window), mode="bilinear", align_corners=False)
+            probs = softmax_per_head(upsampled, heads)  # (c, K, w, w)
+            for (_, left), prob in zip(chunk, probs):
+                sums[:, :, left : left + window] += prob
+    yield base, sums[:, : height - base] / count[base:]  # (K, H - base, W)
 
 
 def whole_image_probabilities(model, images, flip, precision, batch_size, align_corners=False):
@@ -184,6 +264,8 @@ def predict_head_probabilities(model, images, protocol, precision="fp32", batch_
 
 def predict_head_clusters(model, images, protocol, precision="fp32", batch_size=32):
     """Class maps of every head for a list of normalised images (3, H, W): list of (heads, H, W)."""
+    if protocol.window:  # band by band: never the full-resolution K-channel probabilities
+        return sliding_class_maps(model, images, protocol.window, protocol.overlap, protocol.flip, precision, batch_size)
     probs = predict_head_probabilities(model, images, protocol, precision, batch_size)
     return [argmax_per_head(prob, num_heads(model)) for prob in probs]
 

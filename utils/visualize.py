@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from data.cocostuff import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, PALETTE
+from utils.files import atomic_path, save_image_atomic
 
 # Unlabelled pixels (255) and clusters no class was matched to.
 IGNORE_COLOUR = (0, 0, 0)
@@ -195,7 +196,8 @@ def plot_per_class_iou(per_class_iou, path, palette=PALETTE):
 def _save_figure(fig, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
 
 
 class VisualCollector:
@@ -230,9 +232,9 @@ class VisualCollector:
         for image_id, image, label, pred in self.items:
             panel = side_by_side(image, colorize(label, self.palette), colorize(map_clusters(pred, cluster_to_class), self.palette))
             written.append(out_dir / f"{image_id}.png")
-            panel.save(written[-1])
+            save_image_atomic(panel, written[-1])
         written.append(out_dir / "legend.png")
-        legend(class_names, self.palette[: len(class_names)]).save(written[-1])
+        save_image_atomic(legend(class_names, self.palette[: len(class_names)]), written[-1])
         written.append(out_dir / "confusion.png")
         plot_confusion(confusion, class_names, written[-1], cluster_to_class)
         written.append(out_dir / "per_class_iou.png")

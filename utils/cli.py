@@ -1,0 +1,166 @@
+"""What every entry point shares: the one-line error contract of utils/errors.py, ``--debug``, and
+checks of common options (devices, counts) made before any long work starts.
+
+An entry point opts in with two lines::
+
+    @entry_point
+    def main(argv=None):
+        parser = build_parser()
+        add_debug_flag(parser)
+        ...
+
+``main(argv)`` then returns the exit code instead of raising, which is also what tests and
+demo.py call.
+"""
+import functools
+import gc
+import logging
+import os
+import sys
+import traceback
+
+from utils.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_PROBLEMS, OptionError, ReportedError
+
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "IDDC_DEBUG"
+LOGGER_NAME = "iddc"
+
+
+def add_debug_flag(parser):
+    parser.add_argument(DEBUG_FLAG, action="store_true",
+                        help=f"show the full traceback of an error instead of one line (or set {DEBUG_ENV}=1)")
+
+
+def entry_point(main):
+    """Decorate ``main(argv)`` so that it keeps the exit-code contract (see :func:`run_cli`)."""
+
+    @functools.wraps(main)
+    def run(argv=None):
+        return run_cli(main, argv)
+
+    return run
+
+
+def run_cli(main, argv=None):
+    """``main(argv)``'s exit code; errors become one last line on stderr and an exit code.
+
+    ReportedError and its kinds: their own code (2 bad input, 1 a problem the run met). Files the
+    system refuses (permissions, a folder where a file should be): 2. Out of memory: 1, with the
+    usual remedy. Ctrl-C: 130. Anything else is a bug: its traceback, then one line that says so.
+    With --debug (or IDDC_DEBUG=1) every error propagates with its traceback.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = DEBUG_FLAG in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        return main(argv)
+    except (Exception, KeyboardInterrupt) as err:
+        if debug:
+            raise
+        code, message = _classify(err)
+        # Free the frames' locals now, by reference counting: a DataLoader iterator freed later by
+        # the garbage collector may find its worker queues collected first and wait 5 s per worker.
+        traceback.clear_frames(err.__traceback__)
+    _finish_output()
+    _log_to_files(message)
+    print(message, file=sys.stderr, flush=True)
+    return code
+
+
+def worker_message(err):
+    """The message of ``err`` as it was raised, also when a DataLoader worker raised it.
+
+    torch re-raises a worker's exception in the main process with the same type, but with the
+    worker's whole traceback as its message; the original message is after the last line that
+    starts with the exception's qualified name.
+    """
+    text = str(err)
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return text
+    kind = type(err)
+    name = kind.__qualname__ if kind.__module__ in ("builtins", "__main__") else f"{kind.__module__}.{kind.__qualname__}"
+    marker = f"\n{name}: "
+    at = text.rfind(marker)
+    return text[at + len(marker):].strip() if at >= 0 else text
+
+
+def _classify(err):
+    """Exit code and last line for an exception; the traceback is printed only for a bug."""
+    text = worker_message(err)
+    first_line = text.splitlines()[0] if text else type(err).__name__
+    if isinstance(err, ReportedError):
+        return err.exit_code, f"error: {text}"
+    if isinstance(err, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted (Ctrl-C): stopped before the end"
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without torch
+        return EXIT_PROBLEMS, f"error: out of memory ({first_line}); lower --batch-size (or --num-workers)"
+    if "DataLoader worker" in text and "killed by signal" in text:
+        return EXIT_PROBLEMS, (f"error: a data-loading worker was killed ({first_line}); usually out of memory: "
+                               f"lower --num-workers or --batch-size")
+    if isinstance(err, OSError) and err.filename is not None:
+        return EXIT_BAD_INPUT, f"error: {err.filename}: {err.strerror or err}"
+    traceback.print_exc()
+    return EXIT_PROBLEMS, (f"error: unexpected {type(err).__name__}: {first_line} -- a bug of iddc; "
+                           f"please report it with the traceback above (--debug shows it unabridged)")
+
+
+def _finish_output():
+    """Close progress bars and flush stdout, so that the error line really is the last line.
+
+    A bar left open by the exception would otherwise be closed (and redrawn) when the garbage
+    collector frees it, after the message.
+    """
+    gc.collect()
+    try:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    except ImportError:
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def _log_to_files(message):
+    """Record the error in the run's log files (train.log), not only on the terminal."""
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.emit(logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None, None))
+            handler.flush()
+
+
+def resolve_device(name):
+    """The --device string to use: the given one, checked, or cuda when a GPU is visible, else cpu."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise OptionError(f"--device {name}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OptionError(f"--device {name}: no CUDA GPU is visible to torch (torch.cuda.is_available() is False); "
+                              f"use --device cpu, or install the CUDA build of torch")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise OptionError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible (cuda:0.."
+                              f"cuda:{torch.cuda.device_count() - 1})")
+    elif device.type != "cpu":
+        raise OptionError(f"--device {name}: expected cpu, cuda or cuda:N")
+    return name
+
+
+def check_at_least(value, option, minimum):
+    """``value`` (None allowed, meaning "not given") is an integer >= ``minimum``."""
+    if value is not None and value < minimum:
+        raise OptionError(f"{option} must be >= {minimum}, got {value}")
+
+
+def check_finite(value, option, positive=False):
+    """A float option is a real number (and > 0 when ``positive``): no nan, no inf."""
+    if value is None:
+        return
+    if value != value or value in (float("inf"), float("-inf")) or (positive and value <= 0):
+        raise OptionError(f"{option} must be a {'positive ' if positive else ''}finite number, got {value}")

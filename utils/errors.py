@@ -1,0 +1,36 @@
+"""The error contract every entry point keeps, and the error classes that carry it.
+
+Exit codes (README, "When something goes wrong"):
+  0  the run did what was asked;
+  1  the run worked but found problems: images it could not read and skipped, ``--check``
+     findings, a download that failed (the network, not the user's input);
+  2  bad input or a bad option, reported before the long work where it can be found early;
+  130  interrupted (Ctrl-C), as shells report SIGINT.
+
+Either way the last line printed names the culprit (file, option, value) and what was expected;
+no traceback unless ``--debug`` is given. This module imports nothing from the project, so that
+every package (data/, modules/, utils/) can raise these errors.
+"""
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class ReportedError(Exception):
+    """An error the user can act on, reported as one line without a traceback.
+
+    Subclasses name the kind of culprit (DataError, CheckpointError, OptionError, ...);
+    ``exit_code`` is 2 (bad input) unless a subclass is a problem the run met (DownloadError: 1).
+    """
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class OptionError(ReportedError, ValueError):
+    """A command-line option, or the value a --config file gives it, is not acceptable."""
+
+
+class OutputError(ReportedError):
+    """An output location cannot be written, or writing it would replace something the user keeps."""
