@@ -67,8 +67,9 @@ def test_sample_small_image_upscaled(tmp_path):
 
 
 def test_split_scan_counts_and_names_missing_files(tmp_path):
-    from data.cocostuff import check_split_files
+    from data.cocostuff import COCOSTUFF27
 
+    check_split_files = COCOSTUFF27.check_split_files
     ids = write_synthetic_cocostuff(tmp_path, num_train=0, num_val=7, sizes=((230, 230),))["val"]
     assert check_split_files(tmp_path, "val") == ids and check_split_files(tmp_path, "val", limit=3) == ids[:3]
     for image_id in ids[:6]:

@@ -241,6 +241,12 @@ def stitch_bands(logits, boxes, size, window, heads=1):
     yield base, sums[:, : height - base] / count[base:]  # (K, H - base, W)
 
 
+def forward_size(size, patch_size):
+    """The smallest multiple of the patch at least ``size``: 320 stays 320 for patches 16 and 8,
+    and becomes 322 (23 patches) for patch 14."""
+    return math.ceil(size / patch_size) * patch_size
+
+
 def whole_image_probabilities(model, images, flip, precision, batch_size, align_corners=False):
     """One forward per image at its (resized) size; logits upsampled bilinearly to that size.
 
