@@ -24,8 +24,8 @@ from utils.checkpoint import iddc_state, load_file, model_from_iddc_state, new_i
 from utils.cli import add_debug_flag, check_at_least, check_finite, entry_point, resolve_device
 from utils.config import parse_args_with_config, save_config
 from utils.errors import OptionError, OutputError
-from utils.files import check_writable_dir
 from utils.evaluation import PROTOCOLS, evaluate_heads, make_protocol
+from utils.files import check_writable_dir
 from utils.log import JsonlLog, git_commit, setup_logger
 from utils.metrics import segmentation_metrics
 from utils.trainer import (
