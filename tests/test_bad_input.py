@@ -280,6 +280,17 @@ def test_train_bad_options(work, tmp_path, capsys, flags):
     assert not (tmp_path / "run" / "train.log").exists()
 
 
+def test_train_overwrite_never_deletes_an_input(work, finished_run, capsys):
+    import train as train_cli
+
+    weights = shutil.copy(work["dino"], finished_run / "last_model.pth")  # the run's folder holds the backbone given
+    before = tree(finished_run)
+    code, line = call_main(train_cli.main, capsys, "--data-root", work["root"], "--backbone-weights", weights,
+                           "--output-dir", finished_run, "--device", "cpu", "--batch-size", "2", "--overwrite")
+    assert code == 2 and "--backbone-weights" in line and "last_model.pth" in line
+    assert tree(finished_run) == before
+
+
 def test_train_overwrite_replaces_the_run(work, finished_run):
     import train as train_cli
 
