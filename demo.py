@@ -83,7 +83,7 @@ def main(argv=None):
     code = eval_cli.main([
         "--data-root", str(data_root), "--checkpoint", str(run_dir / "last_model.pth"), "--device", device,
         "--protocol", "sliding", "--output-json", str(metrics_file), "--save-visuals", str(output_dir / "pictures"),
-        "--num-visuals", "6", "--num-workers", "2", *debug,
+        "--num-visuals", "6", *debug,
     ])
     if code:
         return code

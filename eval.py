@@ -19,7 +19,7 @@ from utils import distributed
 from utils.checkpoint import CheckpointError, load_iddc_model
 from utils.cli import add_debug_flag, check_at_least, entry_point, resolve_device
 from utils.config import parse_args_with_config, save_config
-from utils.errors import OptionError
+from utils.errors import OptionError, OutputError
 from utils.evaluation import PROTOCOLS, evaluate, make_protocol
 from utils.files import check_writable_dir, check_writable_file, write_text_atomic
 from utils.log import git_commit, setup_logger
@@ -45,7 +45,7 @@ def build_parser():
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fp32 reproduces the published numbers; bf16 autocast is faster")
     parser.add_argument("--batch-size", type=int, default=32, help="images (windows for sliding, flips included) per backbone forward")
-    parser.add_argument("--num-workers", type=int, default=2, help="data-loading processes")
+    parser.add_argument("--num-workers", type=int, default=None, help="data-loading processes (default: 2 on CUDA, 0 on CPU, where they would slow the forwards)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the split")
     parser.add_argument("--output-json", default=None, help="write the results (metrics, confusion, assignment) here")
     parser.add_argument("--save-visuals", default=None, metavar="DIR", help="write image | ground truth | matched prediction PNGs, confusion.png and per_class_iou.png here")
@@ -70,6 +70,10 @@ def check_options(args):
         for path in (output, output.with_suffix(".config.yaml")):
             check_writable_file(path, "--output-json", inputs=[args.checkpoint, args.config])
     if args.save_visuals:
+        data_folders = [Path(args.data_root, sub).resolve() for sub in ("images", "annotations")]
+        if any(Path(args.save_visuals).resolve().is_relative_to(folder) for folder in data_folders):
+            raise OutputError(f"--save-visuals {args.save_visuals}: inside the data root's images/ or annotations/, whose "
+                              f"files the pictures (<id>.png) could replace; choose a folder outside them")
         check_writable_dir(args.save_visuals, "--save-visuals")
 
 

@@ -27,8 +27,8 @@ from utils.checkpoint import CheckpointError, iddc_state, load_file, model_from_
 from utils.cli import add_debug_flag, check_at_least, check_finite, entry_point, resolve_device
 from utils.config import parse_args_with_config, save_config
 from utils.errors import OptionError, OutputError
-from utils.files import check_writable_dir
 from utils.evaluation import PROTOCOLS, evaluate_heads, make_protocol
+from utils.files import check_writable_dir, same_file
 from utils.log import JsonlLog, LogGroup, TensorboardLog, git_commit, setup_logger
 from utils.metrics import segmentation_metrics
 from utils.trainer import (
@@ -131,6 +131,12 @@ def check_output_dir(args):
         if existing:
             raise OutputError(f"--output-dir {output_dir} holds a run ({', '.join(existing)}); pass --resume to continue it, "
                               f"--overwrite to replace it, or choose another --output-dir")
+    else:
+        for name in OVERWRITTEN_FILES:
+            for option, given in (("--backbone-weights", args.backbone_weights), ("--config", args.config)):
+                if given is not None and (output_dir / name).exists() and same_file(given, output_dir / name):
+                    raise OutputError(f"--overwrite would delete {output_dir / name}, which is the {option} of this run; "
+                                      f"copy it elsewhere first")
     check_writable_dir(output_dir, "--output-dir")
     return output_dir
 

@@ -98,7 +98,10 @@ def test_eval_unreadable_image_in_a_loader_worker_is_one_line(work):
     root = copy_root(work, "truncated")
     broken = root / "images" / "val2017" / f"{work['ids']['val'][0]}.jpg"
     broken.write_bytes(broken.read_bytes()[:400])
-    done = run_entry("eval.py", "--data-root", root, "--checkpoint", work["ckpt"], "--device", "cpu")  # default workers
+    # Two loader workers, as on a GPU by default (CPU evaluation reads images in the main process).
+    done = run_entry("eval.py", "--data-root", root, "--checkpoint", work["ckpt"], "--device", "cpu", "--num-workers", "2")
+    assert_refused(done, 2, broken, "cannot read the image")
+    done = run_entry("eval.py", "--data-root", root, "--checkpoint", work["ckpt"], "--device", "cpu")  # the default
     assert_refused(done, 2, broken, "cannot read the image")
 
 
@@ -150,6 +153,38 @@ def test_eval_outputs_proven_writable_before_the_work(work, tmp_path, capsys):
     code, line = call_main(eval_cli.main, capsys, *common, "--save-visuals", a_file)
     assert code == 2 and "--save-visuals" in line and str(a_file) in line and "not a folder" in line
     assert a_file.read_text() == "mine"
+
+
+def test_eval_pictures_never_go_among_the_labels(work, capsys):
+    import eval as eval_cli
+
+    labels = work["root"] / "annotations" / "val2017"
+    before = tree(labels)
+    code, line = call_main(eval_cli.main, capsys, "--data-root", work["root"], "--checkpoint", work["ckpt"], "--device", "cpu",
+                           "--save-visuals", labels)
+    assert code == 2 and "--save-visuals" in line and "annotations" in line
+    assert tree(labels) == before
+
+
+def test_eval_interrupted_with_ctrl_c(work, tmp_path):
+    """Ctrl-C reaches the whole process group (loader workers too): one line, exit 130."""
+    import signal
+
+    write_synthetic_cocostuff(tmp_path, num_train=0, num_val=40, sizes=((240, 240),))  # long enough to interrupt
+    command = [sys.executable, str(ROOT / "eval.py"), "--data-root", str(tmp_path), "--checkpoint", str(work["ckpt"]),
+               "--device", "cpu", "--num-workers", "2"]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                             env=dict(os.environ, OMP_NUM_THREADS="2"))
+    seen = b""
+    while b"eval sliding" not in seen:  # the evaluation (and its loader workers) has started
+        chunk = child.stderr.read1(4096)
+        assert chunk, seen.decode()[-2000:]
+        seen += chunk
+    os.killpg(child.pid, signal.SIGINT)
+    rest = child.stderr.read().decode()
+    assert child.wait(timeout=60) == 130
+    assert "Traceback" not in seen.decode() + rest
+    assert rest.strip().splitlines()[-1].startswith("interrupted")
 
 
 def test_eval_never_writes_over_its_checkpoint(work, tmp_path, capsys):
@@ -243,6 +278,17 @@ def test_train_bad_options(work, tmp_path, capsys, flags):
     code, line = call_main(train_cli.main, capsys, *train_flags(work, tmp_path / "run"), *flags)
     assert code == 2 and flags[0] in line
     assert not (tmp_path / "run" / "train.log").exists()
+
+
+def test_train_overwrite_never_deletes_an_input(work, finished_run, capsys):
+    import train as train_cli
+
+    weights = shutil.copy(work["dino"], finished_run / "last_model.pth")  # the run's folder holds the backbone given
+    before = tree(finished_run)
+    code, line = call_main(train_cli.main, capsys, "--data-root", work["root"], "--backbone-weights", weights,
+                           "--output-dir", finished_run, "--device", "cpu", "--batch-size", "2", "--overwrite")
+    assert code == 2 and "--backbone-weights" in line and "last_model.pth" in line
+    assert tree(finished_run) == before
 
 
 def test_train_overwrite_replaces_the_run(work, finished_run):

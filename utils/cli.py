@@ -12,11 +12,14 @@ An entry point opts in with two lines::
 ``main(argv)`` then returns the exit code instead of raising, which is also what tests and
 demo.py call.
 """
+import contextlib
 import functools
 import gc
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 
 from utils.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_PROBLEMS, OptionError, ReportedError
@@ -90,7 +93,8 @@ def _classify(err):
     if isinstance(err, ReportedError):
         return err.exit_code, f"error: {text}"
     if isinstance(err, KeyboardInterrupt):
-        return EXIT_INTERRUPTED, "interrupted (Ctrl-C): stopped before the end"
+        # On a line of its own: Ctrl-C can stop a progress bar half-drawn.
+        return EXIT_INTERRUPTED, "\ninterrupted (Ctrl-C): stopped before the end"
     if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without torch
         return EXIT_PROBLEMS, f"error: out of memory ({first_line}); lower --batch-size (or --num-workers)"
     if "DataLoader worker" in text and "killed by signal" in text:
@@ -126,8 +130,34 @@ def _log_to_files(message):
     logger = logging.getLogger(LOGGER_NAME)
     for handler in logger.handlers:
         if isinstance(handler, logging.FileHandler):
-            handler.emit(logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None, None))
+            handler.emit(logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message.strip(), None, None))
             handler.flush()
+
+
+@contextlib.contextmanager
+def sigint_held():
+    """Hold Ctrl-C (SIGINT) while the block runs, e.g. while DataLoader workers are forked.
+
+    A KeyboardInterrupt raised during a fork lands in Python's at-fork handlers, which print
+    "Exception ignored" and swallow it (the run goes on as if nothing were pressed), or in the
+    middle of the loader's set-up, whose clean-up then fails with a traceback. Held, it is raised
+    when the block ends. Workers forked meanwhile keep the holding handler: Ctrl-C does not kill
+    them, the main process shuts them down.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        if callable(previous):
+            previous(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt
+        elif previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def resolve_device(name):
