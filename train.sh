@@ -3,7 +3,8 @@
 #
 #   DATA_ROOT=/path/to/data bash train.sh DATASET ARCH [more train.py flags]
 #   DATA_ROOT=/path/to/cityscapes bash train.sh cityscapes27 vits8
-#   NPROC=4 DATA_ROOT=/path/to/cocostuff bash train.sh cocostuff171 vits8     # DDP over 4 GPUs
+#   NPROC=4 DATA_ROOT=/path/to/cocostuff bash train.sh cocostuff171 vits8     # 4 processes (GPUs)
+#   NNODES=2 NODE_RANK=0|1 MASTER_ADDR=host0 NPROC=4 DATA_ROOT=... bash train.sh cityscapes27 vitb8   # 2 machines
 #
 # Recipes: cocostuff27 vits16|vits8, cocostuff171 vits16|vits8, cityscapes27 vits8|vitb8, potsdam3 vits8.
 # Outputs go to the config's output_dir (outputs/train_<dataset>_<arch>/) unless --output-dir is given;
@@ -36,10 +37,6 @@ elif [[ " $* " != *" --data-root"* ]]; then
   exit 2
 fi
 
-nproc=${NPROC:-1}
-if [[ "$nproc" -gt 1 ]]; then
-  launcher=(torchrun --standalone --nproc_per_node "$nproc")
-else
-  launcher=(python)
-fi
+caller=train.sh
+source "$here/scripts/launcher.sh"
 "${launcher[@]}" "$here/train.py" --config "$config" --dataset "$dataset" "${data_args[@]}" "$@"
