@@ -35,7 +35,7 @@ from data.cityscapes import FIVE_CROPS, crop_paths, five_crop_boxes  # noqa: E40
 from data.potsdam import SPLIT_FILES as POTSDAM_SPLIT_FILES  # noqa: E402
 from data.registry import DATASET_NAMES, get_dataset  # noqa: E402
 from data.spec import DataError  # noqa: E402
-from scripts.prepare_cocostuff import prepare_root as prepare_cocostuff_root, unpack_folder  # noqa: E402
+from scripts.prepare_cocostuff import _positive_int, prepare_root as prepare_cocostuff_root, unpack_folder  # noqa: E402
 from utils.download import DownloadError, download_file  # noqa: E402
 
 CITYSCAPES_DOWNLOADS = "https://www.cityscapes-dataset.com/downloads/"
@@ -217,13 +217,6 @@ def format_reports(spec, reports, official_sizes=None):
         failed = ", ".join(report.split for report in reports if not report.ok)
         lines.append(f"FAILED: problems in {failed}; re-run without --check to fetch what is missing, or replace the files named above")
     return "\n".join(lines)
-
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
 
 
 def build_parser():
