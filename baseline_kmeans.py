@@ -11,6 +11,7 @@ windows, flips and the CRF work as for IDDC, and the clusters are scored with th
 and Hungarian matching. The output JSON has eval.py's fields plus ``method``, ``backbone`` and
 ``kmeans`` (settings and inertia).
 """
+
 import argparse
 import json
 import sys
@@ -21,34 +22,68 @@ import torch
 from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from data.spec import DataError, SegmentationEval
 from data.transforms import CenterCropTransform
+from engine.evaluation import PROTOCOLS, evaluate, make_protocol
 from modules.backbones import BACKBONES, build_backbone
 from modules.kmeans import DEFAULT_LOGIT_SCALE, KMeansSegmenter, fit_kmeans, sample_features
-from utils.checkpoint import CheckpointError
+from modules.weights import CheckpointError
+from utils.cli import ArgumentParser
 from utils.config import parse_args_with_config, save_config
-from utils.evaluation import PROTOCOLS, evaluate, make_protocol
 from utils.log import git_commit, setup_logger
 
+
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=None, help="YAML file of defaults (flags override it)")
     parser.add_argument("--data-root", default=None, help="dataset root (train split for fitting, val for scoring)")
-    parser.add_argument("--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="benchmark (README, 'Datasets')")
+    parser.add_argument(
+        "--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="benchmark (README, 'Datasets')"
+    )
     parser.add_argument("--backbone", default="dino_vits16", help=f"one of {', '.join(sorted(BACKBONES))}")
-    parser.add_argument("--backbone-weights", default=None, help="backbone release file; default: the official weights (hub cache or download)")
-    parser.add_argument("--num-samples", type=int, default=100_000, help="patch features sampled from the training split")
-    parser.add_argument("--fit-images", type=int, default=2000, help="training images the samples are drawn from (random, by --seed)")
-    parser.add_argument("--fit-size", type=int, default=320, help="training images: short side to this, centre crop (bilinear)")
+    parser.add_argument(
+        "--backbone-weights",
+        default=None,
+        help="backbone release file; default: the official weights (hub cache or download)",
+    )
+    parser.add_argument(
+        "--num-samples", type=int, default=100_000, help="patch features sampled from the training split"
+    )
+    parser.add_argument(
+        "--fit-images", type=int, default=2000, help="training images the samples are drawn from (random, by --seed)"
+    )
+    parser.add_argument(
+        "--fit-size", type=int, default=320, help="training images: short side to this, centre crop (bilinear)"
+    )
     parser.add_argument("--iterations", type=int, default=100, help="k-means iterations per run")
     parser.add_argument("--restarts", type=int, default=5, help="k-means runs; the one with the lowest inertia is kept")
     parser.add_argument("--seed", type=int, default=0, help="image choice, patch sampling and k-means initialisation")
-    parser.add_argument("--logit-scale", type=float, default=DEFAULT_LOGIT_SCALE, help="logits = scale * cosine similarity (STEGO's cluster probe: 2)")
+    parser.add_argument(
+        "--logit-scale",
+        type=float,
+        default=DEFAULT_LOGIT_SCALE,
+        help="logits = scale * cosine similarity (STEGO's cluster probe: 2)",
+    )
     parser.add_argument("--protocol", choices=PROTOCOLS, default="center320", help="evaluation protocol (see eval.py)")
-    parser.add_argument("--score-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="sliding protocol's scoring grid (default: the dataset's)")
-    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="flip averaging (default: on for sliding, off otherwise)")
-    parser.add_argument("--image-interpolation", choices=("nearest", "bilinear"), default="nearest", help="center320 image resizing")
+    parser.add_argument(
+        "--score-size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="sliding protocol's scoring grid (default: the dataset's)",
+    )
+    parser.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flip averaging (default: on for sliding, off otherwise)",
+    )
+    parser.add_argument(
+        "--image-interpolation", choices=("nearest", "bilinear"), default="nearest", help="center320 image resizing"
+    )
     parser.add_argument("--crf", action="store_true", help="refine with STEGO's dense CRF before the argmax")
-    parser.add_argument("--crf-workers", type=int, default=None, help="CRF processes (default: CPU cores, at most 8; 0: none)")
+    parser.add_argument(
+        "--crf-workers", type=int, default=None, help="CRF processes (default: CPU cores, at most 8; 0: none)"
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--batch-size", type=int, default=32, help="images (windows for sliding) per backbone forward")
@@ -77,7 +112,9 @@ def fitting_loader(args, spec):
     generator = torch.Generator().manual_seed(args.seed)
     chosen = torch.randperm(len(dataset), generator=generator)[: args.fit_images].sort().values.tolist()
     subset = torch.utils.data.Subset(dataset, chosen)
-    return torch.utils.data.DataLoader(subset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=list)
+    return torch.utils.data.DataLoader(
+        subset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=list
+    )
 
 
 def main(argv=None):
@@ -93,32 +130,79 @@ def main(argv=None):
         names = spec.class_names
         num_clusters = len(names)  # one cluster a class: evaluate() matches one to one (Hungarian)
         backbone = build_backbone(args.backbone, args.backbone_weights).to(args.device)
-        features = sample_features(backbone, fitting_loader(args, spec), args.num_samples, args.seed, args.device, args.precision)
-        logger.info("k-means: %d clusters on %d patch features (%d-d) from the training split", num_clusters, *features.shape)
-        centroids, inertia = fit_kmeans(features, num_clusters, args.iterations, args.restarts, args.seed,
-                                        use_gpu=None if args.device.startswith("cuda") else False)
+        features = sample_features(
+            backbone, fitting_loader(args, spec), args.num_samples, args.seed, args.device, args.precision
+        )
+        logger.info(
+            "k-means: %d clusters on %d patch features (%d-d) from the training split", num_clusters, *features.shape
+        )
+        centroids, inertia = fit_kmeans(
+            features,
+            num_clusters,
+            args.iterations,
+            args.restarts,
+            args.seed,
+            use_gpu=None if args.device.startswith("cuda") else False,
+        )
         model = KMeansSegmenter(backbone, centroids, args.logit_scale).to(args.device)
-        protocol = make_protocol(args.protocol, args.flip, score_size=tuple(args.score_size or spec.score_size),
-                                 image_interpolation=args.image_interpolation, crf=args.crf)
-        result = evaluate(model, args.data_root, protocol, device=args.device, precision=args.precision,
-                          batch_size=args.batch_size, num_workers=args.num_workers, limit=args.limit, crf_workers=args.crf_workers,
-                          dataset=spec)
+        protocol = make_protocol(
+            args.protocol,
+            args.flip,
+            score_size=tuple(args.score_size or spec.score_size),
+            image_interpolation=args.image_interpolation,
+            crf=args.crf,
+        )
+        result = evaluate(
+            model,
+            args.data_root,
+            protocol,
+            device=args.device,
+            precision=args.precision,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            limit=args.limit,
+            crf_workers=args.crf_workers,
+            dataset=spec,
+        )
     except (CheckpointError, DataError, ValueError) as err:
         logger.error("error: %s", err)
         return 2
-    logger.info("k-means (%s, K=%d) %s%s%s on %d images: pixel Acc %.2f  mIoU %.2f", args.backbone, num_clusters, protocol.name,
-                " +flip" if protocol.flip else "", " +CRF" if protocol.crf else "", result.num_images,
-                result.metrics["acc"], result.metrics["miou"])
+    logger.info(
+        "k-means (%s, K=%d) %s%s%s on %d images: pixel Acc %.2f  mIoU %.2f",
+        args.backbone,
+        num_clusters,
+        protocol.name,
+        " +flip" if protocol.flip else "",
+        " +CRF" if protocol.crf else "",
+        result.num_images,
+        result.metrics["acc"],
+        result.metrics["miou"],
+    )
     if args.save_centroids:
         Path(args.save_centroids).parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"centroids": centroids, "backbone": args.backbone, "logit_scale": args.logit_scale}, args.save_centroids)
+        torch.save(
+            {"centroids": centroids, "backbone": args.backbone, "logit_scale": args.logit_scale}, args.save_centroids
+        )
     if args.output_json:
         output = result.as_dict(names)
         output.update(
-            method="kmeans", dataset=spec.name, backbone=args.backbone, seed=args.seed, checkpoint=None, checkpoint_meta_epoch=None, git_commit=commit,
+            method="kmeans",
+            dataset=spec.name,
+            backbone=args.backbone,
+            seed=args.seed,
+            checkpoint=None,
+            checkpoint_meta_epoch=None,
+            git_commit=commit,
             config=vars(args),
-            kmeans={"num_clusters": num_clusters, "num_samples": int(features.shape[0]), "iterations": args.iterations,
-                    "restarts": args.restarts, "seed": args.seed, "inertia": inertia, "logit_scale": args.logit_scale},
+            kmeans={
+                "num_clusters": num_clusters,
+                "num_samples": int(features.shape[0]),
+                "iterations": args.iterations,
+                "restarts": args.restarts,
+                "seed": args.seed,
+                "inertia": inertia,
+                "logit_scale": args.logit_scale,
+            },
         )
         path = Path(args.output_json)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ pictures in the output folder. It uses the real DINO ViT-S/16 weights when they 
 hub cache or given with --backbone-weights; otherwise a randomly initialised ViT-S/16, which it
 says plainly, since such numbers say nothing about the paper.
 """
-import argparse
+
 import json
 import sys
 from pathlib import Path
@@ -20,23 +20,26 @@ import train as train_cli
 from data.synthetic import write_synthetic_cocostuff
 from modules.backbones import release_cache_path
 from modules.vit import VisionTransformer
-from utils.checkpoint import save_atomic
-from utils.cli import add_debug_flag, check_at_least, check_finite, entry_point, resolve_device
+from modules.weights import save_atomic
+from utils.cli import ArgumentParser, check_at_least, check_finite, entry_point, resolve_device
 from utils.files import check_writable_dir, write_text_atomic
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--output-dir", default="outputs/demo")
-    parser.add_argument("--backbone-weights", default=None, help="DINO ViT-S/16 release file (default: the hub cache, else random)")
+    parser.add_argument(
+        "--backbone-weights", default=None, help="DINO ViT-S/16 release file (default: the hub cache, else random)"
+    )
     parser.add_argument("--train-images", type=int, default=48)
     parser.add_argument("--val-images", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=5e-3, help="higher than the paper's 5e-4: the demo trains for a few dozen steps")
+    parser.add_argument(
+        "--lr", type=float, default=5e-3, help="higher than the paper's 5e-4: the demo trains for a few dozen steps"
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--seed", type=int, default=0)
-    add_debug_flag(parser)
     return parser
 
 
@@ -50,7 +53,10 @@ def choose_backbone(weights, output_dir, seed):
     torch.manual_seed(seed)
     random_file = output_dir / "random_vits16.pth"
     save_atomic(VisionTransformer(patch_size=16).state_dict(), random_file)
-    return random_file, "RANDOMLY INITIALISED ViT-S/16 (no DINO weights found): the numbers show the pipeline runs, not what IDDC achieves"
+    return (
+        random_file,
+        "RANDOMLY INITIALISED ViT-S/16 (no DINO weights found): the numbers show the pipeline runs, not what IDDC achieves",
+    )
 
 
 @entry_point
@@ -65,32 +71,79 @@ def main(argv=None):
     output_dir = check_writable_dir(args.output_dir, "--output-dir")
     debug = ["--debug"] if args.debug else []
     data_root = output_dir / "data"
-    write_synthetic_cocostuff(data_root, num_train=args.train_images, num_val=args.val_images,
-                              sizes=((320, 256), (256, 320), (288, 288), (352, 240)), seed=args.seed)
+    write_synthetic_cocostuff(
+        data_root,
+        num_train=args.train_images,
+        num_val=args.val_images,
+        sizes=((320, 256), (256, 320), (288, 288), (352, 240)),
+        seed=args.seed,
+    )
     backbone_file, backbone_note = choose_backbone(args.backbone_weights, output_dir, args.seed)
     print(f"demo: synthetic COCO-Stuff layout in {data_root}; backbone: {backbone_note}", flush=True)
 
     run_dir = output_dir / "train"
-    code = train_cli.main([
-        "--data-root", str(data_root), "--backbone-weights", str(backbone_file), "--output-dir", str(run_dir),
-        "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed),
-        "--device", device, "--num-workers", "2", "--log-every", "5", "--val-protocol", "resize320",
-        "--overwrite", *debug,  # the demo's own folder: a second demo replaces the first
-    ])
+    code = train_cli.main(
+        [
+            "--data-root",
+            str(data_root),
+            "--backbone-weights",
+            str(backbone_file),
+            "--output-dir",
+            str(run_dir),
+            "--epochs",
+            str(args.epochs),
+            "--batch-size",
+            str(args.batch_size),
+            "--lr",
+            str(args.lr),
+            "--seed",
+            str(args.seed),
+            "--device",
+            device,
+            "--num-workers",
+            "2",
+            "--log-every",
+            "5",
+            "--val-protocol",
+            "resize320",
+            "--overwrite",
+            *debug,  # the demo's own folder: a second demo replaces the first
+        ]
+    )
     if code:
         return code
     metrics_file = output_dir / "metrics.json"
-    code = eval_cli.main([
-        "--data-root", str(data_root), "--checkpoint", str(run_dir / "last_model.pth"), "--device", device,
-        "--protocol", "sliding", "--output-json", str(metrics_file), "--save-visuals", str(output_dir / "pictures"),
-        "--num-visuals", "6", *debug,
-    ])
+    code = eval_cli.main(
+        [
+            "--data-root",
+            str(data_root),
+            "--checkpoint",
+            str(run_dir / "last_model.pth"),
+            "--device",
+            device,
+            "--protocol",
+            "sliding",
+            "--output-json",
+            str(metrics_file),
+            "--save-visuals",
+            str(output_dir / "pictures"),
+            "--num-visuals",
+            "6",
+            *debug,
+        ]
+    )
     if code:
         return code
     metrics = json.loads(metrics_file.read_text())
-    metrics.update(backbone=backbone_note, random_backbone=backbone_note.startswith("RANDOM"), dataset="synthetic scenes (data/synthetic.py)")
+    metrics.update(
+        backbone=backbone_note,
+        random_backbone=backbone_note.startswith("RANDOM"),
+        dataset="synthetic scenes (data/synthetic.py)",
+    )
     write_text_atomic(metrics_file, json.dumps(metrics, indent=1))
-    print(f"\ndemo done: pixel Acc {metrics['acc']:.2f}  mIoU {metrics['miou']:.2f} (sliding protocol, last model, {metrics['num_images']} synthetic images)")
+    print(
+        f"\ndemo done: pixel Acc {metrics['acc']:.2f}  mIoU {metrics['miou']:.2f} (sliding protocol, last model, {metrics['num_images']} synthetic images)"
+    )
     print(f"backbone: {backbone_note}")
     print(f"metrics: {metrics_file}\npictures: {output_dir / 'pictures'}\ncheckpoints and logs: {run_dir}")
     return 0

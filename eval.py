@@ -1,56 +1,122 @@
 """Evaluate an IDDC checkpoint on a benchmark (default COCO-Stuff-27) under a named protocol.
 
-    python eval.py --data-root DIR --checkpoint checkpoints/cocostuff27_vits16.pth
-    python eval.py --dataset cityscapes27 --data-root DIR --checkpoint FILE     # sliding at full resolution
-    python eval.py --data-root DIR --checkpoint FILE --protocol center320 --flip --output-json out.json
-    python eval.py --data-root DIR --checkpoint FILE --protocol center320 --flip --crf   # the peers' full protocol
-    python eval.py --data-root DIR --checkpoint FILE --save-visuals outputs/visuals --num-visuals 8
+python eval.py --data-root DIR --checkpoint checkpoints/cocostuff27_vits16.pth
+python eval.py --dataset cityscapes27 --data-root DIR --checkpoint FILE     # sliding at full resolution
+python eval.py --data-root DIR --checkpoint FILE --protocol center320 --flip --output-json out.json
+python eval.py --data-root DIR --checkpoint FILE --protocol center320 --flip --crf   # the peers' full protocol
+python eval.py --data-root DIR --checkpoint FILE --save-visuals outputs/visuals --num-visuals 8
 """
+
 import argparse
 import json
 import sys
 from pathlib import Path
 
-import torch
-
 from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from data.spec import DataError
+from engine.evaluation import PROTOCOLS, evaluate, make_protocol
+from engine.visualize import VisualCollector
+from modules.checkpoint import load_iddc_model
+from modules.weights import CheckpointError
 from utils import distributed
-from utils.checkpoint import CheckpointError, load_iddc_model
-from utils.cli import add_debug_flag, check_at_least, entry_point, resolve_device
+from utils.cli import ArgumentParser, check_at_least, entry_point, resolve_device
 from utils.config import parse_args_with_config, save_config
 from utils.errors import OptionError, OutputError
-from utils.evaluation import PROTOCOLS, evaluate, make_protocol
 from utils.files import check_writable_dir, check_writable_file, write_text_atomic
 from utils.log import git_commit, setup_logger
-from utils.visualize import VisualCollector
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=None, help="YAML file of defaults (flags override it)")
-    parser.add_argument("--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="benchmark (README, 'Datasets'); sets the default protocol and scoring grid")
-    parser.add_argument("--data-root", required=False, help="the dataset's root folder (COCO-Stuff: images/, annotations/, curated/ optional)")
+    parser.add_argument(
+        "--dataset",
+        choices=DATASET_NAMES,
+        default=DEFAULT_DATASET,
+        help="benchmark (README, 'Datasets'); sets the default protocol and scoring grid",
+    )
+    parser.add_argument(
+        "--data-root",
+        required=False,
+        help="the dataset's root folder (COCO-Stuff: images/, annotations/, curated/ optional)",
+    )
     parser.add_argument("--checkpoint", required=False, help="IDDC checkpoint (released format or written by train.py)")
-    parser.add_argument("--patch-size", type=int, choices=(16, 8, 14), default=None, help="expected patch size (default: read from the checkpoint)")
-    parser.add_argument("--num-heads", type=int, default=None, help="attention heads (default: embed dim / 64, as DINO's ViTs)")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default=None, help="sliding (published), resize320 (original's per-epoch val), center320 (peers'); default: the dataset's (sliding; center320 for potsdam3)")
-    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="flip averaging (default: on for sliding, off otherwise)")
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        choices=(16, 8, 14),
+        default=None,
+        help="expected patch size (default: read from the checkpoint)",
+    )
+    parser.add_argument(
+        "--num-heads", type=int, default=None, help="attention heads (default: embed dim / 64, as DINO's ViTs)"
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=None,
+        help="sliding (published), resize320 (original's per-epoch val), center320 (peers'); default: the dataset's (sliding; center320 for potsdam3)",
+    )
+    parser.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flip averaging (default: on for sliding, off otherwise)",
+    )
     parser.add_argument("--window", type=int, default=224, help="sliding window size")
     parser.add_argument("--overlap", type=int, default=75, help="sliding window overlap")
-    parser.add_argument("--score-size", type=int, nargs=2, default=None, metavar=("H", "W"), help="size predictions and labels are scored at (sliding); default: the dataset's (320 320; 320 640 for cityscapes27)")
-    parser.add_argument("--image-interpolation", choices=("nearest", "bilinear"), default="nearest", help="center320 image resizing: nearest (STEGO, HP, CAUSE) or bilinear (PiCIE)")
-    parser.add_argument("--crf", action="store_true", help="refine with STEGO's dense CRF before the argmax (the peers' post-processing)")
-    parser.add_argument("--crf-workers", type=int, default=None, help="CRF processes running beside the forwards (default: CPU cores, at most 8; 0: none)")
+    parser.add_argument(
+        "--score-size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="size predictions and labels are scored at (sliding); default: the dataset's (320 320; 320 640 for cityscapes27)",
+    )
+    parser.add_argument(
+        "--image-interpolation",
+        choices=("nearest", "bilinear"),
+        default="nearest",
+        help="center320 image resizing: nearest (STEGO, HP, CAUSE) or bilinear (PiCIE)",
+    )
+    parser.add_argument(
+        "--crf",
+        action="store_true",
+        help="refine with STEGO's dense CRF before the argmax (the peers' post-processing)",
+    )
+    parser.add_argument(
+        "--crf-workers",
+        type=int,
+        default=None,
+        help="CRF processes running beside the forwards (default: CPU cores, at most 8; 0: none)",
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fp32 reproduces the published numbers; bf16 autocast is faster")
-    parser.add_argument("--batch-size", type=int, default=32, help="images (windows for sliding, flips included) per backbone forward")
-    parser.add_argument("--num-workers", type=int, default=None, help="data-loading processes (default: 2 on CUDA, 0 on CPU, where they would slow the forwards)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="fp32 reproduces the published numbers; bf16 autocast is faster",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="images (windows for sliding, flips included) per backbone forward"
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="data-loading processes (default: 2 on CUDA, 0 on CPU, where they would slow the forwards)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the split")
     parser.add_argument("--output-json", default=None, help="write the results (metrics, confusion, assignment) here")
-    parser.add_argument("--save-visuals", default=None, metavar="DIR", help="write image | ground truth | matched prediction PNGs, confusion.png and per_class_iou.png here")
-    parser.add_argument("--num-visuals", type=int, default=8, help="how many images --save-visuals draws (the first ones of rank 0)")
-    add_debug_flag(parser)
+    parser.add_argument(
+        "--save-visuals",
+        default=None,
+        metavar="DIR",
+        help="write image | ground truth | matched prediction PNGs, confusion.png and per_class_iou.png here",
+    )
+    parser.add_argument(
+        "--num-visuals", type=int, default=8, help="how many images --save-visuals draws (the first ones of rank 0)"
+    )
     return parser
 
 
@@ -63,7 +129,9 @@ def check_options(args):
     for side in args.score_size:
         check_at_least(side, "--score-size", 1)
     if args.protocol == "sliding" and not 0 <= args.overlap < args.window:
-        raise OptionError(f"--overlap must lie in 0..{args.window - 1} (below --window {args.window}), got {args.overlap}")
+        raise OptionError(
+            f"--overlap must lie in 0..{args.window - 1} (below --window {args.window}), got {args.overlap}"
+        )
     args.device = resolve_device(args.device)
     if args.output_json:
         output = Path(args.output_json)
@@ -72,8 +140,10 @@ def check_options(args):
     if args.save_visuals:
         data_folders = [Path(args.data_root, sub).resolve() for sub in ("images", "annotations")]
         if any(Path(args.save_visuals).resolve().is_relative_to(folder) for folder in data_folders):
-            raise OutputError(f"--save-visuals {args.save_visuals}: inside the data root's images/ or annotations/, whose "
-                              f"files the pictures (<id>.png) could replace; choose a folder outside them")
+            raise OutputError(
+                f"--save-visuals {args.save_visuals}: inside the data root's images/ or annotations/, whose "
+                f"files the pictures (<id>.png) could replace; choose a folder outside them"
+            )
         check_writable_dir(args.save_visuals, "--save-visuals")
 
 
@@ -92,8 +162,10 @@ def check_clusters_fit(model, meta, spec, checkpoint):
         return
     trained_on = (meta.get("config") or {}).get("dataset")
     hint = f" (it was trained with --dataset {trained_on})" if trained_on else ""
-    raise CheckpointError(f"{checkpoint}: the model has {model.num_classes} clusters but --dataset {spec.name} has "
-                          f"{spec.num_classes} classes{hint}; pass the dataset it was trained for")
+    raise CheckpointError(
+        f"{checkpoint}: the model has {model.num_classes} clusters but --dataset {spec.name} has "
+        f"{spec.num_classes} classes{hint}; pass the dataset it was trained for"
+    )
 
 
 @entry_point
@@ -118,9 +190,13 @@ def main(argv=None):
     try:
         model, meta = load_iddc_model(args.checkpoint, patch_size=args.patch_size, num_heads=args.num_heads)
         check_clusters_fit(model, meta, spec, args.checkpoint)
-        protocol = make_protocol(args.protocol, args.flip, args.window, args.overlap, args.score_size, args.image_interpolation, args.crf)
+        protocol = make_protocol(
+            args.protocol, args.flip, args.window, args.overlap, args.score_size, args.image_interpolation, args.crf
+        )
         if protocol.window is not None and protocol.window < model.patch_size:
-            raise OptionError(f"--window {protocol.window}: smaller than the checkpoint's ViT patch ({model.patch_size})")
+            raise OptionError(
+                f"--window {protocol.window}: smaller than the checkpoint's ViT patch ({model.patch_size})"
+            )
         model.to(device)
         result = evaluate(
             model,
@@ -138,18 +214,35 @@ def main(argv=None):
     finally:
         distributed.cleanup()
     if result.confusion.sum() == 0:  # every metric would be NaN
-        raise DataError(f"--data-root {args.data_root}: the {result.num_images} image(s) evaluated hold no labelled pixel "
-                        f"(every label value is 255, unlabelled), so there is nothing to score")
+        raise DataError(
+            f"--data-root {args.data_root}: the {result.num_images} image(s) evaluated hold no labelled pixel "
+            f"(every label value is 255, unlabelled), so there is nothing to score"
+        )
     if not main_process:
         return 0
     names = spec.class_names
-    logger.info("%s: %s on %d images (%s, %s, %s) in %.1f s\n%s", spec.name, protocol.name, result.num_images, args.checkpoint,
-                model.backbone_name, args.precision, result.seconds, format_table(result, names))
+    logger.info(
+        "%s: %s on %d images (%s, %s, %s) in %.1f s\n%s",
+        spec.name,
+        protocol.name,
+        result.num_images,
+        args.checkpoint,
+        model.backbone_name,
+        args.precision,
+        result.seconds,
+        format_table(result, names),
+    )
     logger.info("pixel Acc %.2f  mIoU %.2f", result.metrics["acc"], result.metrics["miou"])
     if args.output_json:
         output = result.as_dict(names)
-        output.update(dataset=spec.name, checkpoint=str(args.checkpoint), checkpoint_meta_epoch=meta.get("epoch"), backbone=model.backbone_name,
-                      git_commit=commit, config=vars(args))
+        output.update(
+            dataset=spec.name,
+            checkpoint=str(args.checkpoint),
+            checkpoint_meta_epoch=meta.get("epoch"),
+            backbone=model.backbone_name,
+            git_commit=commit,
+            config=vars(args),
+        )
         # For scripts/summarize.py: what was evaluated and the training seed, when the checkpoint records it.
         output.update(method="iddc", seed=(meta.get("config") or {}).get("seed"))
         path = Path(args.output_json)

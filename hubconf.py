@@ -8,6 +8,7 @@ The checkpoint is downloaded from the released Google Drive file with gdown, as 
 into ``checkpoint_dir`` (default: $CHECKPOINT_DIR, else <torch hub dir>/checkpoints) unless it is
 already there, and loaded with the backbone it carries.
 """
+
 import os
 from pathlib import Path
 
@@ -17,8 +18,8 @@ dependencies = ["torch", "torchvision", "gdown", "scipy", "yaml"]
 def _released_model(name, checkpoint_dir=None, proxy=None, quiet=False):
     import torch
 
+    from modules.checkpoint import load_iddc_model
     from scripts.download_checkpoint import RELEASED_CHECKPOINTS, fetch_checkpoint
-    from utils.checkpoint import load_iddc_model
 
     folder = Path(checkpoint_dir or os.environ.get("CHECKPOINT_DIR") or Path(torch.hub.get_dir()) / "checkpoints")
     path = fetch_checkpoint(name, folder / RELEASED_CHECKPOINTS[name].file_name, proxy=proxy, quiet=quiet)

@@ -17,6 +17,7 @@ Files of an input folder that are not readable images are reported and skipped; 
 then 1. No output replaces an input, or a file predict.py did not write; every PNG is written
 atomically.
 """
+
 import argparse
 import contextlib
 import json
@@ -33,14 +34,15 @@ from data.photos import identify, open_photo
 from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from data.spec import DataError
 from data.transforms import to_normalized_tensor, upscaled_size
-from utils.checkpoint import CheckpointError, load_iddc_model
-from utils.cli import add_debug_flag, check_at_least, entry_point, resolve_device
-from utils.crf import CRFPool
+from engine.crf import CRFPool
+from engine.evaluation import resize_nearest, sliding_class_maps, sliding_probabilities
+from engine.visualize import colorize, indexed_png, legend, map_clusters, overlay
+from modules.checkpoint import load_iddc_model
+from modules.weights import CheckpointError
+from utils.cli import ArgumentParser, check_at_least, entry_point, resolve_device
 from utils.errors import EXIT_OK, EXIT_PROBLEMS, OutputError, ReportedError
-from utils.evaluation import resize_nearest, sliding_class_maps, sliding_probabilities
 from utils.files import check_writable_dir, save_image_atomic
 from utils.log import setup_logger
-from utils.visualize import colorize, indexed_png, legend, map_clusters, overlay
 
 OUTPUT_SUFFIXES = ("_clusters.png", "_color.png", "_overlay.png")
 LEGEND_FILE = "legend.png"
@@ -55,22 +57,50 @@ class InputError(ReportedError, ValueError):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="IDDC checkpoint (released format or written by train.py)")
-    parser.add_argument("--input", required=True, nargs="+", metavar="PATH", help="image files and/or folders (their images, not recursive)")
+    parser.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        metavar="PATH",
+        help="image files and/or folders (their images, not recursive)",
+    )
     parser.add_argument("--output-dir", required=True, help="where the PNGs are written")
-    parser.add_argument("--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="the checkpoint's dataset: class names and colours")
-    parser.add_argument("--assignment", default=None, metavar="EVAL_JSON", help="eval.py --output-json file: colour and name clusters by their matched class")
-    parser.add_argument("--patch-size", type=int, choices=(16, 8, 14), default=None, help="expected patch size (default: read from the checkpoint)")
+    parser.add_argument(
+        "--dataset",
+        choices=DATASET_NAMES,
+        default=DEFAULT_DATASET,
+        help="the checkpoint's dataset: class names and colours",
+    )
+    parser.add_argument(
+        "--assignment",
+        default=None,
+        metavar="EVAL_JSON",
+        help="eval.py --output-json file: colour and name clusters by their matched class",
+    )
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        choices=(16, 8, 14),
+        default=None,
+        help="expected patch size (default: read from the checkpoint)",
+    )
     parser.add_argument("--window", type=int, default=224, help="sliding window size")
     parser.add_argument("--overlap", type=int, default=75, help="sliding window overlap")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip averaging per window")
-    parser.add_argument("--crf", action="store_true", help="refine with STEGO's dense CRF at the image's size (see README)")
-    parser.add_argument("--crf-workers", type=int, default=None, help="CRF processes running beside the forwards (default: CPU cores, at most 8; 0: none)")
+    parser.add_argument(
+        "--crf", action="store_true", help="refine with STEGO's dense CRF at the image's size (see README)"
+    )
+    parser.add_argument(
+        "--crf-workers",
+        type=int,
+        default=None,
+        help="CRF processes running beside the forwards (default: CPU cores, at most 8; 0: none)",
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast is faster on GPUs")
     parser.add_argument("--batch-size", type=int, default=32, help="windows (flips included) per backbone forward")
-    add_debug_flag(parser)
     return parser
 
 
@@ -107,12 +137,18 @@ def list_images(inputs):
         else:
             raise InputError(f"--input {entry}: no such file or folder")
     if not images:
-        found = f"; {len(not_images)} file(s) that are not images, e.g. {', '.join(p.name for p in not_images[:SHOW_NAMES])}" if not_images else ""
+        found = (
+            f"; {len(not_images)} file(s) that are not images, e.g. {', '.join(p.name for p in not_images[:SHOW_NAMES])}"
+            if not_images
+            else ""
+        )
         raise InputError(f"--input {' '.join(inputs)}: no images found{found}")
     stems = [path.stem for path in images]
     clashes = sorted({stem for stem in stems if stems.count(stem) > 1})
     if clashes:
-        raise InputError(f"--input: several images share the name(s) {clashes[:5]}, so their outputs would overwrite each other")
+        raise InputError(
+            f"--input: several images share the name(s) {clashes[:5]}, so their outputs would overwrite each other"
+        )
     return images, not_images
 
 
@@ -137,10 +173,14 @@ def check_outputs(images, out_dir, protected):
         if out.is_dir():
             raise OutputError(f"--output-dir {out_dir}: {what} would replace the folder {out}")
         if (stat.st_dev, stat.st_ino) in kept:
-            raise OutputError(f"--output-dir {out_dir}: {what} would replace {out}, an input of this run; choose another --output-dir")
+            raise OutputError(
+                f"--output-dir {out_dir}: {what} would replace {out}, an input of this run; choose another --output-dir"
+            )
         if not written_by_predict(out):
-            raise OutputError(f"--output-dir {out_dir}: {what} would replace {out}, which predict.py did not write; "
-                              f"move it away or choose another --output-dir")
+            raise OutputError(
+                f"--output-dir {out_dir}: {what} would replace {out}, which predict.py did not write; "
+                f"move it away or choose another --output-dir"
+            )
 
 
 def load_assignment(path, num_clusters, num_classes):
@@ -157,7 +197,9 @@ def load_assignment(path, num_clusters, num_classes):
             f"'0'..'{num_clusters - 1}' to a class index ({type(err).__name__}: {err})"
         ) from err
     if ((cluster_to_class < -1) | (cluster_to_class >= num_classes)).any():
-        raise InputError(f"--assignment {path}: class indices must lie in -1..{num_classes - 1}, got {sorted(set(cluster_to_class.tolist()))}")
+        raise InputError(
+            f"--assignment {path}: class indices must lie in -1..{num_classes - 1}, got {sorted(set(cluster_to_class.tolist()))}"
+        )
     return cluster_to_class
 
 
@@ -234,10 +276,14 @@ def write_legend(out_dir, num_clusters, cluster_to_class, spec):
 def load_model(args, device, spec):
     model, _ = load_iddc_model(args.checkpoint, patch_size=args.patch_size)
     if model.num_classes > len(spec.palette):
-        raise CheckpointError(f"{args.checkpoint}: {model.num_classes} clusters, but the {spec.name} palette has only "
-                              f"{len(spec.palette)} colours; pass the --dataset the checkpoint was trained for")
+        raise CheckpointError(
+            f"{args.checkpoint}: {model.num_classes} clusters, but the {spec.name} palette has only "
+            f"{len(spec.palette)} colours; pass the --dataset the checkpoint was trained for"
+        )
     if args.window < model.patch_size or args.window % model.patch_size:
-        raise InputError(f"--window {args.window}: must be a multiple of the checkpoint's ViT patch ({model.patch_size})")
+        raise InputError(
+            f"--window {args.window}: must be a multiple of the checkpoint's ViT patch ({model.patch_size})"
+        )
     return model.to(device).eval()
 
 
@@ -253,11 +299,14 @@ def predict_all(model, paths, out_dir, cluster_to_class, args, device, logger, p
                 failed.append(path)
                 continue
             if crf is None:
-                clusters = segment(model, image, device, args.window, args.overlap, args.flip, args.precision, args.batch_size)
+                clusters = segment(
+                    model, image, device, args.window, args.overlap, args.flip, args.precision, args.batch_size
+                )
                 write_outputs(image, clusters, path.stem, out_dir, cluster_to_class, palette)
                 continue
-            pixels, probs = window_probabilities(model, image, device, args.window, args.overlap, args.flip, args.precision,
-                                                 args.batch_size)
+            pixels, probs = window_probabilities(
+                model, image, device, args.window, args.overlap, args.flip, args.precision, args.batch_size
+            )
             crf.submit(pixels, probs, (path, image))  # the CRF runs while the next image goes through the model
             write_refined(crf.finished(), out_dir, cluster_to_class, palette)
         if crf is not None:
@@ -296,9 +345,12 @@ def main(argv=None):
     write_legend(out_dir, model.num_classes, cluster_to_class, spec)
     logger.info("%d of %d images segmented, PNGs in %s", len(paths) - len(failed), len(paths), out_dir)
     if failed or not_images:
-        print(f"error: {len(failed) + len(not_images)} input file(s) could not be segmented: "
-              f"{', '.join(str(path) for path in [*failed, *not_images][:SHOW_NAMES])}"
-              f"{', ...' if len(failed) + len(not_images) > SHOW_NAMES else ''} (see 'skipped' above)", file=sys.stderr)
+        print(
+            f"error: {len(failed) + len(not_images)} input file(s) could not be segmented: "
+            f"{', '.join(str(path) for path in [*failed, *not_images][:SHOW_NAMES])}"
+            f"{', ...' if len(failed) + len(not_images) > SHOW_NAMES else ''} (see 'skipped' above)",
+            file=sys.stderr,
+        )
         return EXIT_PROBLEMS
     return EXIT_OK
 

@@ -7,7 +7,7 @@
 
 --batch-size is the global batch (the paper's 64), split evenly over the processes.
 """
-import argparse
+
 import json
 import os
 import shutil
@@ -18,23 +18,33 @@ import numpy as np
 import torch
 
 from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
-from data.spec import DataError
+from engine.evaluation import PROTOCOLS, evaluate_heads, make_protocol
+from engine.metrics import segmentation_metrics
+from engine.tensorboard import TensorboardLog
+from engine.training import (
+    ClustersAndProbe,
+    StopRequests,
+    StopTraining,
+    TrainableHead,
+    poly_lr,
+    restore_rng_states,
+    rng_states,
+    seed_everything,
+    set_lr,
+    train_loader,
+    train_one_epoch,
+)
 from modules.backbones import BACKBONES, resolve_backbone_name
+from modules.checkpoint import iddc_state, model_from_iddc_state, new_iddc_model
 from modules.loss import IDDCLoss
 from modules.model import LinearProbe
+from modules.weights import CheckpointError, load_file, save_atomic
 from utils import distributed
-from utils.checkpoint import CheckpointError, iddc_state, load_file, model_from_iddc_state, new_iddc_model, save_atomic
-from utils.cli import add_debug_flag, check_at_least, check_finite, entry_point, resolve_device
+from utils.cli import ArgumentParser, check_at_least, check_finite, entry_point, resolve_device
 from utils.config import parse_args_with_config, save_config
 from utils.errors import OptionError, OutputError
-from utils.evaluation import PROTOCOLS, evaluate_heads, make_protocol
 from utils.files import check_writable_dir, same_file
-from utils.log import JsonlLog, LogGroup, TensorboardLog, git_commit, setup_logger
-from utils.metrics import segmentation_metrics
-from utils.trainer import (
-    ClustersAndProbe, StopRequests, StopTraining, TrainableHead, poly_lr, restore_rng_states, rng_states, seed_everything,
-    set_lr, train_loader, train_one_epoch,
-)
+from utils.log import JsonlLog, LogGroup, git_commit, setup_logger
 
 RESUME_FILE = "resume.pth"
 # A folder holding any of these holds a run: a new run there needs --resume or --overwrite.
@@ -44,14 +54,30 @@ OVERWRITTEN_FILES = (*RUN_FILES, "config.yaml", "log.jsonl", "train.log")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=None, help="YAML file of defaults, e.g. configs/train_coco27_vits16.yaml")
-    parser.add_argument("--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="benchmark (README, 'Datasets')")
-    parser.add_argument("--data-root", default=None, help="the dataset's root folder (COCO-Stuff: images/, annotations/, curated/ optional)")
+    parser.add_argument(
+        "--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="benchmark (README, 'Datasets')"
+    )
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="the dataset's root folder (COCO-Stuff: images/, annotations/, curated/ optional)",
+    )
     parser.add_argument("--output-dir", default="outputs/train", help="checkpoints, config and logs go here")
     parser.add_argument("--backbone", choices=BACKBONES, default=None, help="frozen backbone (default dino_vits16)")
-    parser.add_argument("--patch-size", type=int, choices=(16, 8), default=None, help="short form of --backbone dino_vits16 / dino_vits8")
-    parser.add_argument("--backbone-weights", default=None, help="the backbone's release file; default: the torch hub cache, else downloaded there")
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        choices=(16, 8),
+        default=None,
+        help="short form of --backbone dino_vits16 / dino_vits8",
+    )
+    parser.add_argument(
+        "--backbone-weights",
+        default=None,
+        help="the backbone's release file; default: the torch hub cache, else downloaded there",
+    )
     parser.add_argument("--num-heads", type=int, default=None, help="attention heads (default: embed dim / 64)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64, help="global batch, split over the processes")
@@ -61,23 +87,38 @@ def build_parser():
     parser.add_argument("--pos-threshold", type=float, default=0.2)
     parser.add_argument("--neg-threshold", type=float, default=0.12)
     parser.add_argument("--neg-weight", type=float, default=1.4, help="lambda1 (w0 of the original)")
-    parser.add_argument("--balance-weight", type=float, default=0.4, help="lambda2 (w1 of the original): 0.4 S/16, 0.25 S/8")
+    parser.add_argument(
+        "--balance-weight", type=float, default=0.4, help="lambda2 (w1 of the original): 0.4 S/16, 0.25 S/8"
+    )
     parser.add_argument("--num-negatives", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default=None, help="default: bf16 on CUDA, fp32 on CPU"
+    )
     parser.add_argument("--num-workers", type=int, default=8)
     parser.add_argument("--val-protocol", choices=PROTOCOLS, default="resize320", help="validation after every epoch")
-    parser.add_argument("--final-protocol", choices=(*PROTOCOLS, "none"), default="none", help="one more evaluation of the last model")
+    parser.add_argument(
+        "--final-protocol", choices=(*PROTOCOLS, "none"), default="none", help="one more evaluation of the last model"
+    )
     parser.add_argument("--val-batch-size", type=int, default=32)
     parser.add_argument("--log-every", type=int, default=50, help="steps between readable log lines")
     parser.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     parser.add_argument("--val-limit", type=int, default=None, help="validate on the first N images only")
-    parser.add_argument("--resume", action="store_true", help=f"continue from OUTPUT_DIR/{RESUME_FILE}, at the exact step it holds")
-    parser.add_argument("--checkpoint-every", type=int, default=0,
-                        help=f"also write {RESUME_FILE} every N steps (default 0: at the end of every epoch only)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the run already in --output-dir (its checkpoints and logs are deleted)")
-    add_debug_flag(parser)
+    parser.add_argument(
+        "--resume", action="store_true", help=f"continue from OUTPUT_DIR/{RESUME_FILE}, at the exact step it holds"
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help=f"also write {RESUME_FILE} every N steps (default 0: at the end of every epoch only)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --output-dir (its checkpoints and logs are deleted)",
+    )
     return parser
 
 
@@ -85,8 +126,14 @@ def validate(model, probe, args, device, protocol_name, on_image=None):
     """Clusters (Hungarian-matched) and the linear probe (identity-matched) from one evaluation pass."""
     score_size = get_dataset(args.dataset).score_size  # the dataset's sliding grid (2:1 for Cityscapes)
     clusters, probe_result = evaluate_heads(
-        ClustersAndProbe(model, probe), args.data_root, make_protocol(protocol_name, score_size=score_size), device=device,
-        precision=args.precision, batch_size=args.val_batch_size, num_workers=min(args.num_workers, 4), limit=args.val_limit,
+        ClustersAndProbe(model, probe),
+        args.data_root,
+        make_protocol(protocol_name, score_size=score_size),
+        device=device,
+        precision=args.precision,
+        batch_size=args.val_batch_size,
+        num_workers=min(args.num_workers, 4),
+        limit=args.val_limit,
         on_image=on_image,
         dataset=args.dataset,
     )
@@ -106,8 +153,10 @@ def check_options(args):
     check_at_least(args.num_workers, "--num-workers", 0)
     world = int(os.environ.get("WORLD_SIZE", 1))
     if args.batch_size < 2 or args.batch_size % world:
-        raise OptionError(f"--batch-size {args.batch_size}: must be at least 2 (IDDC's negatives come from the other "
-                          f"images of the batch) and divisible by the {world} process(es)")
+        raise OptionError(
+            f"--batch-size {args.batch_size}: must be at least 2 (IDDC's negatives come from the other "
+            f"images of the batch) and divisible by the {world} process(es)"
+        )
     check_at_least(args.checkpoint_every, "--checkpoint-every", 0)
     for option in ("lr", "probe_lr"):
         check_finite(getattr(args, option), "--" + option.replace("_", "-"), positive=True)
@@ -124,19 +173,25 @@ def check_output_dir(args):
     output_dir = Path(args.output_dir)
     if args.resume:
         if not (output_dir / RESUME_FILE).is_file():
-            raise OptionError(f"--resume: {output_dir / RESUME_FILE} not found; --output-dir must be the folder of the "
-                              f"run to continue (or leave out --resume to start a new run)")
+            raise OptionError(
+                f"--resume: {output_dir / RESUME_FILE} not found; --output-dir must be the folder of the "
+                f"run to continue (or leave out --resume to start a new run)"
+            )
     elif not args.overwrite:
         existing = [name for name in RUN_FILES if (output_dir / name).exists()]
         if existing:
-            raise OutputError(f"--output-dir {output_dir} holds a run ({', '.join(existing)}); pass --resume to continue it, "
-                              f"--overwrite to replace it, or choose another --output-dir")
+            raise OutputError(
+                f"--output-dir {output_dir} holds a run ({', '.join(existing)}); pass --resume to continue it, "
+                f"--overwrite to replace it, or choose another --output-dir"
+            )
     else:
         for name in OVERWRITTEN_FILES:
             for option, given in (("--backbone-weights", args.backbone_weights), ("--config", args.config)):
                 if given is not None and (output_dir / name).exists() and same_file(given, output_dir / name):
-                    raise OutputError(f"--overwrite would delete {output_dir / name}, which is the {option} of this run; "
-                                      f"copy it elsewhere first")
+                    raise OutputError(
+                        f"--overwrite would delete {output_dir / name}, which is the {option} of this run; "
+                        f"copy it elsewhere first"
+                    )
     check_writable_dir(output_dir, "--output-dir")
     return output_dir
 
@@ -146,10 +201,11 @@ def check_data(args):
     spec = get_dataset(args.dataset)
     spec.check_split_files(args.data_root, "train", args.train_limit)
     spec.check_split_files(args.data_root, "val", args.val_limit)
-    items = len(spec.train_items(args.data_root, "train")[:args.train_limit])
+    items = len(spec.train_items(args.data_root, "train")[: args.train_limit])
     if items < args.batch_size:
-        raise OptionError(f"--batch-size {args.batch_size}: the training split has only {items} items "
-                          f"(batches are drop_last)")
+        raise OptionError(
+            f"--batch-size {args.batch_size}: the training split has only {items} items (batches are drop_last)"
+        )
 
 
 @entry_point
@@ -179,7 +235,12 @@ def main(argv=None):
 
 def train(args, device, output_dir, logger):
     commit = git_commit()
-    logger.info("train.py at commit %s, %d process(es), config:\n%s", commit, distributed.world_size(), json.dumps(vars(args), indent=1, sort_keys=True))
+    logger.info(
+        "train.py at commit %s, %d process(es), config:\n%s",
+        commit,
+        distributed.world_size(),
+        json.dumps(vars(args), indent=1, sort_keys=True),
+    )
     if distributed.is_main():
         save_config(args, output_dir / "config.yaml")
     tensorboard = TensorboardLog(output_dir / "tensorboard")
@@ -191,12 +252,16 @@ def train(args, device, output_dir, logger):
     resume = load_file(resume_path) if args.resume else None
     spec = get_dataset(args.dataset)
     if resume is None:
-        model = new_iddc_model(args.backbone, args.backbone_weights, num_classes=spec.num_classes, num_heads=args.num_heads)
+        model = new_iddc_model(
+            args.backbone, args.backbone_weights, num_classes=spec.num_classes, num_heads=args.num_heads
+        )
     else:  # the resume file carries the backbone: no download
         model = model_from_iddc_state(resume["model"], resume_path, num_heads=args.num_heads, backbone=args.backbone)
         if model.num_classes != spec.num_classes:
-            raise CheckpointError(f"{resume_path}: a run with {model.num_classes} clusters cannot continue on "
-                                  f"--dataset {spec.name} ({spec.num_classes} classes)")
+            raise CheckpointError(
+                f"{resume_path}: a run with {model.num_classes} clusters cannot continue on "
+                f"--dataset {spec.name} ({spec.num_classes} classes)"
+            )
     probe = LinearProbe(model.vit.embed_dim, model.num_classes)
     model.to(device)
     probe.to(device)
@@ -220,17 +285,32 @@ def train(args, device, output_dir, logger):
     loss_fn = IDDCLoss(args.pos_threshold, args.neg_threshold, args.neg_weight, args.balance_weight, args.num_negatives)
     loader = train_loader(args.data_root, args.batch_size, args.seed, args.num_workers, device, args.train_limit, spec)
     if start_epoch >= args.epochs:
-        logger.info("nothing to do: epoch %d already done; pass --epochs > %d to train further", start_epoch - 1, start_epoch)
+        logger.info(
+            "nothing to do: epoch %d already done; pass --epochs > %d to train further", start_epoch - 1, start_epoch
+        )
     names = spec.class_names
 
     def resume_state(epoch, batch, step, epoch_sums, best_miou):
         """Everything to continue at ``batch`` of ``epoch`` exactly (weights, optimisers, position)."""
         return {
-            "model": iddc_state(model), "probe": probe.state_dict(), "optimizer": optimizer.state_dict(),
-            "probe_optimizer": probe_optimizer.state_dict(), "epoch": epoch, "step": step, "best_miou": best_miou,
-            "resume_at": {"epoch": epoch, "batch": batch}, "epoch_sums": epoch_sums,
-            "rng": rng_states(), "config": vars(args), "git_commit": commit,
-            "scheduler": {"kind": "poly", "power": args.lr_power, "epochs": args.epochs, "base_lrs": [args.lr, args.probe_lr]},
+            "model": iddc_state(model),
+            "probe": probe.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "probe_optimizer": probe_optimizer.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "best_miou": best_miou,
+            "resume_at": {"epoch": epoch, "batch": batch},
+            "epoch_sums": epoch_sums,
+            "rng": rng_states(),
+            "config": vars(args),
+            "git_commit": commit,
+            "scheduler": {
+                "kind": "poly",
+                "power": args.lr_power,
+                "epochs": args.epochs,
+                "base_lrs": [args.lr, args.probe_lr],
+            },
         }
 
     def save_resume(state):
@@ -253,9 +333,24 @@ def train(args, device, output_dir, logger):
 
             try:
                 step, train_means = train_one_epoch(
-                    model, head, probe, loader, loss_fn, optimizer, probe_optimizer, epoch=epoch, step=progress["step"],
-                    seed=args.seed, device=device, precision=args.precision, log_every=args.log_every, logger=logger,
-                    jsonl=jsonl, start_batch=progress["batch"], epoch_sums=progress["epoch_sums"], after_step=after_step,
+                    model,
+                    head,
+                    probe,
+                    loader,
+                    loss_fn,
+                    optimizer,
+                    probe_optimizer,
+                    epoch=epoch,
+                    step=progress["step"],
+                    seed=args.seed,
+                    device=device,
+                    precision=args.precision,
+                    log_every=args.log_every,
+                    logger=logger,
+                    jsonl=jsonl,
+                    start_batch=progress["batch"],
+                    epoch_sums=progress["epoch_sums"],
+                    after_step=after_step,
                 )
             except Exception as err:  # a loader worker killed by the same Ctrl-C also ends here
                 if not (isinstance(err, StopTraining) or stop.requested(local=True)):
@@ -268,17 +363,35 @@ def train(args, device, output_dir, logger):
             clusters, probe_metrics = validate(model, probe, args, device, args.val_protocol, on_image=pictures)
             tensorboard.write_pictures(pictures, clusters.metrics["cluster_to_class"], step)
             miou, acc = float(clusters.metrics["miou"]), float(clusters.metrics["acc"])
-            logger.info("epoch %d %s: clusters Acc %.2f mIoU %.2f | linear probe Acc %.2f mIoU %.2f", epoch, args.val_protocol,
-                        acc, miou, probe_metrics["acc"], probe_metrics["miou"])
-            jsonl.write(kind="val", epoch=epoch, step=step, protocol=args.val_protocol, acc=acc, miou=miou,
-                        probe_acc=float(probe_metrics["acc"]), probe_miou=float(probe_metrics["miou"]),
-                        per_class_iou=dict(zip(names, map(float, clusters.metrics["iou"]))), train=train_means)
+            logger.info(
+                "epoch %d %s: clusters Acc %.2f mIoU %.2f | linear probe Acc %.2f mIoU %.2f",
+                epoch,
+                args.val_protocol,
+                acc,
+                miou,
+                probe_metrics["acc"],
+                probe_metrics["miou"],
+            )
+            jsonl.write(
+                kind="val",
+                epoch=epoch,
+                step=step,
+                protocol=args.val_protocol,
+                acc=acc,
+                miou=miou,
+                probe_acc=float(probe_metrics["acc"]),
+                probe_miou=float(probe_metrics["miou"]),
+                per_class_iou=dict(zip(names, map(float, clusters.metrics["iou"]))),
+                train=train_means,
+            )
             metrics = {"protocol": args.val_protocol, "acc": acc, "miou": miou}
             if distributed.is_main():
                 if miou >= best_miou:  # ">=" as the original, which keeps the later of equal epochs
                     best_miou = miou
                     save_atomic(released_checkpoint(model, args, epoch, step, metrics), output_dir / "best_model.pth")
-                    logger.info("best model (mIoU %.2f, %s) saved to %s", miou, args.val_protocol, output_dir / "best_model.pth")
+                    logger.info(
+                        "best model (mIoU %.2f, %s) saved to %s", miou, args.val_protocol, output_dir / "best_model.pth"
+                    )
                 save_atomic(released_checkpoint(model, args, epoch, step, metrics), output_dir / "last_model.pth")
             save_resume(resume_state(epoch + 1, 0, step, {}, best_miou) | {"epoch": epoch})
             distributed.barrier()
@@ -287,10 +400,22 @@ def train(args, device, output_dir, logger):
 
     if args.final_protocol != "none":
         final, final_probe = validate(model, probe, args, device, args.final_protocol)
-        logger.info("last model, %s: clusters Acc %.2f mIoU %.2f | linear probe Acc %.2f mIoU %.2f", args.final_protocol,
-                    final.metrics["acc"], final.metrics["miou"], final_probe["acc"], final_probe["miou"])
-        jsonl.write(kind="final", protocol=args.final_protocol, acc=float(final.metrics["acc"]), miou=float(final.metrics["miou"]),
-                    probe_acc=float(final_probe["acc"]), probe_miou=float(final_probe["miou"]))
+        logger.info(
+            "last model, %s: clusters Acc %.2f mIoU %.2f | linear probe Acc %.2f mIoU %.2f",
+            args.final_protocol,
+            final.metrics["acc"],
+            final.metrics["miou"],
+            final_probe["acc"],
+            final_probe["miou"],
+        )
+        jsonl.write(
+            kind="final",
+            protocol=args.final_protocol,
+            acc=float(final.metrics["acc"]),
+            miou=float(final.metrics["miou"]),
+            probe_acc=float(final_probe["acc"]),
+            probe_miou=float(final_probe["miou"]),
+        )
     tensorboard.close()
     return 0
 

@@ -2,13 +2,13 @@
 
     python benchmarks/bench_crf.py [--images 8] [--repeats 3] [--protocol center320] [--device cpu]
 
-Part 1 times one CRF (utils/crf.py: STEGO's 10 iterations and kernels) on 27-class probabilities
+Part 1 times one CRF (engine/crf.py: STEGO's 10 iterations and kernels) on 27-class probabilities
 at 320x320 (the center320 crop) and 640x480 (a COCO image under the sliding protocol). Part 2 runs
 evaluate() on synthetic 640x480 scenes with a randomly initialised full-size ViT-S (speed does not
 depend on the weights) three ways in the same process: no CRF, CRF in the worker pool beside the
 forwards (default workers), and CRF in this process after each forward (--crf-workers 0).
 """
-import argparse
+
 import statistics
 import sys
 import tempfile
@@ -24,16 +24,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.synthetic import make_scene, write_synthetic_cocostuff  # noqa: E402
 from data.transforms import to_normalized_tensor  # noqa: E402
+from engine.crf import CRFPool, crf_inputs, crf_maps, default_workers  # noqa: E402
+from engine.evaluation import evaluate, make_protocol  # noqa: E402
 from modules.model import IDDCModel  # noqa: E402
 from modules.vit import VisionTransformer  # noqa: E402
-from utils.crf import CRFPool, crf_inputs, crf_maps, default_workers  # noqa: E402
-from utils.evaluation import evaluate, make_protocol  # noqa: E402
+from utils.cli import ArgumentParser
 
 
 def smooth_probabilities(num_classes, height, width, generator):
     """Blob-like class probabilities, as upsampled patch logits look."""
     coarse = torch.randn(1, num_classes, height // 16, width // 16, generator=generator) * 3
-    return F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0].softmax(dim=0)  # (K, H, W)
+    return F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0].softmax(
+        dim=0
+    )  # (K, H, W)
 
 
 def time_single_crf(height, width, repeats, generator):
@@ -53,7 +56,7 @@ def time_single_crf(height, width, repeats, generator):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--protocol", default="center320", choices=("center320", "sliding"))
@@ -62,11 +65,15 @@ def main():
     parser.add_argument("--num-workers", type=int, default=2)
     args = parser.parse_args()
     generator = torch.Generator().manual_seed(0)
-    print(f"device {args.device} ({torch.get_num_threads()} torch threads), CRF workers by default: {default_workers()}")
+    print(
+        f"device {args.device} ({torch.get_num_threads()} torch threads), CRF workers by default: {default_workers()}"
+    )
 
     for height, width in ((320, 320), (480, 640)):
         prepare, refine = time_single_crf(height, width, args.repeats, generator)
-        print(f"one CRF, 27 classes, {height}x{width}: {refine:.3f} s (+ {prepare:.3f} s to prepare the inputs), median of {args.repeats}")
+        print(
+            f"one CRF, 27 classes, {height}x{width}: {refine:.3f} s (+ {prepare:.3f} s to prepare the inputs), median of {args.repeats}"
+        )
 
     start = time.perf_counter()
     with CRFPool() as pool:
@@ -79,20 +86,29 @@ def main():
     model = IDDCModel(VisionTransformer(patch_size=16)).to(args.device).eval()
     common = dict(device=args.device, batch_size=args.batch_size, num_workers=args.num_workers, progress=False)
     evaluate(model, root, make_protocol(args.protocol, flip=True), limit=1, **common)  # warm-up
-    runs = {"no CRF": (False, None), f"CRF, pool of {default_workers()} beside the forwards": (True, None),
-            "CRF in this process after each forward": (True, 0)}
+    runs = {
+        "no CRF": (False, None),
+        f"CRF, pool of {default_workers()} beside the forwards": (True, None),
+        "CRF in this process after each forward": (True, 0),
+    }
     times = {name: [] for name in runs}
     for _ in range(args.repeats):
         for name, (crf, workers) in runs.items():
-            result = evaluate(model, root, make_protocol(args.protocol, flip=True, crf=crf), crf_workers=workers, **common)
+            result = evaluate(
+                model, root, make_protocol(args.protocol, flip=True, crf=crf), crf_workers=workers, **common
+            )
             times[name].append(result.seconds)
     baseline = statistics.median(times["no CRF"])
-    print(f"evaluate(), {args.protocol} + flip, {args.images} images of 640x480, ViT-S/16 fp32, batch {args.batch_size}, "
-          f"median of {args.repeats} (pool start-up included)")
+    print(
+        f"evaluate(), {args.protocol} + flip, {args.images} images of 640x480, ViT-S/16 fp32, batch {args.batch_size}, "
+        f"median of {args.repeats} (pool start-up included)"
+    )
     for name, seconds in times.items():
         median = statistics.median(seconds)
-        print(f"  {name:45s} {median:7.2f} s  ({args.images / median:.2f} images/s, {median / baseline:.2f}x no CRF)  "
-              f"all: {[round(s, 2) for s in seconds]}")
+        print(
+            f"  {name:45s} {median:7.2f} s  ({args.images / median:.2f} images/s, {median / baseline:.2f}x no CRF)  "
+            f"all: {[round(s, 2) for s in seconds]}"
+        )
 
 
 if __name__ == "__main__":

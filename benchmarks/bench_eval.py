@@ -12,7 +12,7 @@ evaluation. Goal: evaluate() at most
 highest resident memory of this process during evaluate() above what it held before (sampled every
 5 ms; data-loading workers are separate processes and not included).
 """
-import argparse
+
 import os
 import resource
 import statistics
@@ -28,9 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import TimedBackbone, sync  # noqa: E402
 from data.synthetic import write_synthetic_cityscapes, write_synthetic_cocostuff  # noqa: E402
+from engine.evaluation import evaluate, make_protocol, window_boxes  # noqa: E402
 from modules.model import IDDCModel  # noqa: E402
 from modules.vit import VisionTransformer  # noqa: E402
-from utils.evaluation import autocast_context, evaluate, make_protocol, window_boxes  # noqa: E402
+from utils.cli import ArgumentParser
+from utils.precision import autocast_context  # noqa: E402
 
 # case -> (dataset, (width, height) of the images, sliding score grid (H, W))
 CASES = {"coco": ("cocostuff27", (640, 480), (320, 320)), "cityscapes": ("cityscapes27", (2048, 1024), (320, 640))}
@@ -100,8 +102,10 @@ def bare_forwards(vit, window_counts, args, device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", choices=sorted(CASES), default="coco", help="coco: 640x480 images; cityscapes: 2048x1024")
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--case", choices=sorted(CASES), default="coco", help="coco: 640x480 images; cityscapes: 2048x1024"
+    )
     parser.add_argument("--images", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--patch-size", type=int, default=16, choices=(16, 8))
@@ -123,8 +127,14 @@ def main():
     model.backbone.model = timed
     window_counts = [len(window_boxes(height, width, 224, 75))] * args.images
     protocol = make_protocol("sliding", score_size=score_size)
-    common = dict(device=device, precision=args.precision, batch_size=args.batch_size, num_workers=args.num_workers,
-                  progress=False, dataset=dataset)
+    common = dict(
+        device=device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        progress=False,
+        dataset=dataset,
+    )
 
     evaluate(model, root, protocol, limit=1, **common)  # warm-up
     eval_times, backbone_times, bare_times, peaks, ratios, cpu_ratios = [], [], [], [], [], []
@@ -148,19 +158,29 @@ def main():
         bare_before, bare_cpu_before = bare_after, bare_cpu_after
 
     eval_s, in_backbone_s, bare_s = (statistics.median(t) for t in (eval_times, backbone_times, bare_times))
-    print(f"device {device} ({torch.get_num_threads()} threads), ViT-S/{args.patch_size}, {args.precision}, "
-          f"{args.images} images of {width}x{height} ({dataset}), {sum(window_counts)} windows (x2 with flips), "
-          f"batch {args.batch_size}, median of {args.repeats}")
+    print(
+        f"device {device} ({torch.get_num_threads()} threads), ViT-S/{args.patch_size}, {args.precision}, "
+        f"{args.images} images of {width}x{height} ({dataset}), {sum(window_counts)} windows (x2 with flips), "
+        f"batch {args.batch_size}, median of {args.repeats}"
+    )
     print(f"evaluate():            {eval_s:8.2f} s  ({args.images / eval_s:.2f} images/s)")
     print(f"  of which backbone:   {in_backbone_s:8.2f} s  ({100 * in_backbone_s / eval_s:.1f}% of the evaluation)")
     print(f"bare backbone forwards:{bare_s:8.2f} s")
-    print(f"evaluation / bare forwards: {statistics.median(ratios):.2f}x wall, {statistics.median(cpu_ratios):.2f}x CPU "
-          f"(medians of the per-repeat ratios; goal <= 1.3x)")
+    print(
+        f"evaluation / bare forwards: {statistics.median(ratios):.2f}x wall, {statistics.median(cpu_ratios):.2f}x CPU "
+        f"(medians of the per-repeat ratios; goal <= 1.3x)"
+    )
     print("per-repeat ratios, wall:", [round(r, 2) for r in ratios], "CPU:", [round(r, 2) for r in cpu_ratios])
-    print(f"peak memory during evaluate(): {statistics.median(peaks) / 2**20:.0f} MiB above its start "
-          f"({'allocated on ' + str(device) if device.type == 'cuda' else 'resident, main process'}; "
-          f"max over repeats {max(peaks) / 2**20:.0f} MiB)")
-    print("all repeats (eval, in-backbone, bare after):", [(round(a, 2), round(b, 2), round(c, 2)) for a, b, c in zip(eval_times, backbone_times, bare_times)])
+    print(
+        f"peak memory during evaluate(): {statistics.median(peaks) / 2**20:.0f} MiB above its start "
+        f"({'allocated on ' + str(device) if device.type == 'cuda' else 'resident, main process'}; "
+        f"max over repeats {max(peaks) / 2**20:.0f} MiB)"
+    )
+    print(
+        "all repeats (eval, in-backbone, bare after):",
+        [(round(a, 2), round(b, 2), round(c, 2)) for a, b, c in zip(eval_times, backbone_times, bare_times)],
+    )
+
 
 if __name__ == "__main__":
     main()

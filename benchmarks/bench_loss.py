@@ -15,6 +15,7 @@ implementation cannot skip a duplicate negative and the comparison is its worst 
 
     python benchmarks/bench_loss.py [--device cpu|cuda] [--repeats 5] [--sizes 14 28]
 """
+
 import argparse
 import ctypes
 import json
@@ -34,6 +35,7 @@ import torch  # noqa: E402
 
 from modules.loss import IDDCLoss  # noqa: E402
 from tests.reference_loss import reference_loss  # noqa: E402
+from utils.cli import ArgumentParser
 
 SHIFTS = (1, 5, 9)  # for B >= 10; folded into 1..B-1 for smaller batches (see main)
 KEYS = ("pos", "neg", "balance", "entropy", "total")
@@ -164,15 +166,29 @@ def measure_memory_here(impl, args, size):
 def measure_memory(impl, args, size):
     if args.device.startswith("cuda"):
         return measure_memory_here(impl, args, size)
-    cmd = [sys.executable, os.path.abspath(__file__), "--device", args.device, "--batch", str(args.batch),
-           "--channels", str(args.channels), "--clusters", str(args.clusters), "--threads", str(args.threads),
-           "--_memory", impl, str(size)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--device",
+        args.device,
+        "--batch",
+        str(args.batch),
+        "--channels",
+        str(args.channels),
+        "--clusters",
+        str(args.clusters),
+        "--threads",
+        str(args.threads),
+        "--_memory",
+        impl,
+        str(size),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"]
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sizes", type=int, nargs="+", default=[14, 28])
@@ -194,8 +210,10 @@ def main():
         print(json.dumps({"peak_bytes": measure_memory_here(impl, args, size)}))
         return
 
-    print(f"device={args.device} threads={torch.get_num_threads()} B={args.batch} C={args.channels} "
-          f"K={args.clusters} shifts={SHIFTS} repeats={args.repeats} (median after 1 warm-up), torch {torch.__version__}")
+    print(
+        f"device={args.device} threads={torch.get_num_threads()} B={args.batch} C={args.channels} "
+        f"K={args.clusters} shifts={SHIFTS} repeats={args.repeats} (median after 1 warm-up), torch {torch.__version__}"
+    )
     rows = []
     for size in args.sizes:
         inputs = make_inputs(args.batch, size, args.channels, args.clusters, args.device)
@@ -213,19 +231,21 @@ def main():
         timings = time_impls(("iddc", "reference"), inputs, args.repeats, args.device)
         for impl in ("iddc", "reference"):
             row[impl + "_fwd_ms"], row[impl + "_fwdbwd_ms"] = timings[impl]
-            row[impl + "_peak_mib"] = None if args.no_memory else measure_memory(impl, args, size) / 2 ** 20
+            row[impl + "_peak_mib"] = None if args.no_memory else measure_memory(impl, args, size) / 2**20
         rows.append(row)
         del inputs
 
-    hdr = (f"{'map':>6} | {'impl':>9} | {'fwd ms':>9} | {'fwd+bwd ms':>10} | {'peak MiB':>9}")
+    hdr = f"{'map':>6} | {'impl':>9} | {'fwd ms':>9} | {'fwd+bwd ms':>10} | {'peak MiB':>9}"
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         for impl in ("reference", "iddc"):
             peak = r[impl + "_peak_mib"]
             peak_s = f"{peak:9.1f}" if peak is not None else f"{'-':>9}"
-            print(f"{r['size']:>3}x{r['size']:<2} | {impl:>9} | {r[impl + '_fwd_ms']:9.1f} | "
-                  f"{r[impl + '_fwdbwd_ms']:10.1f} | {peak_s}")
+            print(
+                f"{r['size']:>3}x{r['size']:<2} | {impl:>9} | {r[impl + '_fwd_ms']:9.1f} | "
+                f"{r[impl + '_fwdbwd_ms']:10.1f} | {peak_s}"
+            )
     print()
     for r in rows:
         sp_f = r["reference_fwd_ms"] / r["iddc_fwd_ms"]
@@ -233,8 +253,10 @@ def main():
         line = f"{r['size']}x{r['size']}: speed-up fwd {sp_f:.2f}x, fwd+bwd {sp_b:.2f}x"
         if r["iddc_peak_mib"] is not None:
             line += f"; peak memory iddc/reference = {r['iddc_peak_mib'] / max(r['reference_peak_mib'], 1e-9):.3f}"
-        line += (f"; agreement: values max rel diff {r['max_rel_diff_values']:.1e}, "
-                 f"grads max abs diff {r['max_abs_diff_grads']:.1e} (grad abs max {r['grad_absmax']:.1e})")
+        line += (
+            f"; agreement: values max rel diff {r['max_rel_diff_values']:.1e}, "
+            f"grads max abs diff {r['max_abs_diff_grads']:.1e} (grad abs max {r['grad_absmax']:.1e})"
+        )
         print(line)
 
 

@@ -8,7 +8,7 @@ does, in a child process, and reads the child's own peak RSS from the kernel (os
 ``--baseline REV`` the same run is made with the predict.py of git revision REV (its whole tree,
 extracted to a temporary folder), and the two cluster maps are compared pixel for pixel.
 """
-import argparse
+
 import io
 import os
 import subprocess
@@ -25,14 +25,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from data.synthetic import make_scene  # noqa: E402
+from modules.checkpoint import iddc_state  # noqa: E402
 from modules.model import IDDCModel  # noqa: E402
 from modules.vit import VisionTransformer  # noqa: E402
-from utils.checkpoint import iddc_state, save_atomic  # noqa: E402
+from modules.weights import save_atomic  # noqa: E402
+from utils.cli import ArgumentParser
 
 
 def extract_revision(revision, target):
     """The tree of ``revision`` (git archive) in ``target``; returns its predict.py."""
-    archive = subprocess.run(["git", "archive", "--format=tar", revision], cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", revision], cwd=REPO_ROOT, capture_output=True, check=True
+    ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(target, filter="data")
     return Path(target) / "predict.py"
@@ -40,8 +44,18 @@ def extract_revision(revision, target):
 
 def run_predict(script, photo, checkpoint, out_dir, device):
     """(peak RSS in bytes, seconds, cluster map) of one predict.py run in a child process."""
-    command = [sys.executable, str(script), "--checkpoint", str(checkpoint), "--input", str(photo),
-               "--output-dir", str(out_dir), "--device", device]
+    command = [
+        sys.executable,
+        str(script),
+        "--checkpoint",
+        str(checkpoint),
+        "--input",
+        str(photo),
+        "--output-dir",
+        str(out_dir),
+        "--device",
+        device,
+    ]
     start = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(child.pid, 0)
@@ -55,7 +69,7 @@ def run_predict(script, photo, checkpoint, out_dir, device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--width", type=int, default=4032)
     parser.add_argument("--height", type=int, default=3024)
     parser.add_argument("--baseline", default=None, metavar="REV", help="also measure predict.py of this git revision")
@@ -72,16 +86,20 @@ def main():
     runs = {"this tree": REPO_ROOT / "predict.py"}
     if args.baseline:
         runs[f"baseline {args.baseline}"] = extract_revision(args.baseline, work / "baseline")
-    print(f"predict.py on a {args.width}x{args.height} JPEG, ViT-S/16 (random weights), default options, "
-          f"device {args.device}, {os.cpu_count()} CPUs")
+    print(
+        f"predict.py on a {args.width}x{args.height} JPEG, ViT-S/16 (random weights), default options, "
+        f"device {args.device}, {os.cpu_count()} CPUs"
+    )
     maps = {}
     for name, script in runs.items():
         peak, seconds, maps[name] = run_predict(script, photo, checkpoint, work / name.replace(" ", "_"), args.device)
         print(f"{name:<28} peak RSS {peak / 2**30:6.2f} GiB   {seconds:7.1f} s")
     if len(maps) == 2:
         current, baseline = maps.values()
-        print(f"cluster maps identical: {bool(np.array_equal(current, baseline))} "
-              f"({int((current != baseline).sum())} of {current.size} pixels differ)")
+        print(
+            f"cluster maps identical: {bool(np.array_equal(current, baseline))} "
+            f"({int((current != baseline).sum())} of {current.size} pixels differ)"
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Timing helpers shared by the benchmarks."""
+
 import time
 
 import torch

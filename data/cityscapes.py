@@ -22,6 +22,7 @@ whole 2048x1024 PNG for every crop would starve the GPU; without them the crops 
 from the full images, with the same result. PiCIE instead trains on the unlabelled ``train_extra`` and ``test`` images and
 evaluates on train + val; that is not followed.
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +32,65 @@ from data.spec import DataError, DatasetSpec, label_lookup, map_labels, read_ima
 
 FIRST_CLASS_ID = 7
 CLASS_NAMES = (
-    "road", "sidewalk", "parking", "rail track", "building", "wall", "fence", "guard rail", "bridge", "tunnel",
-    "pole", "polegroup", "traffic light", "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
-    "truck", "bus", "caravan", "trailer", "train", "motorcycle", "bicycle",
+    "road",
+    "sidewalk",
+    "parking",
+    "rail track",
+    "building",
+    "wall",
+    "fence",
+    "guard rail",
+    "bridge",
+    "tunnel",
+    "pole",
+    "polegroup",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "caravan",
+    "trailer",
+    "train",
+    "motorcycle",
+    "bicycle",
 )
 # The official Cityscapes colours (cityscapesScripts' labels.py), except polegroup, which shares
 # pole's grey there and gets a darker one here so that the two stay apart in pictures and legends.
 PALETTE = np.array(
     [
-        (128, 64, 128), (244, 35, 232), (250, 170, 160), (230, 150, 140), (70, 70, 70), (102, 102, 156),
-        (190, 153, 153), (180, 165, 180), (150, 100, 100), (150, 120, 90), (153, 153, 153), (110, 110, 110),
-        (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
-        (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 0, 90), (0, 0, 110), (0, 80, 100),
-        (0, 0, 230), (119, 11, 32),
+        (128, 64, 128),
+        (244, 35, 232),
+        (250, 170, 160),
+        (230, 150, 140),
+        (70, 70, 70),
+        (102, 102, 156),
+        (190, 153, 153),
+        (180, 165, 180),
+        (150, 100, 100),
+        (150, 120, 90),
+        (153, 153, 153),
+        (110, 110, 110),
+        (250, 170, 30),
+        (220, 220, 0),
+        (107, 142, 35),
+        (152, 251, 152),
+        (70, 130, 180),
+        (220, 20, 60),
+        (255, 0, 0),
+        (0, 0, 142),
+        (0, 0, 70),
+        (0, 60, 100),
+        (0, 0, 90),
+        (0, 0, 110),
+        (0, 80, 100),
+        (0, 0, 230),
+        (119, 11, 32),
     ],
     dtype=np.uint8,
 )
@@ -89,28 +136,38 @@ class CityscapesSpec(DatasetSpec):
     # the short side of COCO's 320x320 grid and of the peers' 320 resize.
     score_size = (320, 640)
     description = "Cityscapes-27: label ids 7..33 of the fine annotations"
-    lut = label_lookup({**{raw: 255 for raw in range(FIRST_CLASS_ID)},
-                        **{FIRST_CLASS_ID + k: k for k in range(len(CLASS_NAMES))}, 255: 255})
+    lut = label_lookup(
+        {
+            **{raw: 255 for raw in range(FIRST_CLASS_ID)},
+            **{FIRST_CLASS_ID + k: k for k in range(len(CLASS_NAMES))},
+            255: 255,
+        }
+    )
 
     def check_root(self, data_root, split):
         """Fail early, naming what is missing: the root, a split folder, or a city folder of gtFine."""
         self.check_split(split)
         root = Path(data_root)
         if not root.is_dir():
-            raise DataError(f"--data-root {root}: no such folder (expected leftImg8bit/ and gtFine/; "
-                            f"see README, 'Datasets')")
+            raise DataError(
+                f"--data-root {root}: no such folder (expected leftImg8bit/ and gtFine/; see README, 'Datasets')"
+            )
         images, labels = root / "leftImg8bit" / split, root / "gtFine" / split
         for folder in (images, labels):
             if not folder.is_dir():
-                raise DataError(f"{folder}: missing; unpack the official Cityscapes zips with "
-                                f"'python scripts/prepare_data.py cityscapes27 --data-root {root}'")
+                raise DataError(
+                    f"{folder}: missing; unpack the official Cityscapes zips with "
+                    f"'python scripts/prepare_data.py cityscapes27 --data-root {root}'"
+                )
         cities = sorted(path.name for path in images.iterdir() if path.is_dir())
         if not cities:
             raise DataError(f"{images}: no city folders (expected {images}/CITY/CITY_SEQ_FRAME{IMAGE_SUFFIX})")
         missing = [city for city in cities if not (labels / city).is_dir()]
         if missing:
-            raise DataError(f"{labels / missing[0]}: city folder missing ({len(missing)} of the {len(cities)} cities "
-                            f"of {images} have no labels: {', '.join(missing[:5])})")
+            raise DataError(
+                f"{labels / missing[0]}: city folder missing ({len(missing)} of the {len(cities)} cities "
+                f"of {images} have no labels: {', '.join(missing[:5])})"
+            )
 
     def split_ids(self, data_root, split):
         """Every image of the split's city folders, sorted, so all processes see the same order."""
@@ -156,8 +213,10 @@ class CityscapesSpec(DatasetSpec):
         if image_file.is_file() and label_file.is_file():
             image, raw = read_image(image_file), self.read_raw_label(label_file)
             if raw.shape != (image.height, image.width):
-                raise DataError(f"{label_file}: label is {raw.shape[1]}x{raw.shape[0]} but the image is "
-                                f"{image.width}x{image.height}; delete {Path(data_root) / CROPS_FOLDER} to cut the crops anew")
+                raise DataError(
+                    f"{label_file}: label is {raw.shape[1]}x{raw.shape[0]} but the image is "
+                    f"{image.width}x{image.height}; delete {Path(data_root) / CROPS_FOLDER} to cut the crops anew"
+                )
             return image, raw, str(label_file)
         image, raw, source = super().read_train_raw(data_root, split, image_id)
         left, top, right, bottom = five_crop_boxes(*image.size)[crop]

@@ -9,6 +9,7 @@ Layout under a data root (SPEC §6)::
 ``COCOSTUFF27`` is this module's dataset spec (data/spec.py); COCO-Stuff-171 (data/cocostuff171.py)
 shares its layout and lists with another label map.
 """
+
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -23,10 +24,7 @@ LABEL_MAP_FILE = PACKAGE_DIR / "cocostuff27.json"
 SHIPPED_CURATED_DIR = PACKAGE_DIR / "curated"
 SPLIT_LIST_NAME = "Coco164kFull_Stuff_Coarse_7.txt"
 SPLITS = ("train", "val")
-IGNORE_INDEX = 255
 NUM_CLASSES = 27
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # One colour per COCO-Stuff-27 class, in the order of cocostuff27.json's coarse_names. Stuff that
 # has a natural colour gets it (sky light blue, water navy, plant green, ground brown) so pictures
@@ -129,8 +127,10 @@ def read_split_ids(data_root, split):
             if image_id in seen and image_id not in repeated:
                 repeated.append(image_id)
             seen.add(image_id)
-        raise DataError(f"{path}: {len(repeated)} id(s) listed more than once (first: {', '.join(repeated[:5])}); "
-                        f"each image may be listed once")
+        raise DataError(
+            f"{path}: {len(repeated)} id(s) listed more than once (first: {', '.join(repeated[:5])}); "
+            f"each image may be listed once"
+        )
     return ids
 
 
@@ -150,7 +150,9 @@ def check_data_root(data_root, split):
     for sub in ("images", "annotations"):
         folder = root / sub / split_folder(split)
         if not folder.is_dir():
-            raise DataError(f"{folder}: missing; the data root must hold {sub}/{split_folder(split)}/ (see README, 'Data')")
+            raise DataError(
+                f"{folder}: missing; the data root must hold {sub}/{split_folder(split)}/ (see README, 'Data')"
+            )
 
 
 def read_coarse_label(path):
@@ -198,7 +200,9 @@ class CocoStuff27Spec(CocoStuffSpec):
     palette = PALETTE
 
 
-COCOSTUFF27 = CocoStuff27Spec("cocostuff27", LABEL_MAP_FILE, "COCO-Stuff-27: the 27 coarse classes of the curated lists")
+COCOSTUFF27 = CocoStuff27Spec(
+    "cocostuff27", LABEL_MAP_FILE, "COCO-Stuff-27: the 27 coarse classes of the curated lists"
+)
 
 
 class CocoStuffEval(SegmentationEval):

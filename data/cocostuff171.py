@@ -5,6 +5,7 @@ The classes are the stuffthingmaps fine ids that occur (80 things and 91 stuff; 
 names of COCO-Stuff's labels.md (github.com/nightrome/cocostuff). Both are shipped as data in
 cocostuff171.json; 255 is ignored and any other value is a data error naming the file.
 """
+
 from data.cocostuff import PACKAGE_DIR, CocoStuffSpec
 from data.spec import distinct_palette
 

@@ -23,6 +23,7 @@ crops are produced:
   turns them into the ImageNet-normalised floats of ToTensor + Normalize on the device, with the
   same operations in the same order.
 """
+
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -87,11 +88,11 @@ def crop_resized_label(label, resized_size, top, left, crop, flip):
     """The same crop of the label (H, W), flipped and NEAREST-resized: (crop, crop) uint8."""
     height, width = label.shape
     resized_w, resized_h = resized_size
-    rows = nearest_source_indices(height, resized_h)[top:top + crop]  # (crop,)
+    rows = nearest_source_indices(height, resized_h)[top : top + crop]  # (crop,)
     cols = nearest_source_indices(width, resized_w)
     if flip:  # column j of the flipped label is column width - 1 - j of the label
         cols = width - 1 - cols
-    return label[np.ix_(rows, cols[left:left + crop])]  # (crop, crop)
+    return label[np.ix_(rows, cols[left : left + crop])]  # (crop, crop)
 
 
 def _chw(pixels):
@@ -129,7 +130,9 @@ class TrainingPairs(torch.utils.data.Dataset):
         return {
             "image": _chw(crop_resized_image(image, size, top0, left0, crop, flip)),  # (3, c, c) uint8
             "image_aug": _chw(crop_resized_image(image, size, top1, left1, crop, flip)),  # (3, c, c) uint8
-            "label": torch.from_numpy(self.spec.map_label(crop_resized_label(raw_label, size, top0, left0, crop, flip), source)),  # (c, c) uint8
+            "label": torch.from_numpy(
+                self.spec.map_label(crop_resized_label(raw_label, size, top0, left0, crop, flip), source)
+            ),  # (c, c) uint8
             "crops": torch.tensor([top0, left0, top1, left1]),
         }
 

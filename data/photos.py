@@ -5,6 +5,7 @@ original and the peers read them, since label PNGs are stored in that order. A p
 a phone stores a portrait as a landscape sensor image plus an EXIF orientation tag, and 16-bit or
 float images would be clipped to white by ``convert('RGB')``.
 """
+
 from pathlib import Path
 
 import numpy as np

@@ -17,6 +17,7 @@ impervious surfaces (0) and cars (4) -> roads and cars; buildings (1) and clutte
 and clutter; low vegetation (2) and trees (3) -> trees and vegetation; 255 is ignored and any other
 value is a data error naming the file (STEGO would silently make it class 0).
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -61,12 +62,15 @@ class PotsdamSpec(DatasetSpec):
         self.check_split(split)
         root = Path(data_root)
         if not root.is_dir():
-            raise DataError(f"--data-root {root}: no such folder (expected imgs/, gt/ and the split lists; "
-                            f"see README, 'Datasets')")
+            raise DataError(
+                f"--data-root {root}: no such folder (expected imgs/, gt/ and the split lists; see README, 'Datasets')"
+            )
         for path in (root / "imgs", root / "gt", root / SPLIT_FILES[split]):
             if not path.exists():
-                raise DataError(f"{path}: missing; fetch STEGO's Potsdam with "
-                                f"'python scripts/prepare_data.py potsdam3 --data-root {root}'")
+                raise DataError(
+                    f"{path}: missing; fetch STEGO's Potsdam with "
+                    f"'python scripts/prepare_data.py potsdam3 --data-root {root}'"
+                )
 
     def split_ids(self, data_root, split):
         self.check_split(split)

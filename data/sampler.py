@@ -1,4 +1,5 @@
 """The order of training samples: global batches, split between processes, resumable mid-epoch."""
+
 import torch
 
 from utils.errors import OptionError
@@ -20,10 +21,14 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
 
     def __init__(self, num_items, global_batch, seed=0, rank=0, world_size=1):
         if global_batch % world_size:
-            raise OptionError(f"--batch-size {global_batch} must be divisible by the number of processes ({world_size})")
+            raise OptionError(
+                f"--batch-size {global_batch} must be divisible by the number of processes ({world_size})"
+            )
         if num_items < global_batch:
-            raise OptionError(f"the training split has {num_items} images, fewer than --batch-size {global_batch} "
-                             "(batches are drop_last)")
+            raise OptionError(
+                f"the training split has {num_items} images, fewer than --batch-size {global_batch} "
+                "(batches are drop_last)"
+            )
         self.num_items = num_items
         self.global_batch = global_batch
         self.seed = seed
@@ -51,4 +56,4 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         order = torch.randperm(self.num_items, generator=generator).tolist()
         for batch in range(self.start_batch, self.batches_per_epoch):
             first = batch * self.global_batch + self.offset
-            yield [(self.epoch, index) for index in order[first:first + self.local_batch]]
+            yield [(self.epoch, index) for index in order[first : first + self.local_batch]]

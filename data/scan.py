@@ -1,4 +1,5 @@
 """Fast existence checks of many listed files, for the scans made before a long run."""
+
 import os
 from collections import defaultdict
 from pathlib import Path

@@ -13,6 +13,7 @@ cocostuff171.py, cityscapes.py, potsdam.py) and one line in data/registry.py, wh
   generic pair sampling of data/pairs.py (e.g. Cityscapes' five crops);
 - evaluation defaults: ``default_protocol`` and ``score_size`` (the grid the sliding protocol scores on).
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,6 @@ from PIL import Image
 from data.scan import missing_files
 from utils.errors import ReportedError
 
-IGNORE_INDEX = 255
 SHOW_MISSING = 5  # missing files named in a split scan's error
 
 
@@ -151,11 +151,15 @@ class DatasetSpec:
         for kind, path_of in (("images", self.image_path), ("labels", self.label_path)):
             missing = missing_files([path_of(data_root, split, image_id) for image_id in ids])
             if missing:
-                names = ", ".join(path.name for path in missing[:SHOW_MISSING]) + (", ..." if len(missing) > SHOW_MISSING else "")
+                names = ", ".join(path.name for path in missing[:SHOW_MISSING]) + (
+                    ", ..." if len(missing) > SHOW_MISSING else ""
+                )
                 problems.append(f"{len(missing)} of {len(ids)} {kind} missing in {missing[0].parent} ({names})")
         if problems:
-            raise DataError(f"--data-root {data_root}, {self.name} {split} split: {'; '.join(problems)}. "
-                            f"`python scripts/prepare_data.py {self.name} --data-root {data_root} --check` lists them all")
+            raise DataError(
+                f"--data-root {data_root}, {self.name} {split} split: {'; '.join(problems)}. "
+                f"`python scripts/prepare_data.py {self.name} --data-root {data_root} --check` lists them all"
+            )
         return ids
 
     # Reading.
@@ -200,7 +204,9 @@ class DatasetSpec:
         path = self.label_path(data_root, split, item)
         raw = self.read_raw_label(path)
         if raw.shape != (image.height, image.width):
-            raise DataError(f"{path}: label is {raw.shape[1]}x{raw.shape[0]} but the image is {image.width}x{image.height}")
+            raise DataError(
+                f"{path}: label is {raw.shape[1]}x{raw.shape[0]} but the image is {image.width}x{image.height}"
+            )
         return image, raw, str(path)
 
     def read_train_pair(self, data_root, split, item):

@@ -6,6 +6,7 @@ clustering method has something to find. Labels are stuffthingmaps-style fine id
 of 255 (unlabelled); ids are chosen so every mapped coarse class is a real COCO-Stuff class. The
 other layouts draw the same scenes with their own raw label ids standing in for each drawn class.
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,43 @@ from data.cocostuff import SPLIT_LIST_NAME, load_label_map, split_folder
 from data.potsdam import SPLIT_FILES
 
 # Coarse classes drawn (name -> (colour, texture period in pixels)); names from cocostuff27.json.
-STUFF_CLASSES = {"sky": ((110, 160, 230), 0), "ground": ((120, 95, 60), 6), "wall": ((200, 195, 180), 14), "water": ((40, 90, 140), 4), "plant": ((50, 140, 50), 3)}
-THING_CLASSES = {"person": ((210, 150, 120), 0), "vehicle": ((200, 30, 30), 10), "animal": ((140, 110, 70), 2), "food-things": ((240, 200, 40), 5)}
+STUFF_CLASSES = {
+    "sky": ((110, 160, 230), 0),
+    "ground": ((120, 95, 60), 6),
+    "wall": ((200, 195, 180), 14),
+    "water": ((40, 90, 140), 4),
+    "plant": ((50, 140, 50), 3),
+}
+THING_CLASSES = {
+    "person": ((210, 150, 120), 0),
+    "vehicle": ((200, 30, 30), 10),
+    "animal": ((140, 110, 70), 2),
+    "food-things": ((240, 200, 40), 5),
+}
 # Raw label ids drawn for each class above in the other layouts: Cityscapes label ids (sky, road,
 # building, terrain, vegetation, person, car, bicycle, traffic sign) and ISPRS Potsdam ids.
-CITYSCAPES_IDS = {"sky": 23, "ground": 7, "wall": 11, "water": 22, "plant": 21, "person": 24, "vehicle": 26, "animal": 33, "food-things": 20}
-POTSDAM_IDS = {"sky": 0, "ground": 2, "wall": 1, "water": 3, "plant": 3, "person": 4, "vehicle": 4, "animal": 5, "food-things": 5}
+CITYSCAPES_IDS = {
+    "sky": 23,
+    "ground": 7,
+    "wall": 11,
+    "water": 22,
+    "plant": 21,
+    "person": 24,
+    "vehicle": 26,
+    "animal": 33,
+    "food-things": 20,
+}
+POTSDAM_IDS = {
+    "sky": 0,
+    "ground": 2,
+    "wall": 1,
+    "water": 3,
+    "plant": 3,
+    "person": 4,
+    "vehicle": 4,
+    "animal": 5,
+    "food-things": 5,
+}
 
 
 def fine_id_for(coarse_name):
@@ -73,7 +105,9 @@ def make_scene(height, width, rng, border=4, label_of=fine_id_for):
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
-def write_synthetic_cocostuff(root, num_train=16, num_val=8, sizes=((320, 256), (288, 352), (240, 240)), seed=0, write_lists=True):
+def write_synthetic_cocostuff(
+    root, num_train=16, num_val=8, sizes=((320, 256), (288, 352), (240, 240)), seed=0, write_lists=True
+):
     """Write scenes under ``root`` in the COCO-Stuff layout; returns {split: [ids]}.
 
     ``sizes`` are (width, height) cycled over the images.
@@ -102,8 +136,9 @@ def write_synthetic_cocostuff(root, num_train=16, num_val=8, sizes=((320, 256), 
     return ids
 
 
-def write_synthetic_cityscapes(root, num_train=4, num_val=2, size=(448, 224), seed=0,
-                               cities=(("aachen", "bochum"), ("frankfurt", "lindau"))):
+def write_synthetic_cityscapes(
+    root, num_train=4, num_val=2, size=(448, 224), seed=0, cities=(("aachen", "bochum"), ("frankfurt", "lindau"))
+):
     """Scenes in the Cityscapes layout (leftImg8bit/, gtFine/ *_labelIds.png); returns {split: [ids]}.
 
     ``size`` is (width, height); ``cities`` gives the train and val city folders, filled in turn.
@@ -120,7 +155,7 @@ def write_synthetic_cityscapes(root, num_train=4, num_val=2, size=(448, 224), se
             city = split_cities[index % len(split_cities)]
             image_id = f"{city}_{index:06d}_{19 + index:06d}"
             image, label = make_scene(height, width, rng, label_of=CITYSCAPES_IDS.__getitem__)
-            label[-max(1, height // 16):] = 1
+            label[-max(1, height // 16) :] = 1
             for folder, name, array in (("leftImg8bit", IMAGE_SUFFIX, image), ("gtFine", LABEL_SUFFIX, label)):
                 path = root / folder / split / city / f"{image_id}{name}"
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
 """Image and label transforms of the evaluation protocols (SPEC §5 and §7)."""
+
 import math
 
 import numpy as np
@@ -7,7 +8,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from data.cocostuff import IMAGENET_MEAN, IMAGENET_STD
+from utils.constants import IMAGENET_MEAN, IMAGENET_STD
 
 PIL_INTERPOLATION = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR}
 

@@ -12,6 +12,7 @@ converted to timm's layout on loading. The name fixes the family, patch size, re
 positional interpolation; depth and width are read off the weights, so reduced test models load
 too, but a ViT-B file given for a ViT-S name (or the reverse) is an error that names the right one.
 """
+
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from modules.vit import DINO_INTERPOLATION, PositionalInterpolation, VisionTransformer
-from utils.checkpoint import CheckpointError, WeightsDownloadError, load_file, load_strict
+from modules.weights import CheckpointError, WeightsDownloadError, load_file, load_strict
 from utils.download import DownloadError, download_file
 
 DINO_BASE_URL = "https://dl.fbaipublicfiles.com/dino/"
@@ -52,16 +53,46 @@ class BackboneSpec:
 
 _SPECS = (
     # The S/8 file is the 300-epoch release the IDDC code uses (not timm's vit_small_patch8_224.dino).
-    BackboneSpec("dino_vits16", "DINO ViT-S/16", "dino", 16, 384, 6, "dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"),
-    BackboneSpec("dino_vits8", "DINO ViT-S/8", "dino", 8, 384, 6, "dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain.pth"),
-    BackboneSpec("dino_vitb16", "DINO ViT-B/16", "dino", 16, 768, 12, "dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"),
+    BackboneSpec(
+        "dino_vits16", "DINO ViT-S/16", "dino", 16, 384, 6, "dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"
+    ),
+    BackboneSpec(
+        "dino_vits8",
+        "DINO ViT-S/8",
+        "dino",
+        8,
+        384,
+        6,
+        "dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain.pth",
+    ),
+    BackboneSpec(
+        "dino_vitb16", "DINO ViT-B/16", "dino", 16, 768, 12, "dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"
+    ),
     BackboneSpec("dino_vitb8", "DINO ViT-B/8", "dino", 8, 768, 12, "dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth"),
     BackboneSpec("dinov2_vits14", "DINOv2 ViT-S/14", "dinov2", 14, 384, 6, "dinov2_vits14/dinov2_vits14_pretrain.pth"),
     BackboneSpec("dinov2_vitb14", "DINOv2 ViT-B/14", "dinov2", 14, 768, 12, "dinov2_vitb14/dinov2_vitb14_pretrain.pth"),
-    BackboneSpec("dinov2_vits14_reg", "DINOv2 ViT-S/14 with registers", "dinov2", 14, 384, 6,
-                 "dinov2_vits14/dinov2_vits14_reg4_pretrain.pth", num_registers=4, interpolation=DINOV2_REG_INTERPOLATION),
-    BackboneSpec("dinov2_vitb14_reg", "DINOv2 ViT-B/14 with registers", "dinov2", 14, 768, 12,
-                 "dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth", num_registers=4, interpolation=DINOV2_REG_INTERPOLATION),
+    BackboneSpec(
+        "dinov2_vits14_reg",
+        "DINOv2 ViT-S/14 with registers",
+        "dinov2",
+        14,
+        384,
+        6,
+        "dinov2_vits14/dinov2_vits14_reg4_pretrain.pth",
+        num_registers=4,
+        interpolation=DINOV2_REG_INTERPOLATION,
+    ),
+    BackboneSpec(
+        "dinov2_vitb14_reg",
+        "DINOv2 ViT-B/14 with registers",
+        "dinov2",
+        14,
+        768,
+        12,
+        "dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth",
+        num_registers=4,
+        interpolation=DINOV2_REG_INTERPOLATION,
+    ),
 )
 SPECS = {spec.name: spec for spec in _SPECS}
 BACKBONES = tuple(SPECS)
@@ -85,11 +116,15 @@ def resolve_backbone_name(backbone=None, patch_size=None):
         if patch_size is None:
             return PATCH_SIZE_SHORT_FORMS[16]
         if patch_size not in PATCH_SIZE_SHORT_FORMS:
-            raise ValueError(f"--patch-size {patch_size} has no short form; use --backbone NAME ({', '.join(BACKBONES)})")
+            raise ValueError(
+                f"--patch-size {patch_size} has no short form; use --backbone NAME ({', '.join(BACKBONES)})"
+            )
         return PATCH_SIZE_SHORT_FORMS[patch_size]
     spec = backbone_spec(backbone)
     if patch_size is not None and patch_size != spec.patch_size:
-        raise ValueError(f"--patch-size {patch_size} contradicts --backbone {backbone} (patch {spec.patch_size}); give one of them")
+        raise ValueError(
+            f"--patch-size {patch_size} contradicts --backbone {backbone} (patch {spec.patch_size}); give one of them"
+        )
     return backbone
 
 
@@ -111,7 +146,9 @@ def unwrap_state_dict(obj, source):
             return obj
         if isinstance(obj.get("teacher"), dict):
             teacher = {key.removeprefix("module."): value for key, value in obj["teacher"].items()}
-            return {key.removeprefix("backbone."): value for key, value in teacher.items() if key.startswith("backbone.")}
+            return {
+                key.removeprefix("backbone."): value for key, value in teacher.items() if key.startswith("backbone.")
+            }
         if isinstance(obj.get("backbone"), dict) and "model.patch_embed.proj.weight" in obj["backbone"]:
             return {key.removeprefix("model."): value for key, value in obj["backbone"].items()}
     raise CheckpointError(f"{source}: not a ViT state_dict (no 'patch_embed.proj.weight' key)")
@@ -132,7 +169,9 @@ def release_state_dict(name, weights_file=None, *, download=True, base_url=None)
         try:
             download_file(url, cached, desc=cached.name)
         except DownloadError as err:
-            raise WeightsDownloadError(f"{err} (or pass --backbone-weights FILE with the {spec.title} weights)") from err
+            raise WeightsDownloadError(
+                f"{err} (or pass --backbone-weights FILE with the {spec.title} weights)"
+            ) from err
     return unwrap_state_dict(load_file(cached), cached), cached
 
 
@@ -175,17 +214,25 @@ def architecture(state, source):
     num_registers = state["reg_token"].shape[1] if "reg_token" in state else 0
     grid = math.isqrt(pos_rows - (0 if num_registers else 1))
     return Architecture(
-        patch_size=int(patch_size), embed_dim=int(embed_dim),
+        patch_size=int(patch_size),
+        embed_dim=int(embed_dim),
         depth=len({key.split(".")[1] for key in state if key.startswith("blocks.")}),
-        mlp_ratio=mlp_hidden / embed_dim, num_registers=int(num_registers),
-        layer_scale="blocks.0.ls1.gamma" in state, img_size=grid * int(patch_size),
+        mlp_ratio=mlp_hidden / embed_dim,
+        num_registers=int(num_registers),
+        layer_scale="blocks.0.ls1.gamma" in state,
+        img_size=grid * int(patch_size),
     )
 
 
 def _candidates(arch):
     """Registered backbones whose family, patch and registers fit ``arch`` (any width)."""
-    return [spec for spec in _SPECS if spec.patch_size == arch.patch_size and spec.num_registers == arch.num_registers
-            and spec.layer_scale == arch.layer_scale]
+    return [
+        spec
+        for spec in _SPECS
+        if spec.patch_size == arch.patch_size
+        and spec.num_registers == arch.num_registers
+        and spec.layer_scale == arch.layer_scale
+    ]
 
 
 def infer_backbone_name(state, source="weights"):
@@ -216,12 +263,21 @@ def backbone_from_state_dict(name, state, source="weights", num_heads=None):
         )
     other_width = [other for other in _candidates(arch) if other.embed_dim == arch.embed_dim != spec.embed_dim]
     if other_width:
-        raise CheckpointError(f"{source} holds a {other_width[0].title} (width {arch.embed_dim}), not a {spec.title} "
-                              f"(width {spec.embed_dim}); use --backbone {other_width[0].name}")
+        raise CheckpointError(
+            f"{source} holds a {other_width[0].title} (width {arch.embed_dim}), not a {spec.title} "
+            f"(width {spec.embed_dim}); use --backbone {other_width[0].name}"
+        )
     heads = num_heads or (spec.num_heads if arch.embed_dim == spec.embed_dim else max(1, arch.embed_dim // 64))
     vit = VisionTransformer(
-        patch_size=arch.patch_size, embed_dim=arch.embed_dim, depth=arch.depth, num_heads=heads, mlp_ratio=arch.mlp_ratio,
-        img_size=arch.img_size, layer_scale=arch.layer_scale, num_registers=arch.num_registers, interpolation=spec.interpolation,
+        patch_size=arch.patch_size,
+        embed_dim=arch.embed_dim,
+        depth=arch.depth,
+        num_heads=heads,
+        mlp_ratio=arch.mlp_ratio,
+        img_size=arch.img_size,
+        layer_scale=arch.layer_scale,
+        num_registers=arch.num_registers,
+        interpolation=spec.interpolation,
         random_init=False,
     )
     load_strict(vit, state, "backbone", source)

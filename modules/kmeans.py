@@ -3,6 +3,7 @@
 The segmenter answers like IDDCModel (``forward`` gives features, codes and logits; ``num_classes``
 and ``patch_size``), so the evaluation protocols, flips and the CRF treat it exactly as IDDC.
 """
+
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.evaluation import autocast_context
+from utils.precision import autocast_context
 
 # STEGO's cluster probe is evaluated as softmax(2 * cosine similarity) (its alpha = 2).
 DEFAULT_LOGIT_SCALE = 2.0
@@ -112,10 +113,18 @@ def fit_kmeans(features, num_clusters, iterations=100, restarts=5, seed=0, use_g
     best = None
     for restart in range(restarts):
         kmeans = faiss.Kmeans(
-            dim, num_clusters, niter=iterations, seed=seed + restart, gpu=bool(use_gpu), verbose=False,
-            max_points_per_centroid=math.ceil(count / num_clusters) + 1, min_points_per_centroid=1,
+            dim,
+            num_clusters,
+            niter=iterations,
+            seed=seed + restart,
+            gpu=bool(use_gpu),
+            verbose=False,
+            max_points_per_centroid=math.ceil(count / num_clusters) + 1,
+            min_points_per_centroid=1,
         )
-        kmeans.train(features, init_centroids=kmeans_plus_plus(features, num_clusters, np.random.default_rng([seed, restart])))
+        kmeans.train(
+            features, init_centroids=kmeans_plus_plus(features, num_clusters, np.random.default_rng([seed, restart]))
+        )
         distances, _ = kmeans.index.search(features, 1)
         inertia = float(distances.astype(np.float64).sum())
         if best is None or inertia < best[1]:

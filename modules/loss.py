@@ -27,6 +27,7 @@ The values equal the original definition. What differs from the original code, o
 * the loss is always computed in float32, also under bf16 autocast (bf16 cosines can flip the
   0.2 / 0.12 masks).
 """
+
 import contextlib
 import math
 import operator
@@ -181,8 +182,9 @@ class _MaskedCorrelationSum(torch.autograd.Function):
 def _masked_sum(ua_t, ub, pa_t, pb, shift, positive, threshold, chunk, rows=None):
     need_grad = torch.is_grad_enabled() and (pa_t.requires_grad or pb.requires_grad)
     rows = (0, ua_t.shape[0]) if rows is None else (int(rows[0]), int(rows[1]))
-    return _MaskedCorrelationSum.apply(ua_t, ub, pa_t, pb, int(shift), bool(positive), float(threshold),
-                                       int(chunk), bool(need_grad), rows)
+    return _MaskedCorrelationSum.apply(
+        ua_t, ub, pa_t, pb, int(shift), bool(positive), float(threshold), int(chunk), bool(need_grad), rows
+    )
 
 
 ShiftsLike = Union[Sequence[int], np.ndarray, torch.Tensor]
@@ -203,9 +205,17 @@ class IDDCLoss(nn.Module):
             depend on it, not the values (beyond float rounding).
     """
 
-    def __init__(self, pos_threshold: float = 0.2, neg_threshold: float = 0.12, neg_weight: float = 1.4,
-                 balance_weight: float = 0.4, num_negatives: int = 3, weibull_scale: float = 5.0,
-                 weibull_shape: float = 0.3, chunk_size: Optional[int] = None):
+    def __init__(
+        self,
+        pos_threshold: float = 0.2,
+        neg_threshold: float = 0.12,
+        neg_weight: float = 1.4,
+        balance_weight: float = 0.4,
+        num_negatives: int = 3,
+        weibull_scale: float = 5.0,
+        weibull_shape: float = 0.3,
+        chunk_size: Optional[int] = None,
+    ):
         super().__init__()
         if int(num_negatives) != num_negatives or num_negatives < 1:
             raise ValueError(f"num_negatives must be a positive integer, got {num_negatives!r}")
@@ -223,9 +233,11 @@ class IDDCLoss(nn.Module):
         self.chunk_size = None if chunk_size is None else int(chunk_size)
 
     def extra_repr(self) -> str:
-        return (f"pos_threshold={self.pos_threshold}, neg_threshold={self.neg_threshold}, "
-                f"neg_weight={self.neg_weight}, balance_weight={self.balance_weight}, "
-                f"num_negatives={self.num_negatives}")
+        return (
+            f"pos_threshold={self.pos_threshold}, neg_threshold={self.neg_threshold}, "
+            f"neg_weight={self.neg_weight}, balance_weight={self.balance_weight}, "
+            f"num_negatives={self.num_negatives}"
+        )
 
     # ------------------------------------------------------------------ shifts
     def draw_shifts(self, batch_size: int) -> List[int]:
@@ -251,8 +263,9 @@ class IDDCLoss(nn.Module):
         except TypeError:
             raise ValueError(f"neg_shifts must be a sequence of ints, got {neg_shifts!r}") from None
         if len(shifts) != self.num_negatives:
-            raise ValueError(f"neg_shifts must hold num_negatives={self.num_negatives} shifts, "
-                             f"got {len(shifts)}: {shifts}")
+            raise ValueError(
+                f"neg_shifts must hold num_negatives={self.num_negatives} shifts, got {len(shifts)}: {shifts}"
+            )
         out = []
         for s in shifts:
             if isinstance(s, bool):
@@ -280,20 +293,32 @@ class IDDCLoss(nn.Module):
             if t.device != feats.device:
                 raise ValueError(f"{name} is on {t.device} but feats is on {feats.device}")
         if feats_aug.shape != feats.shape:
-            raise ValueError("feats and feats_aug must have the same shape, "
-                             f"got {tuple(feats.shape)} and {tuple(feats_aug.shape)}")
+            raise ValueError(
+                f"feats and feats_aug must have the same shape, got {tuple(feats.shape)} and {tuple(feats_aug.shape)}"
+            )
         if logits_aug.shape != logits.shape:
-            raise ValueError("logits and logits_aug must have the same shape, "
-                             f"got {tuple(logits.shape)} and {tuple(logits_aug.shape)}")
+            raise ValueError(
+                "logits and logits_aug must have the same shape, "
+                f"got {tuple(logits.shape)} and {tuple(logits_aug.shape)}"
+            )
         if logits.shape[0] != feats.shape[0] or logits.shape[2:] != feats.shape[2:]:
-            raise ValueError("feats (B, C, h, w) and logits (B, K, h, w) must agree in batch size and map size, "
-                             f"got {tuple(feats.shape)} and {tuple(logits.shape)}")
+            raise ValueError(
+                "feats (B, C, h, w) and logits (B, K, h, w) must agree in batch size and map size, "
+                f"got {tuple(feats.shape)} and {tuple(logits.shape)}"
+            )
         if min(feats.shape[1], logits.shape[1], feats.shape[2], feats.shape[3]) < 1:
             raise ValueError(f"empty input: feats {tuple(feats.shape)}, logits {tuple(logits.shape)}")
 
     # ------------------------------------------------------------------ forward
-    def forward(self, feats: torch.Tensor, feats_aug: torch.Tensor, logits: torch.Tensor, logits_aug: torch.Tensor,
-                neg_shifts: Optional[ShiftsLike] = None, across_processes: bool = False) -> Dict[str, object]:
+    def forward(
+        self,
+        feats: torch.Tensor,
+        feats_aug: torch.Tensor,
+        logits: torch.Tensor,
+        logits_aug: torch.Tensor,
+        neg_shifts: Optional[ShiftsLike] = None,
+        across_processes: bool = False,
+    ) -> Dict[str, object]:
         """Loss terms for one step.
 
         Args:
@@ -322,8 +347,11 @@ class IDDCLoss(nn.Module):
         shifts = self.draw_shifts(batch) if neg_shifts is None else self._check_shifts(neg_shifts, batch)
 
         dev_type = feats.device.type
-        no_autocast = (torch.autocast(device_type=dev_type, enabled=False) if dev_type in _AUTOCAST_DEVICES
-                       else contextlib.nullcontext())
+        no_autocast = (
+            torch.autocast(device_type=dev_type, enabled=False)
+            if dev_type in _AUTOCAST_DEVICES
+            else contextlib.nullcontext()
+        )
         with no_autocast:
             inputs = (feats.float(), feats_aug.float(), logits.float(), logits_aug.float(), shifts)
             if world == 1:
@@ -369,8 +397,14 @@ class IDDCLoss(nn.Module):
 
         total = pos + self.neg_weight * neg + self.balance_weight * balance / BALANCE_DIVISOR
         return {
-            "pos": pos, "neg": neg, "balance": balance, "entropy": entropy, "total": total,
-            "n_pos": n_pos, "n_neg": n_neg_per_shift.sum(), "n_neg_per_shift": n_neg_per_shift,
+            "pos": pos,
+            "neg": neg,
+            "balance": balance,
+            "entropy": entropy,
+            "total": total,
+            "n_pos": n_pos,
+            "n_neg": n_neg_per_shift.sum(),
+            "n_neg_per_shift": n_neg_per_shift,
             "neg_shifts": tuple(shifts),
         }
 
@@ -404,12 +438,26 @@ class IDDCLoss(nn.Module):
         pos_sum, n_pos = _masked_sum(u0.transpose(1, 2), u1, p0.transpose(1, 2), p1, 0, True, self.pos_threshold, chunk)
         canon = [min(s, batch - s) for s in shifts]
         unique = sorted(set(canon))
-        neg_parts = [_masked_sum(u0_all.transpose(1, 2), u0_all, p0_all.transpose(1, 2), p0_all, s, False,
-                                 self.neg_threshold, chunk, rows) for s in unique]
+        neg_parts = [
+            _masked_sum(
+                u0_all.transpose(1, 2),
+                u0_all,
+                p0_all.transpose(1, 2),
+                p0_all,
+                s,
+                False,
+                self.neg_threshold,
+                chunk,
+                rows,
+            )
+            for s in unique
+        ]
 
         # One all-reduce of every local sum and count (float64: counts stay exact).
-        local = torch.stack([pos_sum.detach().double(), n_pos.double()]
-                            + [v for s_sum, s_count in neg_parts for v in (s_sum.detach().double(), s_count.double())])
+        local = torch.stack(
+            [pos_sum.detach().double(), n_pos.double()]
+            + [v for s_sum, s_count in neg_parts for v in (s_sum.detach().double(), s_count.double())]
+        )
         glob = distributed.all_reduce_sum(local)  # (2 + 2 * len(unique),)
         pos_count = glob[1].clamp(min=1).float()
         pos = (glob[0] / glob[1].clamp(min=1)).float()
@@ -418,7 +466,9 @@ class IDDCLoss(nn.Module):
         neg_terms = (glob[2::2] / neg_counts).float()  # (len(unique),)
         weights = [canon.count(s) / len(shifts) for s in unique]
         neg = sum(weight * term for weight, term in zip(weights, neg_terms))
-        neg_part = sum(weight * s_sum / count.float() for weight, (s_sum, _), count in zip(weights, neg_parts, neg_counts))
+        neg_part = sum(
+            weight * s_sum / count.float() for weight, (s_sum, _), count in zip(weights, neg_parts, neg_counts)
+        )
         n_neg_per_shift = torch.stack([glob[3 + 2 * unique.index(s)].round().long() for s in canon])  # (num_negatives,)
 
         q = p0_all.mean(dim=(0, 2))  # (K,) global mean cluster probabilities, on every process
@@ -429,7 +479,14 @@ class IDDCLoss(nn.Module):
         total = pos + self.neg_weight * neg + self.balance_weight * balance.detach() / BALANCE_DIVISOR
         objective = pos_part + self.neg_weight * neg_part + self.balance_weight * balance / BALANCE_DIVISOR / world
         return {
-            "pos": pos, "neg": neg, "balance": balance.detach(), "entropy": entropy.detach(), "total": total,
-            "objective": objective, "n_pos": glob[1].round().long(), "n_neg": n_neg_per_shift.sum(),
-            "n_neg_per_shift": n_neg_per_shift, "neg_shifts": tuple(shifts),
+            "pos": pos,
+            "neg": neg,
+            "balance": balance.detach(),
+            "entropy": entropy.detach(),
+            "total": total,
+            "objective": objective,
+            "n_pos": glob[1].round().long(),
+            "n_neg": n_neg_per_shift.sum(),
+            "n_neg_per_shift": n_neg_per_shift,
+            "neg_shifts": tuple(shifts),
         }

@@ -1,4 +1,5 @@
 """IDDC's segmentation model: a frozen ViT backbone, a non-linear projection head and a 1x1 classifier."""
+
 import torch
 import torch.nn as nn
 

@@ -11,6 +11,7 @@ The two differ numerically, so :meth:`VisionTransformer.forward` is this project
 the interpolation each release's code uses. Features are the last block's tokens after the final
 LayerNorm, class (and register) tokens dropped.
 """
+
 import math
 from dataclasses import dataclass
 
@@ -43,15 +44,36 @@ class VisionTransformer(TimmVisionTransformer):
     registers, which take no positional embedding and sit between the class and patch tokens.
     """
 
-    def __init__(self, patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, img_size=224,
-                 layer_scale=False, num_registers=0, interpolation=DINO_INTERPOLATION, random_init=True):
+    def __init__(
+        self,
+        patch_size=16,
+        embed_dim=384,
+        depth=12,
+        num_heads=6,
+        mlp_ratio=4.0,
+        img_size=224,
+        layer_scale=False,
+        num_registers=0,
+        interpolation=DINO_INTERPOLATION,
+        random_init=True,
+    ):
         if embed_dim % num_heads:
             raise ValueError(f"embedding dim {embed_dim} is not divisible by num_heads {num_heads}")
         super().__init__(
-            img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-            mlp_ratio=mlp_ratio, qkv_bias=True, num_classes=0, global_pool="", dynamic_img_size=True,
+            img_size=img_size,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=True,
+            num_classes=0,
+            global_pool="",
+            dynamic_img_size=True,
             # LayerScale starts at 1.0 as DINOv2's hub models (timm: 1e-5), so random models are not near-identity.
-            init_values=1.0 if layer_scale else None, reg_tokens=num_registers, no_embed_class=num_registers > 0,
+            init_values=1.0 if layer_scale else None,
+            reg_tokens=num_registers,
+            no_embed_class=num_registers > 0,
             # random_init=False leaves the parameters uninitialised for weights loaded right after
             # (timm's initialisation of a ViT-B takes seconds on a CPU).
             weight_init="" if random_init else "skip",
@@ -76,12 +98,18 @@ class VisionTransformer(TimmVisionTransformer):
         patch_pos = self.pos_embed[:, class_rows:].reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, C, s, s)
         offset = self.interpolation.offset
         if offset:
-            resize = {"scale_factor": ((grid_h + offset) / math.sqrt(num_stored), (grid_w + offset) / math.sqrt(num_stored))}
+            resize = {
+                "scale_factor": ((grid_h + offset) / math.sqrt(num_stored), (grid_w + offset) / math.sqrt(num_stored))
+            }
         else:
             resize = {"size": (grid_h, grid_w)}
-        patch_pos = F.interpolate(patch_pos, mode="bicubic", antialias=self.interpolation.antialias, **resize)  # (1, C, gh, gw)
+        patch_pos = F.interpolate(
+            patch_pos, mode="bicubic", antialias=self.interpolation.antialias, **resize
+        )  # (1, C, gh, gw)
         if patch_pos.shape[-2:] != (grid_h, grid_w):
-            raise RuntimeError(f"positional embedding interpolated to {tuple(patch_pos.shape[-2:])}, expected {(grid_h, grid_w)}")
+            raise RuntimeError(
+                f"positional embedding interpolated to {tuple(patch_pos.shape[-2:])}, expected {(grid_h, grid_w)}"
+            )
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)  # (1, N, C)
         return torch.cat((class_pos, patch_pos), dim=1)
 
@@ -99,5 +127,5 @@ class VisionTransformer(TimmVisionTransformer):
         else:
             tokens = torch.cat((cls_token, patches), dim=1) + pos_embed  # (B, 1+N, C)
         tokens = self.norm(self.blocks(tokens))
-        patch_tokens = tokens[:, self.num_prefix_tokens:]  # (B, N, C)
+        patch_tokens = tokens[:, self.num_prefix_tokens :]  # (B, N, C)
         return patch_tokens.transpose(1, 2).reshape(batch, self.embed_dim, grid_h, grid_w)  # (B, C, h, w)

@@ -5,7 +5,7 @@
 The registry below is the single place that knows the released files and the numbers the paper
 reports for them, so that evaluation code can import it and compare.
 """
-import argparse
+
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a file, the script only sees scripts/
     sys.path.insert(0, str(REPO_ROOT))
 
-from utils.cli import add_debug_flag, entry_point  # noqa: E402
+from utils.cli import ArgumentParser, entry_point  # noqa: E402
 from utils.download import DownloadError, download_google_drive  # noqa: E402
 from utils.errors import EXIT_PROBLEMS  # noqa: E402
 from utils.files import check_writable_file  # noqa: E402
@@ -56,8 +56,10 @@ def fetch_checkpoint(name, dest=None, *, proxy=None, quiet=False):
     if dest.exists():
         say(f"{dest} already exists; nothing to do (delete it to download it again).")
         return dest
-    say(f"Downloading the IDDC {name} checkpoint (Google Drive id {checkpoint.gdrive_id}; paper: "
-        f"{checkpoint.paper_acc} Acc / {checkpoint.paper_miou} mIoU) to {dest}")
+    say(
+        f"Downloading the IDDC {name} checkpoint (Google Drive id {checkpoint.gdrive_id}; paper: "
+        f"{checkpoint.paper_acc} Acc / {checkpoint.paper_miou} mIoU) to {dest}"
+    )
     download_google_drive(checkpoint.gdrive_id, dest, proxy=proxy, quiet=quiet)
     say(f"Saved {dest} ({dest.stat().st_size / 2**20:.1f} MiB)")
     return dest
@@ -65,16 +67,25 @@ def fetch_checkpoint(name, dest=None, *, proxy=None, quiet=False):
 
 @entry_point
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Download a released IDDC checkpoint (COCO-Stuff-27).")
-    parser.add_argument("name", choices=sorted(RELEASED_CHECKPOINTS),
-                        help="backbone of the checkpoint: " + ", ".join(
-                            f"{key} ({c.paper_acc} Acc / {c.paper_miou} mIoU in the paper)"
-                            for key, c in sorted(RELEASED_CHECKPOINTS.items())))
-    parser.add_argument("--dest", type=Path, default=None,
-                        help="where to write it (default: checkpoints/<file name> in the repository)")
-    parser.add_argument("--proxy", default=None, metavar="URL",
-                        help="HTTP(S) proxy for Google Drive, e.g. http://host:3128 (default: HTTPS_PROXY if set)")
-    add_debug_flag(parser)
+    parser = ArgumentParser(description="Download a released IDDC checkpoint (COCO-Stuff-27).")
+    parser.add_argument(
+        "name",
+        choices=sorted(RELEASED_CHECKPOINTS),
+        help="backbone of the checkpoint: "
+        + ", ".join(
+            f"{key} ({c.paper_acc} Acc / {c.paper_miou} mIoU in the paper)"
+            for key, c in sorted(RELEASED_CHECKPOINTS.items())
+        ),
+    )
+    parser.add_argument(
+        "--dest", type=Path, default=None, help="where to write it (default: checkpoints/<file name> in the repository)"
+    )
+    parser.add_argument(
+        "--proxy",
+        default=None,
+        metavar="URL",
+        help="HTTP(S) proxy for Google Drive, e.g. http://host:3128 (default: HTTPS_PROXY if set)",
+    )
     args = parser.parse_args(argv)
 
     dest = args.dest if args.dest is not None else default_dest(args.name)
@@ -82,9 +93,12 @@ def main(argv=None):
     try:
         fetch_checkpoint(args.name, dest, proxy=args.proxy)
     except DownloadError as err:
-        print(f"error: could not download the {args.name} checkpoint: {err.reason}. Download it by hand from "
-              f"{drive_page(args.name)} and put it at {dest} (a partial download is resumed when this command "
-              f"is run again).", file=sys.stderr)
+        print(
+            f"error: could not download the {args.name} checkpoint: {err.reason}. Download it by hand from "
+            f"{drive_page(args.name)} and put it at {dest} (a partial download is resumed when this command "
+            f"is run again).",
+            file=sys.stderr,
+        )
         return EXIT_PROBLEMS
     return 0
 

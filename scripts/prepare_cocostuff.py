@@ -9,6 +9,7 @@ and ``curated/{train2017,val2017}/Coco164kFull_Stuff_Coarse_7.txt``. Every step 
 and re-run: zips download to ``DIR/downloads/`` and resume, a folder only appears once its zip is
 fully unpacked, and folders already there are skipped. A check of the result ends every run.
 """
+
 import argparse
 import hashlib
 import os
@@ -30,10 +31,18 @@ if str(REPO_ROOT) not in sys.path:  # run as a file, the script only sees script
     sys.path.insert(0, str(REPO_ROOT))
 
 from data.cocostuff import (  # noqa: E402
-    SHIPPED_CURATED_DIR, SPLIT_LIST_NAME, SPLITS, DataError, image_path, label_path, load_label_map,
-    read_split_ids, split_folder, split_list_path,
+    SHIPPED_CURATED_DIR,
+    SPLIT_LIST_NAME,
+    SPLITS,
+    DataError,
+    image_path,
+    label_path,
+    load_label_map,
+    read_split_ids,
+    split_folder,
+    split_list_path,
 )
-from utils.cli import add_debug_flag, entry_point  # noqa: E402
+from utils.cli import entry_point  # noqa: E402
 from utils.download import download_file  # noqa: E402
 from utils.errors import EXIT_OK, EXIT_PROBLEMS  # noqa: E402
 
@@ -75,13 +84,17 @@ def install_curated_lists(data_root, splits, *, quiet=False):
         shipped = SHIPPED_CURATED_DIR / folder / SPLIT_LIST_NAME
         digest = _md5(shipped)
         if not digest.startswith(CURATED_MD5_PREFIX[split]):
-            raise DataError(f"{shipped}: md5 {digest} does not start with {CURATED_MD5_PREFIX[split]}; the project's "
-                            f"copy of the curated {split} list is damaged, restore it from the repository")
+            raise DataError(
+                f"{shipped}: md5 {digest} does not start with {CURATED_MD5_PREFIX[split]}; the project's "
+                f"copy of the curated {split} list is damaged, restore it from the repository"
+            )
         own = Path(data_root) / "curated" / folder / SPLIT_LIST_NAME
         if own.is_file():
             if _md5(own) != digest and not quiet:
-                print(f"note: keeping {own}, this data root's own {split} list, which is not the official one "
-                      f"({len(read_split_ids(data_root, split))} ids)")
+                print(
+                    f"note: keeping {own}, this data root's own {split} list, which is not the official one "
+                    f"({len(read_split_ids(data_root, split))} ids)"
+                )
             continue
         own.parent.mkdir(parents=True, exist_ok=True)
         tmp = own.with_name(own.name + ".tmp")
@@ -105,14 +118,17 @@ def unpack_folder(zip_path, folder, target, *, quiet=False):
         with zipfile.ZipFile(zip_path) as archive:
             members = [m for m in archive.infolist() if m.filename.startswith(f"{folder}/") and not m.is_dir()]
             if not members:
-                raise DataError(f"{zip_path}: holds no files under {folder}/; it is not the expected zip. "
-                                f"Delete it and run this command again.")
+                raise DataError(
+                    f"{zip_path}: holds no files under {folder}/; it is not the expected zip. "
+                    f"Delete it and run this command again."
+                )
             for member in tqdm(members, desc=f"unpack {zip_path.name}:{folder}", unit="file", disable=quiet):
                 archive.extract(member, tmp)
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"{zip_path} is damaged or incomplete ({err}). Delete it and run this command again "
-                        f"to download it anew.") from err
+        raise DataError(
+            f"{zip_path} is damaged or incomplete ({err}). Delete it and run this command again to download it anew."
+        ) from err
     os.replace(tmp / folder, target)
     shutil.rmtree(tmp)
     return target
@@ -152,11 +168,13 @@ def prepare_root(data_root, splits, *, base_url=None, keep_zips=False, quiet=Fal
     urls = source_urls(base_url)
     folders = [split_folder(split) for split in splits]
     install_curated_lists(root, splits, quiet=quiet)
-    install_from_zip(urls["labels"], downloads / LABELS_ZIP, folders, root / "annotations",
-                     keep_zip=keep_zips, quiet=quiet)
+    install_from_zip(
+        urls["labels"], downloads / LABELS_ZIP, folders, root / "annotations", keep_zip=keep_zips, quiet=quiet
+    )
     for split, folder in zip(splits, folders):
-        install_from_zip(urls[split], downloads / f"{folder}.zip", [folder], root / "images",
-                         keep_zip=keep_zips, quiet=quiet)
+        install_from_zip(
+            urls[split], downloads / f"{folder}.zip", [folder], root / "images", keep_zip=keep_zips, quiet=quiet
+        )
     if downloads.is_dir() and not any(downloads.iterdir()):
         downloads.rmdir()
 
@@ -231,8 +249,9 @@ def check_root(data_root, splits, *, limit=None, quiet=False):
         report = SplitCheck(split, split_list_path(root, split), len(ids), len(chosen))
         with ThreadPoolExecutor(max_workers=min(CHECK_WORKERS, 2 * (os.cpu_count() or 1))) as pool:
             results = pool.map(partial(_check_id, root, split, lut), chosen)
-            for image_id, image_problem, label_problem in tqdm(results, total=len(chosen), desc=f"check {split_folder(split)}",
-                                                               unit="img", disable=quiet):
+            for image_id, image_problem, label_problem in tqdm(
+                results, total=len(chosen), desc=f"check {split_folder(split)}", unit="img", disable=quiet
+            ):
                 if image_problem == "missing":
                     report.missing_images.append(image_id)
                 elif image_problem is not None:
@@ -254,14 +273,20 @@ def format_check(reports, data_root=None):
     lines = []
     for report in reports:
         folder = split_folder(report.split)
-        scope = (f"{report.checked} ids" if report.checked == report.listed
-                 else f"the first {report.checked} of {report.listed} ids")
+        scope = (
+            f"{report.checked} ids"
+            if report.checked == report.listed
+            else f"the first {report.checked} of {report.listed} ids"
+        )
         lines.append(f"{folder}: checked {scope} of {report.list_path}")
         for what, ids in (("missing images", report.missing_images), ("missing labels", report.missing_labels)):
             if ids:
                 more = ", ..." if len(ids) > SHOW_IDS else ""
                 lines.append(f"  {what}: {len(ids)} (e.g. {', '.join(ids[:SHOW_IDS])}{more})")
-        for what, bad, path_of in (("bad images", report.bad_images, image_path), ("bad labels", report.bad_labels, label_path)):
+        for what, bad, path_of in (
+            ("bad images", report.bad_images, image_path),
+            ("bad labels", report.bad_labels, label_path),
+        ):
             if bad:
                 lines.append(f"  {what}: {len(bad)}")
                 for image_id, problem in bad[:SHOW_BAD]:
@@ -273,8 +298,10 @@ def format_check(reports, data_root=None):
     if all(report.ok for report in reports):
         lines.append(f"OK: {total} images")
     else:
-        lines.append(f"FAILED: problems in {', '.join(split_folder(r.split) for r in reports if not r.ok)}; "
-                     f"re-run without --check to fetch what is missing, or replace the files named above")
+        lines.append(
+            f"FAILED: problems in {', '.join(split_folder(r.split) for r in reports if not r.ok)}; "
+            f"re-run without --check to fetch what is missing, or replace the files named above"
+        )
     return "\n".join(lines)
 
 
@@ -289,17 +316,26 @@ def _positive_int(text):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Download COCO-Stuff (COCO 2017 images + stuffthingmaps, ~20 GB for both splits) into "
-                    "the project's data layout, or check an existing data root.")
+        "the project's data layout, or check an existing data root."
+    )
     parser.add_argument("--data-root", type=Path, required=True, help="folder to fill (or check)")
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=["val", "train"],
-                        help="splits to prepare or check (default: val train; train2017.zip alone is 18 GB)")
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        choices=SPLITS,
+        default=["val", "train"],
+        help="splits to prepare or check (default: val train; train2017.zip alone is 18 GB)",
+    )
     parser.add_argument("--check", action="store_true", help="only check the data root; download nothing")
-    parser.add_argument("--check-limit", type=_positive_int, metavar="N",
-                        help="check only the first N ids of each split (faster)")
+    parser.add_argument(
+        "--check-limit", type=_positive_int, metavar="N", help="check only the first N ids of each split (faster)"
+    )
     parser.add_argument("--keep-zips", action="store_true", help="keep the zips in DATA_ROOT/downloads/")
-    parser.add_argument("--base-url", help="download from a mirror: BASE/zips/{train,val}2017.zip and "
-                                           f"BASE/{LABELS_ZIP} instead of the official hosts")
-    add_debug_flag(parser)
+    parser.add_argument(
+        "--base-url",
+        help="download from a mirror: BASE/zips/{train,val}2017.zip and "
+        f"BASE/{LABELS_ZIP} instead of the official hosts",
+    )
     args = parser.parse_args(argv)
     splits = list(dict.fromkeys(args.splits))
     if not args.check:

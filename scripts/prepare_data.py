@@ -14,7 +14,7 @@ taken from ``--zips-dir``). Every step can be re-run: a folder only appears once
 and folders already there are skipped. A check of every listed id (image present, label present
 and readable with values of the dataset's label map) ends every run.
 """
-import argparse
+
 import os
 import posixpath
 import shutil
@@ -35,13 +35,18 @@ from data.cityscapes import FIVE_CROPS, crop_paths, five_crop_boxes  # noqa: E40
 from data.potsdam import SPLIT_FILES as POTSDAM_SPLIT_FILES  # noqa: E402
 from data.registry import DATASET_NAMES, get_dataset  # noqa: E402
 from data.spec import DataError  # noqa: E402
-from scripts.prepare_cocostuff import _positive_int, prepare_root as prepare_cocostuff_root, unpack_folder  # noqa: E402
+from scripts.prepare_cocostuff import _positive_int, unpack_folder  # noqa: E402
+from scripts.prepare_cocostuff import prepare_root as prepare_cocostuff_root
+from utils.cli import ArgumentParser
 from utils.download import DownloadError, download_file  # noqa: E402
 
 CITYSCAPES_DOWNLOADS = "https://www.cityscapes-dataset.com/downloads/"
 CITYSCAPES_REGISTER = "https://www.cityscapes-dataset.com/register/"
 # Top folder of the data root -> (official zip, its size as the download page gives it).
-CITYSCAPES_ZIPS = {"leftImg8bit": ("leftImg8bit_trainvaltest.zip", "11GB"), "gtFine": ("gtFine_trainvaltest.zip", "241MB")}
+CITYSCAPES_ZIPS = {
+    "leftImg8bit": ("leftImg8bit_trainvaltest.zip", "11GB"),
+    "gtFine": ("gtFine_trainvaltest.zip", "241MB"),
+}
 CITYSCAPES_SIZES = {"train": 2975, "val": 500}
 # STEGO's download_datasets.py fetches its preparations of the datasets from here.
 POTSDAM_URL = "https://marhamilresearch4.blob.core.windows.net/stego-public/pytorch_data/potsdam.zip"
@@ -59,12 +64,16 @@ def prepare_cityscapes(data_root, splits, zips_dir, *, quiet=False):
     for top, split in ((t, s) for t in CITYSCAPES_ZIPS for s in splits if (t, s) not in missing):
         say(f"{root / top / split} already there, skipping")
     needed = [top for top in CITYSCAPES_ZIPS if any(top == wanted for wanted, _ in missing)]
-    absent = [zips_dir / CITYSCAPES_ZIPS[top][0] for top in needed if not (zips_dir / CITYSCAPES_ZIPS[top][0]).is_file()]
+    absent = [
+        zips_dir / CITYSCAPES_ZIPS[top][0] for top in needed if not (zips_dir / CITYSCAPES_ZIPS[top][0]).is_file()
+    ]
     if absent:
         wanted = " and ".join(f"{path.name} ({CITYSCAPES_ZIPS[path.name.split('_')[0]][1]})" for path in absent)
-        raise DataError(f"missing {', '.join(map(str, absent))}: Cityscapes needs a login; register at {CITYSCAPES_REGISTER}, "
-                        f"download {wanted} from {CITYSCAPES_DOWNLOADS} into {zips_dir} (or pass --zips-dir), "
-                        f"then run this command again")
+        raise DataError(
+            f"missing {', '.join(map(str, absent))}: Cityscapes needs a login; register at {CITYSCAPES_REGISTER}, "
+            f"download {wanted} from {CITYSCAPES_DOWNLOADS} into {zips_dir} (or pass --zips-dir), "
+            f"then run this command again"
+        )
     for top, split in missing:
         zip_path = zips_dir / CITYSCAPES_ZIPS[top][0]
         say(f"unpacking {top}/{split}/ of {zip_path.name} to {root / top / split}")
@@ -107,8 +116,10 @@ def potsdam_prefix(zip_path):
         raise DataError(f"{zip_path} is damaged or incomplete ({err}). Delete it and run this command again.") from err
     lists = [name for name in names if name.endswith(POTSDAM_SPLIT_FILES["val"])]
     if not lists:
-        raise DataError(f"{zip_path}: no {POTSDAM_SPLIT_FILES['val']} inside; it is not STEGO's potsdam.zip. "
-                        f"Delete it and run this command again.")
+        raise DataError(
+            f"{zip_path}: no {POTSDAM_SPLIT_FILES['val']} inside; it is not STEGO's potsdam.zip. "
+            f"Delete it and run this command again."
+        )
     return posixpath.dirname(lists[0])  # zip member names always use "/"
 
 
@@ -186,7 +197,9 @@ def check_dataset(spec, data_root, splits, *, limit=None, quiet=False):
         report = SplitReport(split, len(ids), len(chosen))
         with ThreadPoolExecutor(max_workers=min(CHECK_WORKERS, os.cpu_count() or 1)) as pool:
             results = pool.map(lambda image_id: _check_id(spec, data_root, split, image_id), chosen)
-            for image_id, has_image, problem in tqdm(results, total=len(chosen), desc=f"check {split}", unit="img", disable=quiet):
+            for image_id, has_image, problem in tqdm(
+                results, total=len(chosen), desc=f"check {split}", unit="img", disable=quiet
+            ):
                 if not has_image:
                     report.missing_images.append(image_id)
                 if problem == "missing":
@@ -201,13 +214,22 @@ def format_reports(spec, reports, official_sizes=None):
     """Human-readable summary of ``check_dataset``'s reports, ending in an OK or FAILED line."""
     lines = []
     for report in reports:
-        scope = f"{report.checked} ids" if report.checked == report.listed else f"the first {report.checked} of {report.listed} ids"
+        scope = (
+            f"{report.checked} ids"
+            if report.checked == report.listed
+            else f"the first {report.checked} of {report.listed} ids"
+        )
         lines.append(f"{spec.name} {report.split}: checked {scope}")
         expected = (official_sizes or {}).get(report.split)
         if expected and report.listed != expected:
-            lines.append(f"  note: the official {report.split} split has {expected} images, this root has {report.listed}")
-        for what, ids in (("missing images", report.missing_images), ("missing labels", report.missing_labels),
-                          ("bad labels", [f"{i} ({problem})" for i, problem in report.bad_labels])):
+            lines.append(
+                f"  note: the official {report.split} split has {expected} images, this root has {report.listed}"
+            )
+        for what, ids in (
+            ("missing images", report.missing_images),
+            ("missing labels", report.missing_labels),
+            ("bad labels", [f"{i} ({problem})" for i, problem in report.bad_labels]),
+        ):
             if ids:
                 more = ", ..." if len(ids) > SHOW_IDS else ""
                 lines.append(f"  {what}: {len(ids)} (e.g. {', '.join(ids[:SHOW_IDS])}{more})")
@@ -215,20 +237,30 @@ def format_reports(spec, reports, official_sizes=None):
         lines.append(f"OK: {sum(report.checked for report in reports)} images")
     else:
         failed = ", ".join(report.split for report in reports if not report.ok)
-        lines.append(f"FAILED: problems in {failed}; re-run without --check to fetch what is missing, or replace the files named above")
+        lines.append(
+            f"FAILED: problems in {failed}; re-run without --check to fetch what is missing, or replace the files named above"
+        )
     return "\n".join(lines)
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("dataset", choices=DATASET_NAMES)
     parser.add_argument("--data-root", type=Path, required=True, help="folder to fill (or check)")
-    parser.add_argument("--splits", nargs="+", choices=("train", "val"), default=["val", "train"], help="splits to prepare or check")
+    parser.add_argument(
+        "--splits", nargs="+", choices=("train", "val"), default=["val", "train"], help="splits to prepare or check"
+    )
     parser.add_argument("--check", action="store_true", help="only check the data root; download or unpack nothing")
-    parser.add_argument("--check-limit", type=_positive_int, metavar="N", help="check only the first N ids of each split")
-    parser.add_argument("--zips-dir", type=Path, default=None,
-                        help="cityscapes27: where the official zips are; potsdam3: where potsdam.zip is or goes "
-                             "(default DATA_ROOT/downloads)")
+    parser.add_argument(
+        "--check-limit", type=_positive_int, metavar="N", help="check only the first N ids of each split"
+    )
+    parser.add_argument(
+        "--zips-dir",
+        type=Path,
+        default=None,
+        help="cityscapes27: where the official zips are; potsdam3: where potsdam.zip is or goes "
+        "(default DATA_ROOT/downloads)",
+    )
     parser.add_argument("--keep-zips", action="store_true", help="keep downloaded zips (COCO-Stuff, Potsdam)")
     parser.add_argument("--base-url", help="download from a mirror instead of the official hosts (COCO-Stuff, Potsdam)")
     return parser

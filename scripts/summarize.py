@@ -9,7 +9,7 @@ with its linear probe. An eval.py or baseline_kmeans.py --output-json file gives
 that share dataset, backbone, method, protocol, flip, CRF and checkpoint (best, last, or the file
 name) are one line of the table: Acc and mIoU as mean and standard deviation (n - 1) over seeds.
 """
-import argparse
+
 import csv
 import io
 import json
@@ -24,7 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a file, the script only sees scripts/
     sys.path.insert(0, str(REPO_ROOT))
 
-from utils.evaluation import make_protocol  # noqa: E402
+from engine.evaluation import make_protocol  # noqa: E402
+from utils.cli import ArgumentParser
 
 GROUP_FIELDS = ("dataset", "backbone", "method", "protocol", "flip", "crf", "checkpoint")
 METRICS = ("acc", "miou", "probe_acc", "probe_miou")
@@ -63,7 +64,9 @@ def rows_from_run(run_dir):
     """Best and last validation epochs, and the final evaluation, of one train.py output folder."""
     log_path, config_path = run_dir / "log.jsonl", run_dir / "config.yaml"
     if not log_path.is_file() or not config_path.is_file():
-        raise SummaryError(f"{run_dir}: not a training run (expected log.jsonl and config.yaml from train.py --output-dir)")
+        raise SummaryError(
+            f"{run_dir}: not a training run (expected log.jsonl and config.yaml from train.py --output-dir)"
+        )
     config = yaml.safe_load(config_path.read_text()) or {}
     try:
         entries = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
@@ -72,8 +75,13 @@ def rows_from_run(run_dir):
     epochs = [entry for entry in entries if entry.get("kind") == "val"]
     if not epochs:
         raise SummaryError(f"{log_path}: no validation epoch logged yet")
-    common = dict(dataset=config.get("dataset", "cocostuff27"), backbone=backbone_of(config), method="iddc",
-                  seed=config.get("seed"), source=str(run_dir))
+    common = dict(
+        dataset=config.get("dataset", "cocostuff27"),
+        backbone=backbone_of(config),
+        method="iddc",
+        seed=config.get("seed"),
+        source=str(run_dir),
+    )
     best = epochs[0]
     for entry in epochs:  # ">=" as train.py, which keeps the later of equal epochs
         if entry["miou"] >= best["miou"]:
@@ -85,8 +93,17 @@ def rows_from_run(run_dir):
 
 def _run_row(entry, checkpoint, common):
     protocol = make_protocol(entry["protocol"])  # training evaluates with each protocol's defaults
-    return Row(protocol=protocol.name, flip=protocol.flip, crf=protocol.crf, checkpoint=checkpoint, acc=entry["acc"],
-               miou=entry["miou"], probe_acc=entry.get("probe_acc"), probe_miou=entry.get("probe_miou"), **common)
+    return Row(
+        protocol=protocol.name,
+        flip=protocol.flip,
+        crf=protocol.crf,
+        checkpoint=checkpoint,
+        acc=entry["acc"],
+        miou=entry["miou"],
+        probe_acc=entry.get("probe_acc"),
+        probe_miou=entry.get("probe_miou"),
+        **common,
+    )
 
 
 def row_from_json(path):
@@ -96,7 +113,9 @@ def row_from_json(path):
         settings = result["protocol_settings"]
         acc, miou = float(result["acc"]), float(result["miou"])
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise SummaryError(f"{path}: not an eval.py or baseline_kmeans.py results file ({type(err).__name__}: {err})") from err
+        raise SummaryError(
+            f"{path}: not an eval.py or baseline_kmeans.py results file ({type(err).__name__}: {err})"
+        ) from err
     config = result.get("config") or {}
     method = result.get("method", "iddc")
     if method == "kmeans":
@@ -104,9 +123,19 @@ def row_from_json(path):
     else:
         name = Path(result.get("checkpoint") or "?").name
         checkpoint = {"best_model.pth": "best", "last_model.pth": "last"}.get(name, name)
-    return Row(dataset=config.get("dataset", "cocostuff27"), backbone=result.get("backbone") or backbone_of(config), method=method,
-               protocol=result["protocol"], flip=bool(settings.get("flip")), crf=bool(settings.get("crf")), checkpoint=checkpoint,
-               seed=result.get("seed"), source=str(path), acc=acc, miou=miou)
+    return Row(
+        dataset=config.get("dataset", "cocostuff27"),
+        backbone=result.get("backbone") or backbone_of(config),
+        method=method,
+        protocol=result["protocol"],
+        flip=bool(settings.get("flip")),
+        crf=bool(settings.get("crf")),
+        checkpoint=checkpoint,
+        seed=result.get("seed"),
+        source=str(path),
+        acc=acc,
+        miou=miou,
+    )
 
 
 def collect(paths):
@@ -151,13 +180,33 @@ def _cell(mean, std):
 
 
 def to_markdown(table):
-    header = ["dataset", "backbone", "method", "protocol", "flip", "CRF", "checkpoint", "seeds", "Acc", "mIoU",
-              "probe Acc", "probe mIoU"]
+    header = [
+        "dataset",
+        "backbone",
+        "method",
+        "protocol",
+        "flip",
+        "CRF",
+        "checkpoint",
+        "seeds",
+        "Acc",
+        "mIoU",
+        "probe Acc",
+        "probe mIoU",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for line in table:
-        cells = [line["dataset"], line["backbone"], line["method"], line["protocol"], "yes" if line["flip"] else "no",
-                 "yes" if line["crf"] else "no", line["checkpoint"], f"{line['seeds']} (n={line['n']})",
-                 *(_cell(*line[metric]) for metric in METRICS)]
+        cells = [
+            line["dataset"],
+            line["backbone"],
+            line["method"],
+            line["protocol"],
+            "yes" if line["flip"] else "no",
+            "yes" if line["crf"] else "no",
+            line["checkpoint"],
+            f"{line['seeds']} (n={line['n']})",
+            *(_cell(*line[metric]) for metric in METRICS),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -178,7 +227,7 @@ def to_csv(table):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("paths", nargs="+", metavar="RUN_OR_JSON", help="train.py output folders and eval JSON files")
     parser.add_argument("--markdown", default=None, metavar="FILE", help="also write the markdown table here")
     parser.add_argument("--csv", default=None, metavar="FILE", help="write the table as CSV here")

@@ -1,4 +1,5 @@
 """Shared fixtures: paths to the golden reference data of the original IDDC code."""
+
 import os
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from http_server import closed_port_url, drive_certificates, drive_proxy, http_server  # noqa: E402, F401  (fixtures)
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
@@ -29,5 +32,9 @@ def _limit_threads():
 def fake_checkpoint(tmp_path_factory):
     """The original's fake ViT-S/16 checkpoint (random numbers, seed 4321), made by the golden script."""
     path = tmp_path_factory.mktemp("golden_ckpt") / "ckpt16.pth"
-    subprocess.run([sys.executable, str(GOLDEN / "make_checkpoint.py"), "--seed", "4321", "--out", str(path)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(GOLDEN / "make_checkpoint.py"), "--seed", "4321", "--out", str(path)],
+        check=True,
+        capture_output=True,
+    )
     return path

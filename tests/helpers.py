@@ -1,9 +1,10 @@
 """Builders shared by the tests: small random IDDC models saved in the official formats."""
+
 import torch
 
+from modules.checkpoint import iddc_state
 from modules.model import IDDCModel
 from modules.vit import VisionTransformer
-from utils.checkpoint import iddc_state
 
 
 def small_model(patch_size=16, embed_dim=64, depth=2, num_classes=27, seed=0):

@@ -1,9 +1,9 @@
 """A loopback HTTP server for the download tests: byte ranges, cut connections, scripted pages.
 
 Tests never leave 127.0.0.1; this server plays COCO's file host, and with DriveProxy in front of
-it, Google Drive. Import the
-fixtures into a test module (``from tests.http_server import http_server``) to use them.
+it, Google Drive. tests/conftest.py imports its fixtures for every test module.
 """
+
 import re
 import socket
 import socketserver
@@ -48,8 +48,7 @@ class LoopbackServer:
         self._httpd.daemon_threads = True
         self._httpd.loopback = self
         # A short poll keeps shutdown (one per test) from waiting the default half second.
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     def start(self):
         self._thread.start()
@@ -84,8 +83,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         server = self.server.loopback
         parts = urlsplit(self.path)
-        request = SeenRequest(parts.path.lstrip("/"), {k: v[0] for k, v in parse_qs(parts.query).items()},
-                              dict(self.headers))
+        request = SeenRequest(
+            parts.path.lstrip("/"), {k: v[0] for k, v in parse_qs(parts.query).items()}, dict(self.headers)
+        )
         server.requests.append(request)
         route = server.routes.get(request.path)
         if route is None:
@@ -101,7 +101,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(416, "text/plain", b"", {"Content-Range": f"bytes */{len(body)}"})
                 return
             headers["Content-Range"] = f"bytes {start}-{end}/{len(body)}"
-            body, status = body[start:end + 1], 206
+            body, status = body[start : end + 1], 206
         if reply.ranges:
             headers["Accept-Ranges"] = "bytes"
         self._send(status, reply.content_type, body, headers, cut_after=reply.cut_after)
@@ -162,30 +162,63 @@ def make_drive_certificates(folder):
     valid = dict(not_valid_before=now - datetime.timedelta(days=1), not_valid_after=now + datetime.timedelta(days=2))
 
     def certificate(subject, issuer, key, signing_key, extensions):
-        builder = x509.CertificateBuilder(subject_name=subject, issuer_name=issuer, public_key=key.public_key(),
-                                          serial_number=x509.random_serial_number(), **valid)
+        builder = x509.CertificateBuilder(
+            subject_name=subject,
+            issuer_name=issuer,
+            public_key=key.public_key(),
+            serial_number=x509.random_serial_number(),
+            **valid,
+        )
         for extension, critical in extensions:
             builder = builder.add_extension(extension, critical=critical)
         return builder.sign(signing_key, hashes.SHA256())
 
     ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "iddc test CA")])
-    ca = certificate(ca_name, ca_name, ca_key, ca_key, [
-        (x509.BasicConstraints(ca=True, path_length=None), True),
-        (x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False, key_encipherment=False,
-                       data_encipherment=False, key_agreement=False, encipher_only=False, decipher_only=False), True),
-        (x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False),
-    ])
-    server = certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DRIVE_HOSTS[0])]), ca_name, server_key, ca_key, [
-        (x509.SubjectAlternativeName([x509.DNSName(host) for host in DRIVE_HOSTS]), False),
-        (x509.BasicConstraints(ca=False, path_length=None), True),
-        (x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False),
-        (x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False),
-    ])
+    ca = certificate(
+        ca_name,
+        ca_name,
+        ca_key,
+        ca_key,
+        [
+            (x509.BasicConstraints(ca=True, path_length=None), True),
+            (
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                True,
+            ),
+            (x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False),
+        ],
+    )
+    server = certificate(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DRIVE_HOSTS[0])]),
+        ca_name,
+        server_key,
+        ca_key,
+        [
+            (x509.SubjectAlternativeName([x509.DNSName(host) for host in DRIVE_HOSTS]), False),
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False),
+            (x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        ],
+    )
     ca_file, server_file = Path(folder) / "ca.pem", Path(folder) / "server.pem"
     ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    server_file.write_bytes(server.public_bytes(serialization.Encoding.PEM) + server_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    server_file.write_bytes(
+        server.public_bytes(serialization.Encoding.PEM)
+        + server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return ca_file, server_file
 
 
@@ -220,7 +253,11 @@ class _ProxyHandler(socketserver.StreamRequestHandler):
         request_line = self.rfile.readline(65537).decode("latin-1").split()
         while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
             pass
-        if len(request_line) != 3 or request_line[0] != "CONNECT" or request_line[1].rpartition(":")[0] not in DRIVE_HOSTS:
+        if (
+            len(request_line) != 3
+            or request_line[0] != "CONNECT"
+            or request_line[1].rpartition(":")[0] not in DRIVE_HOSTS
+        ):
             self.wfile.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
             return
         proxy.tunnels.append(request_line[1])

@@ -6,6 +6,7 @@ gives NaN for an empty mask, exactly like the original code; it exists only so t
 and the benchmark can compare ``modules.loss.IDDCLoss`` against a second, independent reading
 of the SPEC. Shared by ``tests/test_loss.py`` and ``benchmarks/bench_loss.py``.
 """
+
 from typing import Dict, Sequence
 
 import torch
@@ -17,9 +18,17 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nchw,ncij->nhwij", a, b)  # (B, h, w, h, w)
 
 
-def reference_loss(f0: torch.Tensor, f1: torch.Tensor, z0: torch.Tensor, z1: torch.Tensor,
-                   shifts: Sequence[int], t_pos: float = 0.2, t_neg: float = 0.12,
-                   w0: float = 1.4, w1: float = 0.4) -> Dict[str, torch.Tensor]:
+def reference_loss(
+    f0: torch.Tensor,
+    f1: torch.Tensor,
+    z0: torch.Tensor,
+    z1: torch.Tensor,
+    shifts: Sequence[int],
+    t_pos: float = 0.2,
+    t_neg: float = 0.12,
+    w0: float = 1.4,
+    w1: float = 0.4,
+) -> Dict[str, torch.Tensor]:
     """SPEC section 3 term by term; ``shifts`` are the negative shifts (partner (b + s) mod B)."""
     p0 = F.softmax(z0, dim=1)  # (B, K, h, w)
     p1 = F.softmax(z1, dim=1)  # (B, K, h, w)

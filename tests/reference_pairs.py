@@ -3,6 +3,7 @@
 Kept as the reference the faster ``data.pairs.TrainingPairs`` is checked against (tests) and
 measured against (benchmarks/bench_train.py). It draws the same random numbers in the same order.
 """
+
 import numpy as np
 from PIL import Image
 

@@ -10,6 +10,7 @@ own rule, registers inserted after the class token, blocks with hand-written att
 optional LayerScale, final LayerNorm. It is deliberately naive, a second reading of the same facts
 against which ``modules/backbones.py`` (timm + conversion) is compared.
 """
+
 import math
 
 import torch
@@ -46,14 +47,22 @@ def release_state(name, depth=None, embed_dim=None, grid=None, seed=0):
     hidden = 4 * dim
     for i in range(depth):
         block = f"blocks.{i}."
-        state.update({
-            block + "norm1.weight": normal(dim, std=0.1, mean=1.0), block + "norm1.bias": normal(dim),
-            block + "attn.qkv.weight": normal(3 * dim, dim, std=0.1), block + "attn.qkv.bias": normal(3 * dim),
-            block + "attn.proj.weight": normal(dim, dim, std=0.05), block + "attn.proj.bias": normal(dim),
-            block + "norm2.weight": normal(dim, std=0.1, mean=1.0), block + "norm2.bias": normal(dim),
-            block + "mlp.fc1.weight": normal(hidden, dim, std=0.05), block + "mlp.fc1.bias": normal(hidden),
-            block + "mlp.fc2.weight": normal(dim, hidden, std=0.05), block + "mlp.fc2.bias": normal(dim),
-        })
+        state.update(
+            {
+                block + "norm1.weight": normal(dim, std=0.1, mean=1.0),
+                block + "norm1.bias": normal(dim),
+                block + "attn.qkv.weight": normal(3 * dim, dim, std=0.1),
+                block + "attn.qkv.bias": normal(3 * dim),
+                block + "attn.proj.weight": normal(dim, dim, std=0.05),
+                block + "attn.proj.bias": normal(dim),
+                block + "norm2.weight": normal(dim, std=0.1, mean=1.0),
+                block + "norm2.bias": normal(dim),
+                block + "mlp.fc1.weight": normal(hidden, dim, std=0.05),
+                block + "mlp.fc1.bias": normal(hidden),
+                block + "mlp.fc2.weight": normal(dim, hidden, std=0.05),
+                block + "mlp.fc2.bias": normal(dim),
+            }
+        )
         if spec.layer_scale:
             state[block + "ls1.gamma"] = normal(dim, std=0.2, mean=0.5)
             state[block + "ls2.gamma"] = normal(dim, std=0.2, mean=0.5)
@@ -71,8 +80,12 @@ def _interpolated_pos_embed(pos_embed, grid_h, grid_w, offset, antialias):
         return pos_embed
     table = pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
     if offset:
-        resized = F.interpolate(table, scale_factor=((grid_h + offset) / side, (grid_w + offset) / side),
-                                mode="bicubic", antialias=antialias)
+        resized = F.interpolate(
+            table,
+            scale_factor=((grid_h + offset) / side, (grid_w + offset) / side),
+            mode="bicubic",
+            antialias=antialias,
+        )
     else:
         resized = F.interpolate(table, size=(grid_h, grid_w), mode="bicubic", antialias=antialias)
     return torch.cat((pos_embed[:, :1], resized.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)), dim=1)
@@ -89,12 +102,14 @@ def reference_features(name, state, images):
     x = F.conv2d(images, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], stride=p)
     x = x.flatten(2).transpose(1, 2)
     x = torch.cat((state["cls_token"].expand(batch, -1, -1), x), dim=1)
-    x = x + _interpolated_pos_embed(state["pos_embed"], grid_h, grid_w, spec.interpolation.offset, spec.interpolation.antialias)
+    x = x + _interpolated_pos_embed(
+        state["pos_embed"], grid_h, grid_w, spec.interpolation.offset, spec.interpolation.antialias
+    )
     if "register_tokens" in state:
         x = torch.cat((x[:, :1], state["register_tokens"].expand(batch, -1, -1), x[:, 1:]), dim=1)
     depth = len({key.split(".")[1] for key in state if key.startswith("blocks.")})
     for i in range(depth):
-        w = {key[len(f"blocks.{i}."):]: value for key, value in state.items() if key.startswith(f"blocks.{i}.")}
+        w = {key[len(f"blocks.{i}.") :]: value for key, value in state.items() if key.startswith(f"blocks.{i}.")}
         h = F.layer_norm(x, (dim,), w["norm1.weight"], w["norm1.bias"], eps=1e-6)
         qkv = F.linear(h, w["attn.qkv.weight"], w["attn.qkv.bias"]).reshape(batch, -1, 3, heads, dim // heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
@@ -103,8 +118,10 @@ def reference_features(name, state, images):
         out = F.linear(out, w["attn.proj.weight"], w["attn.proj.bias"])
         x = x + out * w.get("ls1.gamma", 1.0)
         h = F.layer_norm(x, (dim,), w["norm2.weight"], w["norm2.bias"], eps=1e-6)
-        out = F.linear(F.gelu(F.linear(h, w["mlp.fc1.weight"], w["mlp.fc1.bias"])), w["mlp.fc2.weight"], w["mlp.fc2.bias"])
+        out = F.linear(
+            F.gelu(F.linear(h, w["mlp.fc1.weight"], w["mlp.fc1.bias"])), w["mlp.fc2.weight"], w["mlp.fc2.bias"]
+        )
         x = x + out * w.get("ls2.gamma", 1.0)
     x = F.layer_norm(x, (dim,), state["norm.weight"], state["norm.bias"], eps=1e-6)
-    patches = x[:, 1 + state.get("register_tokens", torch.empty(1, 0)).shape[1]:]
+    patches = x[:, 1 + state.get("register_tokens", torch.empty(1, 0)).shape[1] :]
     return patches.transpose(1, 2).reshape(batch, dim, grid_h, grid_w)

@@ -4,6 +4,7 @@ The contract (utils/errors.py): bad input or a bad option exits 2, a run that wo
 problems exits 1, and either way the last line names the culprit, with no traceback; nothing the
 user keeps is replaced. Odd but valid input succeeds with a correct result.
 """
+
 import os
 import shutil
 import subprocess
@@ -13,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import save_dino, save_released, small_model
 from PIL import Image
 
 from data.cocostuff import SPLIT_LIST_NAME
 from data.synthetic import write_synthetic_cocostuff
-from helpers import save_dino, save_released, small_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,8 +27,14 @@ def run_entry(script, *args, cwd=None, timeout=180):
     """``python script args`` as a user runs it, from another folder."""
     env = dict(os.environ, OMP_NUM_THREADS="2")
     env.pop("IDDC_DEBUG", None)
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def last_line(done):
@@ -70,8 +77,15 @@ def work(tmp_path_factory):
     dino = save_dino(small_model(seed=3), base / "dino.pth")
     garbage = base / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    return {"base": base, "root": base / "root", "ids": ids, "ckpt": checkpoint, "nan_ckpt": nan_checkpoint,
-            "dino": dino, "garbage": garbage}
+    return {
+        "base": base,
+        "root": base / "root",
+        "ids": ids,
+        "ckpt": checkpoint,
+        "nan_ckpt": nan_checkpoint,
+        "dino": dino,
+        "garbage": garbage,
+    }
 
 
 def copy_root(work, name):
@@ -99,7 +113,9 @@ def test_eval_unreadable_image_in_a_loader_worker_is_one_line(work):
     broken = root / "images" / "val2017" / f"{work['ids']['val'][0]}.jpg"
     broken.write_bytes(broken.read_bytes()[:400])
     # Two loader workers, as on a GPU by default (CPU evaluation reads images in the main process).
-    done = run_entry("eval.py", "--data-root", root, "--checkpoint", work["ckpt"], "--device", "cpu", "--num-workers", "2")
+    done = run_entry(
+        "eval.py", "--data-root", root, "--checkpoint", work["ckpt"], "--device", "cpu", "--num-workers", "2"
+    )
     assert_refused(done, 2, broken, "cannot read the image")
     done = run_entry("eval.py", "--data-root", root, "--checkpoint", work["ckpt"], "--device", "cpu")  # the default
     assert_refused(done, 2, broken, "cannot read the image")
@@ -119,17 +135,29 @@ def test_eval_duplicated_id_in_the_split_list(work):
 
 
 def test_eval_bad_option(work):
-    done = run_entry("eval.py", "--data-root", work["root"], "--checkpoint", work["ckpt"], "--device", "cpu", "--limit", "0")
+    done = run_entry(
+        "eval.py", "--data-root", work["root"], "--checkpoint", work["ckpt"], "--device", "cpu", "--limit", "0"
+    )
     assert_refused(done, 2, "--limit", "got 0")
 
 
-@pytest.mark.parametrize("flags", [
-    ["--limit", "-1"], ["--batch-size", "-4"], ["--overlap", "224"], ["--num-workers", "-1"], ["--score-size", "0", "320"],
-], ids=["limit-1", "negative-batch", "overlap-as-window", "negative-workers", "score-size0"])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--limit", "-1"],
+        ["--batch-size", "-4"],
+        ["--overlap", "224"],
+        ["--num-workers", "-1"],
+        ["--score-size", "0", "320"],
+    ],
+    ids=["limit-1", "negative-batch", "overlap-as-window", "negative-workers", "score-size0"],
+)
 def test_eval_more_bad_options(work, capsys, flags):
     import eval as eval_cli
 
-    code, line = call_main(eval_cli.main, capsys, "--data-root", work["root"], "--checkpoint", work["garbage"], "--device", "cpu", *flags)
+    code, line = call_main(
+        eval_cli.main, capsys, "--data-root", work["root"], "--checkpoint", work["garbage"], "--device", "cpu", *flags
+    )
     assert code == 2 and flags[0] in line and flags[1] in line
 
 
@@ -137,7 +165,9 @@ def test_eval_more_bad_options(work, capsys, flags):
 def test_eval_cuda_without_a_gpu(work, capsys):
     import eval as eval_cli
 
-    code, line = call_main(eval_cli.main, capsys, "--data-root", work["root"], "--checkpoint", work["ckpt"], "--device", "cuda")
+    code, line = call_main(
+        eval_cli.main, capsys, "--data-root", work["root"], "--checkpoint", work["ckpt"], "--device", "cuda"
+    )
     assert code == 2 and "--device cuda" in line and "no CUDA GPU" in line
 
 
@@ -160,8 +190,18 @@ def test_eval_pictures_never_go_among_the_labels(work, capsys):
 
     labels = work["root"] / "annotations" / "val2017"
     before = tree(labels)
-    code, line = call_main(eval_cli.main, capsys, "--data-root", work["root"], "--checkpoint", work["ckpt"], "--device", "cpu",
-                           "--save-visuals", labels)
+    code, line = call_main(
+        eval_cli.main,
+        capsys,
+        "--data-root",
+        work["root"],
+        "--checkpoint",
+        work["ckpt"],
+        "--device",
+        "cpu",
+        "--save-visuals",
+        labels,
+    )
     assert code == 2 and "--save-visuals" in line and "annotations" in line
     assert tree(labels) == before
 
@@ -171,10 +211,25 @@ def test_eval_interrupted_with_ctrl_c(work, tmp_path):
     import signal
 
     write_synthetic_cocostuff(tmp_path, num_train=0, num_val=40, sizes=((240, 240),))  # long enough to interrupt
-    command = [sys.executable, str(ROOT / "eval.py"), "--data-root", str(tmp_path), "--checkpoint", str(work["ckpt"]),
-               "--device", "cpu", "--num-workers", "2"]
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-                             env=dict(os.environ, OMP_NUM_THREADS="2"))
+    command = [
+        sys.executable,
+        str(ROOT / "eval.py"),
+        "--data-root",
+        str(tmp_path),
+        "--checkpoint",
+        str(work["ckpt"]),
+        "--device",
+        "cpu",
+        "--num-workers",
+        "2",
+    ]
+    child = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env=dict(os.environ, OMP_NUM_THREADS="2"),
+    )
     seen = b""
     while b"eval sliding" not in seen:  # the evaluation (and its loader workers) has started
         chunk = child.stderr.read1(4096)
@@ -192,8 +247,18 @@ def test_eval_never_writes_over_its_checkpoint(work, tmp_path, capsys):
 
     checkpoint = shutil.copy(work["ckpt"], tmp_path / "model.json")
     before = Path(checkpoint).read_bytes()
-    code, line = call_main(eval_cli.main, capsys, "--data-root", work["root"], "--checkpoint", checkpoint, "--device", "cpu",
-                           "--output-json", checkpoint)
+    code, line = call_main(
+        eval_cli.main,
+        capsys,
+        "--data-root",
+        work["root"],
+        "--checkpoint",
+        checkpoint,
+        "--device",
+        "cpu",
+        "--output-json",
+        checkpoint,
+    )
     assert code == 2 and "--output-json" in line and "input of this run" in line
     assert Path(checkpoint).read_bytes() == before
 
@@ -212,17 +277,33 @@ def test_eval_labels_without_a_labelled_pixel(work, capsys):
     root = copy_root(work, "unlabelled")
     for label in (root / "annotations" / "val2017").glob("*.png"):
         Image.fromarray(np.full(Image.open(label).size[::-1], 255, np.uint8)).save(label)
-    code, line = call_main(eval_cli.main, capsys, "--data-root", root, "--checkpoint", work["ckpt"], "--device", "cpu",
-                           "--limit", "1", "--protocol", "resize320", "--num-workers", "0")
+    code, line = call_main(
+        eval_cli.main,
+        capsys,
+        "--data-root",
+        root,
+        "--checkpoint",
+        work["ckpt"],
+        "--device",
+        "cpu",
+        "--limit",
+        "1",
+        "--protocol",
+        "resize320",
+        "--num-workers",
+        "0",
+    )
     assert code == 2 and "no labelled pixel" in line  # instead of NaN metrics
 
 
 def test_debug_shows_the_traceback(work):
     import eval as eval_cli
-    from utils.checkpoint import CheckpointError
+    from modules.weights import CheckpointError
 
     with pytest.raises(CheckpointError):
-        eval_cli.main(["--data-root", str(work["root"]), "--checkpoint", str(work["garbage"]), "--device", "cpu", "--debug"])
+        eval_cli.main(
+            ["--data-root", str(work["root"]), "--checkpoint", str(work["garbage"]), "--device", "cpu", "--debug"]
+        )
 
 
 # ---------------------------------------------------------------- train.py
@@ -240,8 +321,21 @@ def finished_run(work, tmp_path):
 
 
 def train_flags(work, output_dir, *extra):
-    return ["--data-root", work["root"], "--backbone-weights", work["dino"], "--output-dir", output_dir,
-            "--device", "cpu", "--batch-size", "2", "--epochs", "1", *extra]
+    return [
+        "--data-root",
+        work["root"],
+        "--backbone-weights",
+        work["dino"],
+        "--output-dir",
+        output_dir,
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "1",
+        *extra,
+    ]
 
 
 def test_train_refuses_a_finished_run_and_leaves_it_untouched(work, finished_run):
@@ -269,9 +363,16 @@ def test_train_missing_validation_split_found_before_training(work, tmp_path, ca
     assert not list(out.glob("*")) and "epoch" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flags", [
-    ["--val-limit", "0"], ["--epochs", "0"], ["--lr", "nan"], ["--batch-size", "3", "--train-limit", "2"],
-], ids=["val-limit0", "epochs0", "lr-nan", "batch-over-split"])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--val-limit", "0"],
+        ["--epochs", "0"],
+        ["--lr", "nan"],
+        ["--batch-size", "3", "--train-limit", "2"],
+    ],
+    ids=["val-limit0", "epochs0", "lr-nan", "batch-over-split"],
+)
 def test_train_bad_options(work, tmp_path, capsys, flags):
     import train as train_cli
 
@@ -285,8 +386,21 @@ def test_train_overwrite_never_deletes_an_input(work, finished_run, capsys):
 
     weights = shutil.copy(work["dino"], finished_run / "last_model.pth")  # the run's folder holds the backbone given
     before = tree(finished_run)
-    code, line = call_main(train_cli.main, capsys, "--data-root", work["root"], "--backbone-weights", weights,
-                           "--output-dir", finished_run, "--device", "cpu", "--batch-size", "2", "--overwrite")
+    code, line = call_main(
+        train_cli.main,
+        capsys,
+        "--data-root",
+        work["root"],
+        "--backbone-weights",
+        weights,
+        "--output-dir",
+        finished_run,
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+        "--overwrite",
+    )
     assert code == 2 and "--backbone-weights" in line and "last_model.pth" in line
     assert tree(finished_run) == before
 
@@ -295,8 +409,14 @@ def test_train_overwrite_replaces_the_run(work, finished_run):
     import train as train_cli
 
     old_best = (finished_run / "best_model.pth").read_bytes()
-    code = train_cli.main([str(arg) for arg in train_flags(work, finished_run, "--overwrite", "--num-workers", "0",
-                                                          "--train-limit", "2", "--val-limit", "1")])
+    code = train_cli.main(
+        [
+            str(arg)
+            for arg in train_flags(
+                work, finished_run, "--overwrite", "--num-workers", "0", "--train-limit", "2", "--val-limit", "1"
+            )
+        ]
+    )
     assert code == 0
     assert (finished_run / "best_model.pth").read_bytes() != old_best
     assert '"kind": "val"}' not in (finished_run / "log.jsonl").read_text().splitlines()[0]  # a fresh log
@@ -324,7 +444,9 @@ def test_predict_keeps_a_users_file_with_an_output_name(work, photos, tmp_path):
     users_file = tmp_path / f"{stem}_color.png"
     Image.new("RGB", (8, 8), "red").save(users_file)
     before = users_file.read_bytes()
-    done = run_entry("predict.py", "--checkpoint", work["ckpt"], "--input", photos, "--output-dir", tmp_path, "--device", "cpu")
+    done = run_entry(
+        "predict.py", "--checkpoint", work["ckpt"], "--input", photos, "--output-dir", tmp_path, "--device", "cpu"
+    )
     assert_refused(done, 2, users_file, "predict.py did not write")
     assert users_file.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [users_file.name]
@@ -337,7 +459,9 @@ def test_predict_folder_with_a_file_that_is_not_an_image(work, photos, tmp_path)
     (folder / "notes.txt").write_text("shopping list")
     Image.new("RGB", (230, 230), "blue").save(folder / "photo.tif")  # not a .jpg/.png, still an image
     out = tmp_path / "out"
-    done = run_entry("predict.py", "--checkpoint", work["ckpt"], "--input", folder, "--output-dir", out, "--device", "cpu")
+    done = run_entry(
+        "predict.py", "--checkpoint", work["ckpt"], "--input", folder, "--output-dir", out, "--device", "cpu"
+    )
     assert_refused(done, 1, "notes.txt")
     assert "skipped" in done.stdout and "notes.txt" in done.stdout
     assert len(list(out.glob("*_clusters.png"))) == 2 and (out / "photo_overlay.png").is_file()
@@ -348,8 +472,18 @@ def test_predict_output_dir_that_is_a_file(work, photos, tmp_path, capsys):
 
     a_file = tmp_path / "out.png"
     a_file.write_bytes(b"mine")
-    code, line = call_main(predict_cli.main, capsys, "--checkpoint", work["ckpt"], "--input", photos, "--output-dir", a_file,
-                           "--device", "cpu")
+    code, line = call_main(
+        predict_cli.main,
+        capsys,
+        "--checkpoint",
+        work["ckpt"],
+        "--input",
+        photos,
+        "--output-dir",
+        a_file,
+        "--device",
+        "cpu",
+    )
     assert code == 2 and "--output-dir" in line and str(a_file) in line
     assert a_file.read_bytes() == b"mine"
 
@@ -359,7 +493,17 @@ def test_predict_again_into_its_input_folder(work, photos, tmp_path):
 
     folder = tmp_path / "in_and_out"
     shutil.copytree(photos, folder)
-    args = ["--checkpoint", str(work["ckpt"]), "--input", str(folder), "--output-dir", str(folder), "--device", "cpu", "--no-flip"]
+    args = [
+        "--checkpoint",
+        str(work["ckpt"]),
+        "--input",
+        str(folder),
+        "--output-dir",
+        str(folder),
+        "--device",
+        "cpu",
+        "--no-flip",
+    ]
     assert predict_cli.main(args) == 0
     first = tree(folder)
     assert predict_cli.main(args) == 0  # its own PNGs are neither inputs nor protected files

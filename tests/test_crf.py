@@ -1,20 +1,21 @@
 """Dense CRF: STEGO's image reconstruction, edge snapping, shapes, the worker pool, and the CLIs."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from helpers import save_released, small_model
 from PIL import Image
 
 import eval as eval_cli
 import predict as predict_cli
-from data.cocostuff import IMAGENET_MEAN, IMAGENET_STD
 from data.synthetic import write_synthetic_cocostuff
-from helpers import save_released, small_model
-from utils.checkpoint import load_iddc_model
-from utils.crf import CRFPool, crf_image, crf_inputs, crf_maps, dense_crf, fit_size
-from utils.evaluation import evaluate, make_protocol
+from engine.crf import CRFPool, crf_image, crf_inputs, crf_maps, dense_crf, fit_size
+from engine.evaluation import evaluate, make_protocol
+from modules.checkpoint import load_iddc_model
+from utils.constants import IMAGENET_MEAN, IMAGENET_STD
 
 EDGE = 40
 
@@ -122,8 +123,22 @@ def small_checkpoint(tmp_path_factory):
 
 def run_eval(tmp_path, data_root, checkpoint, *flags):
     out = tmp_path / "crf.json"
-    assert eval_cli.main(["--data-root", str(data_root), "--checkpoint", str(checkpoint), "--device", "cpu",
-                          "--output-json", str(out), *flags]) == 0
+    assert (
+        eval_cli.main(
+            [
+                "--data-root",
+                str(data_root),
+                "--checkpoint",
+                str(checkpoint),
+                "--device",
+                "cpu",
+                "--output-json",
+                str(out),
+                *flags,
+            ]
+        )
+        == 0
+    )
     return json.loads(out.read_text())
 
 
@@ -131,7 +146,9 @@ def run_eval(tmp_path, data_root, checkpoint, *flags):
 def test_eval_center320_flip_crf(tmp_path, fixture, synthetic_root, small_checkpoint, fake_checkpoint, golden_dir):
     """The peers' full protocol through eval.py with its default workers; on the synthetic set also
     against CRFs computed in this process."""
-    data_root, checkpoint = (synthetic_root, small_checkpoint) if fixture == "synthetic" else (golden_dir / "cocostuff", fake_checkpoint)
+    data_root, checkpoint = (
+        (synthetic_root, small_checkpoint) if fixture == "synthetic" else (golden_dir / "cocostuff", fake_checkpoint)
+    )
     result = run_eval(tmp_path, data_root, checkpoint, "--protocol", "center320", "--flip", "--crf")
     assert result["protocol"] == "center320" and result["protocol_settings"]["crf"] is True
     assert result["protocol_settings"]["flip"] is True
@@ -160,8 +177,24 @@ def test_predict_crf_writes_maps_at_the_image_size(tmp_path, small_checkpoint):
     for name, (width, height) in sizes.items():
         Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(image_dir / f"{name}.png")
     out = tmp_path / "out"
-    assert predict_cli.main(["--checkpoint", str(small_checkpoint), "--input", str(image_dir), "--output-dir", str(out),
-                             "--device", "cpu", "--crf", "--crf-workers", "1"]) == 0
+    assert (
+        predict_cli.main(
+            [
+                "--checkpoint",
+                str(small_checkpoint),
+                "--input",
+                str(image_dir),
+                "--output-dir",
+                str(out),
+                "--device",
+                "cpu",
+                "--crf",
+                "--crf-workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     model, _ = load_iddc_model(small_checkpoint)
     for name, (width, height) in sizes.items():
         clusters = np.array(Image.open(out / f"{name}_clusters.png"))

@@ -1,4 +1,5 @@
 """COCO-Stuff-27 reading: label map, split lists, clear errors for bad input."""
+
 import hashlib
 
 import numpy as np
@@ -6,7 +7,13 @@ import pytest
 from PIL import Image
 
 from data.cocostuff import (
-    SHIPPED_CURATED_DIR, CocoStuffEval, DataError, class_names, load_label_map, map_fine_to_coarse, read_split_ids,
+    SHIPPED_CURATED_DIR,
+    CocoStuffEval,
+    DataError,
+    class_names,
+    load_label_map,
+    map_fine_to_coarse,
+    read_split_ids,
     split_list_path,
 )
 from data.synthetic import write_synthetic_cocostuff

@@ -1,5 +1,6 @@
 """The dataset registry: label maps (unused and ignored ids), split discovery, training preprocessing
 and one clear error per bad input, for each layout (synthetic data written by the tests)."""
+
 import json
 
 import numpy as np
@@ -60,8 +61,10 @@ def test_cocostuff171_classes_and_label_map():
     coco27 = get_dataset("cocostuff27")
     shipped = json.loads(LABEL_MAP_FILE.read_text())
     assert list(coco27.class_names) == shipped["coarse_names"]
-    np.testing.assert_array_equal(coco27.map_label(np.array([11, 90, 255], np.uint8), "y.png"),
-                                  [shipped["fine_to_coarse"]["11"], shipped["fine_to_coarse"]["90"], 255])
+    np.testing.assert_array_equal(
+        coco27.map_label(np.array([11, 90, 255], np.uint8), "y.png"),
+        [shipped["fine_to_coarse"]["11"], shipped["fine_to_coarse"]["90"], 255],
+    )
 
 
 def test_cityscapes_label_map():
@@ -121,8 +124,13 @@ def test_cityscapes_missing_folders_and_bad_labels(tmp_path):
 
 def test_cityscapes_training_items_are_stegos_five_crops(cityscapes_root):
     spec = get_dataset("cityscapes27")
-    assert five_crop_boxes(2048, 1024) == [(0, 0, 1024, 512), (1024, 0, 2048, 512), (0, 512, 1024, 1024),
-                                            (1024, 512, 2048, 1024), (512, 256, 1536, 768)]
+    assert five_crop_boxes(2048, 1024) == [
+        (0, 0, 1024, 512),
+        (1024, 0, 2048, 512),
+        (0, 512, 1024, 1024),
+        (1024, 512, 2048, 1024),
+        (512, 256, 1536, 768),
+    ]
     items = spec.train_items(cityscapes_root, "train")
     assert len(items) == 15 and items[:5] == [(items[0][0], k) for k in range(5)]
     image, label = spec.read_pair(cityscapes_root, "train", items[0][0])
@@ -135,7 +143,10 @@ def test_cityscapes_training_items_are_stegos_five_crops(cityscapes_root):
 
 def test_potsdam_reading_and_errors(potsdam_root, tmp_path):
     spec = get_dataset("potsdam3")
-    assert spec.split_ids(potsdam_root, "train") == ["0", "1", "2"] and spec.split_ids(potsdam_root, "val") == ["3", "4"]
+    assert spec.split_ids(potsdam_root, "train") == ["0", "1", "2"] and spec.split_ids(potsdam_root, "val") == [
+        "3",
+        "4",
+    ]
     image, label = spec.read_pair(potsdam_root, "val", "3")
     stored = loadmat(potsdam_root / "imgs" / "3.mat")["img"]
     assert stored.shape == (200, 200, 4) and image.mode == "RGB" and image.size == (200, 200)

@@ -1,11 +1,13 @@
 """Every dataset through the entry points on synthetic data: eval.py with each protocol, two training
 epochs with train.py, predict.py --dataset, and one clear error for a wrong dataset or bad data."""
+
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import save_dino, save_released, small_model
 from PIL import Image
 
 import eval as eval_cli
@@ -13,9 +15,8 @@ import predict as predict_cli
 import train as train_cli
 from data.registry import get_dataset
 from data.synthetic import write_synthetic_cityscapes, write_synthetic_cocostuff, write_synthetic_potsdam
-from helpers import save_dino, save_released, small_model
-from utils.evaluation import PROTOCOLS
-from utils.visualize import CAPTION_HEIGHT
+from engine.evaluation import PROTOCOLS
+from engine.visualize import CAPTION_HEIGHT
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("cocostuff171", "cityscapes27", "potsdam3")
@@ -35,14 +36,27 @@ def roots(tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpts")
-    return {name: save_released(small_model(num_classes=get_dataset(name).num_classes), folder / f"{name}.pth")
-            for name in DATASETS}
+    return {
+        name: save_released(small_model(num_classes=get_dataset(name).num_classes), folder / f"{name}.pth")
+        for name in DATASETS
+    }
 
 
 def run_eval(tmp_path, root, checkpoint, *flags):
     out = tmp_path / "result.json"
-    code = eval_cli.main(["--data-root", str(root), "--checkpoint", str(checkpoint), "--device", "cpu",
-                          "--output-json", str(out), *flags])
+    code = eval_cli.main(
+        [
+            "--data-root",
+            str(root),
+            "--checkpoint",
+            str(checkpoint),
+            "--device",
+            "cpu",
+            "--output-json",
+            str(out),
+            *flags,
+        ]
+    )
     assert code == 0
     return json.loads(out.read_text())
 
@@ -51,7 +65,9 @@ def run_eval(tmp_path, root, checkpoint, *flags):
 @pytest.mark.parametrize("name", DATASETS)
 def test_eval_each_dataset_and_protocol(tmp_path, roots, checkpoints, name, protocol):
     spec = get_dataset(name)
-    flags = ["--dataset", name] + (["--protocol", protocol] if protocol else ["--save-visuals", str(tmp_path / "pictures"), "--num-visuals", "1"])
+    flags = ["--dataset", name] + (
+        ["--protocol", protocol] if protocol else ["--save-visuals", str(tmp_path / "pictures"), "--num-visuals", "1"]
+    )
     result = run_eval(tmp_path, roots[name], checkpoints[name], *flags)  # default --num-workers
     expected = protocol or {"cocostuff171": "sliding", "cityscapes27": "sliding", "potsdam3": "center320"}[name]
     assert result["dataset"] == name and result["protocol"] == expected and result["num_images"] == NUM_VAL
@@ -66,7 +82,11 @@ def test_eval_each_dataset_and_protocol(tmp_path, roots, checkpoints, name, prot
     tp = sum(confusion[c, int(k)] for k, c in result["assignment"].items() if c >= 0)
     assert result["acc"] == pytest.approx(100 * tp / confusion.sum())
     if protocol is None:  # pictures in the dataset's own colours
-        panel = next(path for path in (tmp_path / "pictures").glob("*.png") if path.stem not in ("legend", "confusion", "per_class_iou"))
+        panel = next(
+            path
+            for path in (tmp_path / "pictures").glob("*.png")
+            if path.stem not in ("legend", "confusion", "per_class_iou")
+        )
         pixels = np.array(Image.open(panel).convert("RGB"))[CAPTION_HEIGHT:]
         width = pixels.shape[1] // 3
         ground_truth = {tuple(colour) for colour in pixels[:, width : 2 * width].reshape(-1, 3)}
@@ -83,8 +103,17 @@ def test_sliding_on_a_full_size_cityscapes_image(tmp_path):
 
 def test_wrong_dataset_and_bad_data_are_one_clear_line(tmp_path, roots, checkpoints, capsys):
     common = ["--device", "cpu", "--num-workers", "0"]
-    code = eval_cli.main(["--dataset", "potsdam3", "--data-root", str(roots["potsdam3"]),
-                          "--checkpoint", str(checkpoints["cityscapes27"]), *common])
+    code = eval_cli.main(
+        [
+            "--dataset",
+            "potsdam3",
+            "--data-root",
+            str(roots["potsdam3"]),
+            "--checkpoint",
+            str(checkpoints["cityscapes27"]),
+            *common,
+        ]
+    )
     assert code == 2 and "the model has 27 clusters but --dataset potsdam3 has 3 classes" in capsys.readouterr().err
     data = tmp_path / "cityscapes"
     ids = write_synthetic_cityscapes(data, num_train=0, num_val=2)["val"]
@@ -93,15 +122,37 @@ def test_wrong_dataset_and_bad_data_are_one_clear_line(tmp_path, roots, checkpoi
     label = np.array(Image.open(label_file))
     label[0, 0] = 34
     Image.fromarray(label).save(label_file)
-    code = eval_cli.main(["--dataset", "cityscapes27", "--data-root", str(data), "--checkpoint", str(checkpoints["cityscapes27"]),
-                          "--device", "cpu"])  # default --num-workers: the error comes from a worker
+    code = eval_cli.main(
+        [
+            "--dataset",
+            "cityscapes27",
+            "--data-root",
+            str(data),
+            "--checkpoint",
+            str(checkpoints["cityscapes27"]),
+            "--device",
+            "cpu",
+        ]
+    )  # default --num-workers: the error comes from a worker
     captured = capsys.readouterr()
     printed = captured.out + captured.err
     errors = [line for line in printed.splitlines() if "error" in line]
     assert code == 2 and len(errors) == 1 and "Traceback" not in printed
-    assert errors[0].endswith(f"error: {label_file}: label values [34] are not in the label map (Cityscapes label ids 0..33 and 255)")
+    assert errors[0].endswith(
+        f"error: {label_file}: label values [34] are not in the label map (Cityscapes label ids 0..33 and 255)"
+    )
     (data / "gtFine" / "val" / "lindau").rename(tmp_path / "moved")
-    code = eval_cli.main(["--dataset", "cityscapes27", "--data-root", str(data), "--checkpoint", str(checkpoints["cityscapes27"]), *common])
+    code = eval_cli.main(
+        [
+            "--dataset",
+            "cityscapes27",
+            "--data-root",
+            str(data),
+            "--checkpoint",
+            str(checkpoints["cityscapes27"]),
+            *common,
+        ]
+    )
     assert code == 2 and "gtFine/val/lindau: city folder missing" in capsys.readouterr().err
 
 
@@ -118,11 +169,35 @@ def read_log(output_dir):
 def test_two_training_epochs(tmp_path, roots, dino_file, name, capsys):
     spec = get_dataset(name)
     out = tmp_path / "run"
-    config = {"cocostuff171": "train_cocostuff171_vits16.yaml", "cityscapes27": "train_cityscapes27_vits8.yaml",
-              "potsdam3": "train_potsdam3_vits8.yaml"}[name]
-    args = ["--config", str(ROOT / "configs" / config), "--data-root", str(roots[name]), "--backbone-weights", str(dino_file),
-            "--patch-size", "16", "--output-dir", str(out), "--epochs", "2", "--batch-size", "4", "--lr", "5e-3",
-            "--num-workers", "2", "--device", "cpu", "--log-every", "2"]
+    config = {
+        "cocostuff171": "train_cocostuff171_vits16.yaml",
+        "cityscapes27": "train_cityscapes27_vits8.yaml",
+        "potsdam3": "train_potsdam3_vits8.yaml",
+    }[name]
+    args = [
+        "--config",
+        str(ROOT / "configs" / config),
+        "--data-root",
+        str(roots[name]),
+        "--backbone-weights",
+        str(dino_file),
+        "--patch-size",
+        "16",
+        "--output-dir",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--lr",
+        "5e-3",
+        "--num-workers",
+        "2",
+        "--device",
+        "cpu",
+        "--log-every",
+        "2",
+    ]
     if name != "cityscapes27":
         args += ["--final-protocol", "none", "--val-limit", "1"]  # 171 classes make CPU evaluation slow
     assert train_cli.main(args) == 0
@@ -138,8 +213,18 @@ def test_two_training_epochs(tmp_path, roots, dino_file, name, capsys):
     assert steps[-1] == 2 * (items // 4)
     protocol = epochs[1]["protocol"]
     limit = ["--limit", "1"] if name != "cityscapes27" else []
-    result = run_eval(tmp_path, roots[name], out / "last_model.pth", "--dataset", name, "--protocol", protocol,
-                      "--num-workers", "0", *limit)
+    result = run_eval(
+        tmp_path,
+        roots[name],
+        out / "last_model.pth",
+        "--dataset",
+        name,
+        "--protocol",
+        protocol,
+        "--num-workers",
+        "0",
+        *limit,
+    )
     assert result["miou"] == pytest.approx(epochs[1]["miou"])  # the same weights and protocol as the last validation
     if name == "cityscapes27":
         assert [row["protocol"] for row in rows if row["kind"] == "final"] == ["sliding"]
@@ -159,8 +244,20 @@ def test_predict_with_dataset_palette_and_names(tmp_path, roots, checkpoints, na
     folder = roots[name] / ("images/val2017" if name == "cocostuff171" else "leftImg8bit/val/frankfurt")
     image = sorted(folder.iterdir())[0]
     out = tmp_path / "pred"
-    flags = ["--dataset", name, "--checkpoint", str(checkpoints[name]), "--input", str(image), "--output-dir", str(out),
-             "--device", "cpu", "--assignment", str(assignment)]
+    flags = [
+        "--dataset",
+        name,
+        "--checkpoint",
+        str(checkpoints[name]),
+        "--input",
+        str(image),
+        "--output-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--assignment",
+        str(assignment),
+    ]
     assert predict_cli.main(flags) == 0
     ids = np.array(Image.open(out / f"{image.stem}_clusters.png"))
     colour = np.array(Image.open(out / f"{image.stem}_color.png"))
@@ -169,5 +266,18 @@ def test_predict_with_dataset_palette_and_names(tmp_path, roots, checkpoints, na
     assert ids.shape == Image.open(image).size[::-1]
     assert (out / "legend.png").is_file()
     if name == "cocostuff171":  # 171 clusters do not fit the default (COCO-Stuff-27) palette
-        assert predict_cli.main(["--checkpoint", str(checkpoints[name]), "--input", str(image), "--output-dir", str(out),
-                                 "--device", "cpu"]) == 2
+        assert (
+            predict_cli.main(
+                [
+                    "--checkpoint",
+                    str(checkpoints[name]),
+                    "--input",
+                    str(image),
+                    "--output-dir",
+                    str(out),
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 2
+        )

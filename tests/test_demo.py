@@ -1,4 +1,5 @@
 """The synthetic scene generator and a short run of demo.py."""
+
 import json
 
 import numpy as np
@@ -24,13 +25,28 @@ def test_generator_layout_labels_and_determinism(tmp_path):
     assert {12 + 11, 21} <= seen  # sky and ground are in every scene
     write_synthetic_cocostuff(tmp_path / "b", num_train=2, num_val=3, sizes=((320, 256), (200, 300)), seed=4)
     for image_id in ids["val"]:
-        assert (tmp_path / "a/annotations/val2017" / f"{image_id}.png").read_bytes() == \
-               (tmp_path / "b/annotations/val2017" / f"{image_id}.png").read_bytes()
+        assert (tmp_path / "a/annotations/val2017" / f"{image_id}.png").read_bytes() == (
+            tmp_path / "b/annotations/val2017" / f"{image_id}.png"
+        ).read_bytes()
 
 
 def test_demo_short_run(tmp_path, capsys):
-    code = demo.main(["--output-dir", str(tmp_path), "--train-images", "8", "--val-images", "2", "--epochs", "1",
-                      "--batch-size", "4", "--device", "cpu"])
+    code = demo.main(
+        [
+            "--output-dir",
+            str(tmp_path),
+            "--train-images",
+            "8",
+            "--val-images",
+            "2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["random_backbone"] is (not demo.release_cache_path("dino_vits16").is_file())

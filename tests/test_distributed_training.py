@@ -3,6 +3,7 @@
 Every run is one epoch at lr 1e-3 on a small fixture; the N-process weights must end within 1e-5
 (max abs) of one process with the same global batch (summation order differs, so not bitwise).
 """
+
 import json
 import os
 import socket
@@ -11,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import save_dino, small_model
+from test_train import max_weight_difference, read_log
 
 import eval as eval_cli
 import train as train_cli
 from data.synthetic import write_synthetic_cocostuff
-from helpers import save_dino, small_model
-from test_train import max_weight_difference, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5
@@ -35,9 +36,28 @@ def dino_file(tmp_path_factory):
 
 
 def args_for(data_root, dino_file, output_dir, batch_size, num_workers=1):
-    return ["--data-root", str(data_root), "--backbone-weights", str(dino_file), "--output-dir", str(output_dir),
-            "--batch-size", str(batch_size), "--lr", "1e-3", "--epochs", "1", "--num-workers", str(num_workers),
-            "--device", "cpu", "--log-every", "1", "--val-limit", "2"]
+    return [
+        "--data-root",
+        str(data_root),
+        "--backbone-weights",
+        str(dino_file),
+        "--output-dir",
+        str(output_dir),
+        "--batch-size",
+        str(batch_size),
+        "--lr",
+        "1e-3",
+        "--epochs",
+        "1",
+        "--num-workers",
+        str(num_workers),
+        "--device",
+        "cpu",
+        "--log-every",
+        "1",
+        "--val-limit",
+        "2",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +79,9 @@ def free_port():
 
 def torchrun(nproc, *args, timeout=400):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
-    done = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(
+        cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
@@ -83,13 +104,30 @@ def test_processes_train_the_single_process_model(tmp_path, data_root, dino_file
     torchrun(nproc, "train.py", *args_for(data_root, dino_file, out, batch_size))
     assert_same_training(single[batch_size], out)
     # Rank 0 alone writes (one TensorBoard event file).
-    assert sorted(p.name for p in out.iterdir()) == ["best_model.pth", "config.yaml", "last_model.pth", "log.jsonl",
-                                                     "resume.pth", "tensorboard", "train.log"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best_model.pth",
+        "config.yaml",
+        "last_model.pth",
+        "log.jsonl",
+        "resume.pth",
+        "tensorboard",
+        "train.log",
+    ]
     assert len(list((out / "tensorboard").iterdir())) == 1
     if (nproc, batch_size) == (2, 8):
         # Validation under torchrun sums the processes' confusion matrices: the single-process ones.
-        common = ["--data-root", str(data_root), "--checkpoint", str(out / "last_model.pth"), "--device", "cpu",
-                  "--num-workers", "0", "--protocol", "resize320"]
+        common = [
+            "--data-root",
+            str(data_root),
+            "--checkpoint",
+            str(out / "last_model.pth"),
+            "--device",
+            "cpu",
+            "--num-workers",
+            "0",
+            "--protocol",
+            "resize320",
+        ]
         assert eval_cli.main([*common, "--output-json", str(tmp_path / "one.json")]) == 0
         torchrun(2, "eval.py", *common, "--output-json", str(tmp_path / "two.json"))
         one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
@@ -102,17 +140,45 @@ def test_two_nodes_through_train_script(tmp_path, data_root, dino_file, single):
     port = free_port()
     launches = []
     for node_rank in (0, 1):
-        env = dict(os.environ, OMP_NUM_THREADS="1", NNODES="2", NODE_RANK=str(node_rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), NPROC="1", PYTHON=sys.executable)
-        launches.append(subprocess.Popen(["bash", str(ROOT / "train_coco27.sh"), "vits16",
-                                          *args_for(data_root, dino_file, out, 8), "--final-protocol", "none"],
-                                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = dict(
+            os.environ,
+            OMP_NUM_THREADS="1",
+            NNODES="2",
+            NODE_RANK=str(node_rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            NPROC="1",
+            PYTHON=sys.executable,
+        )
+        launches.append(
+            subprocess.Popen(
+                [
+                    "bash",
+                    str(ROOT / "train_coco27.sh"),
+                    "vits16",
+                    *args_for(data_root, dino_file, out, 8),
+                    "--final-protocol",
+                    "none",
+                ],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [launch.communicate(timeout=400)[0] for launch in launches]
     assert [launch.returncode for launch in launches] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert_same_training(single[8], out)
 
 
 def test_multi_node_script_needs_a_rendezvous(tmp_path, data_root):
-    done = subprocess.run(["bash", str(ROOT / "train_coco27.sh"), "vits16", "--data-root", str(data_root)], cwd=tmp_path,
-                          env=dict(os.environ, NNODES="2"), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["bash", str(ROOT / "train_coco27.sh"), "vits16", "--data-root", str(data_root)],
+        cwd=tmp_path,
+        env=dict(os.environ, NNODES="2"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "NODE_RANK and MASTER_ADDR" in done.stderr

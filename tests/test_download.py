@@ -2,6 +2,7 @@
 
 Google Drive is reached through gdown's ``proxy=`` option (or HTTPS_PROXY): a loopback proxy that
 ends the TLS of Drive's hosts with a test certificate (tests/http_server.py, DriveProxy)."""
+
 import hashlib
 import os
 import subprocess
@@ -9,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from http_server import Reply
 
 from scripts import download_checkpoint
 from scripts.download_checkpoint import RELEASED_CHECKPOINTS
-from tests.http_server import Reply, closed_port_url, drive_certificates, drive_proxy, http_server  # noqa: F401  (fixtures)
 from utils.download import DownloadError, download_file, download_google_drive, partial_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +27,9 @@ FILE_ID = "fileid_ABC-123"
 def test_download_with_checksums_and_progress(http_server, tmp_path, capsys):
     http_server.serve_bytes("data/file.bin", PAYLOAD)
     dest = tmp_path / "new" / "file.bin"
-    result = download_file(http_server.url("data/file.bin"), dest, md5=PAYLOAD_MD5, sha256=PAYLOAD_SHA256,
-                           desc="payload", chunk_size=8192)
+    result = download_file(
+        http_server.url("data/file.bin"), dest, md5=PAYLOAD_MD5, sha256=PAYLOAD_SHA256, desc="payload", chunk_size=8192
+    )
     assert result == dest
     assert dest.read_bytes() == PAYLOAD
     assert not partial_path(dest).exists()
@@ -124,13 +126,13 @@ def test_http_error_names_the_status(http_server, tmp_path):
 def confirm_form(action, file_id):
     """Drive's virus-scan warning, on one line as Drive sends it (minified)."""
     return (
-        '<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>'
-        '<p>file.pth (180M) is too large for Google to scan for viruses.</p>'
+        "<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>"
+        "<p>file.pth (180M) is too large for Google to scan for viruses.</p>"
         f'<form id="download-form" action="{action}" method="get">'
         '<input type="submit" id="uc-download-link" value="Download anyway"/>'
         f'<input type="hidden" name="id" value="{file_id}"><input type="hidden" name="export" value="download">'
         '<input type="hidden" name="confirm" value="t"><input type="hidden" name="uuid" value="u-42"></form>'
-        '</body></html>'
+        "</body></html>"
     ).encode()
 
 
@@ -199,7 +201,9 @@ def test_google_drive_partial_download_is_kept_for_the_next_run(http_server, dri
 
 
 def test_google_drive_follows_an_old_style_confirm_link(http_server, drive_proxy, tmp_path):
-    page = f'<html><body><a href="/uc?export=download&amp;confirm=Xy_9&amp;id={FILE_ID}">Download anyway</a></body></html>'
+    page = (
+        f'<html><body><a href="/uc?export=download&amp;confirm=Xy_9&amp;id={FILE_ID}">Download anyway</a></body></html>'
+    )
 
     def uc(request):
         if request.query.get("confirm") == "Xy_9":
@@ -210,7 +214,10 @@ def test_google_drive_follows_an_old_style_confirm_link(http_server, drive_proxy
     dest = tmp_path / "ckpt.pth"
     download_google_drive(FILE_ID, dest, proxy=drive_proxy.url, quiet=True)
     assert dest.read_bytes() == PAYLOAD
-    assert drive_proxy.tunnels == ["drive.google.com:443", "docs.google.com:443"]  # gdown follows the link on docs.google.com
+    assert drive_proxy.tunnels == [
+        "drive.google.com:443",
+        "docs.google.com:443",
+    ]  # gdown follows the link on docs.google.com
 
 
 def test_google_drive_small_file_comes_directly(http_server, drive_proxy, tmp_path):
@@ -234,7 +241,9 @@ def test_google_drive_page_without_form_is_an_error(http_server, drive_proxy, tm
 
 def test_google_drive_page_instead_of_the_file_is_an_error(http_server, drive_proxy, tmp_path):
     serve_drive(http_server, PAYLOAD)
-    http_server.routes["download"] = lambda request: Reply(b"<html><title>Sign in</title>sign in</html>", content_type="text/html")
+    http_server.routes["download"] = lambda request: Reply(
+        b"<html><title>Sign in</title>sign in</html>", content_type="text/html"
+    )
     dest = tmp_path / "ckpt.pth"
     with pytest.raises(DownloadError, match="page instead of the file"):
         download_google_drive(FILE_ID, dest, proxy=drive_proxy.url, quiet=True)

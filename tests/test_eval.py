@@ -1,15 +1,16 @@
 """Evaluation end to end: the original's goldens and the eval.py command line."""
+
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import save_released, small_model
 
 import eval as eval_cli
 from data.synthetic import write_synthetic_cocostuff
-from helpers import save_released, small_model
-from utils.checkpoint import load_iddc_model
-from utils.evaluation import evaluate, make_protocol
+from engine.evaluation import evaluate, make_protocol
+from modules.checkpoint import load_iddc_model
 
 
 @pytest.mark.parametrize("protocol", ["sliding", "resize320"])
@@ -27,7 +28,9 @@ def test_matches_original_goldens(fake_checkpoint, golden_dir, protocol):
 def synthetic_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("cocostuff")
     # One image has a side under 224; labels carry 255 and many classes.
-    write_synthetic_cocostuff(root, num_train=0, num_val=5, sizes=((320, 256), (200, 300), (448, 320), (240, 240), (500, 230)))
+    write_synthetic_cocostuff(
+        root, num_train=0, num_val=5, sizes=((320, 256), (200, 300), (448, 320), (240, 240), (500, 230))
+    )
     return root
 
 
@@ -38,8 +41,21 @@ def small_checkpoint(tmp_path_factory):
 
 def run_cli(tmp_path, synthetic_root, checkpoint, *flags):
     out = tmp_path / "result.json"
-    code = eval_cli.main(["--data-root", str(synthetic_root), "--checkpoint", str(checkpoint), "--device", "cpu",
-                          "--num-workers", "0", "--output-json", str(out), *flags])
+    code = eval_cli.main(
+        [
+            "--data-root",
+            str(synthetic_root),
+            "--checkpoint",
+            str(checkpoint),
+            "--device",
+            "cpu",
+            "--num-workers",
+            "0",
+            "--output-json",
+            str(out),
+            *flags,
+        ]
+    )
     assert code == 0
     return json.loads(out.read_text())
 
@@ -65,16 +81,37 @@ def test_cli_protocols_and_bf16(tmp_path, synthetic_root, small_checkpoint):
     fp32 = run_cli(tmp_path, synthetic_root, small_checkpoint, "--protocol", "center320", "--flip")
     assert fp32["protocol"] == "center320" and fp32["protocol_settings"]["flip"] is True
     assert np.array(fp32["confusion"]).sum() > 0.9 * 5 * 320 * 320
-    bf16 = run_cli(tmp_path, synthetic_root, small_checkpoint, "--protocol", "center320", "--flip", "--precision", "bf16")
+    bf16 = run_cli(
+        tmp_path, synthetic_root, small_checkpoint, "--protocol", "center320", "--flip", "--precision", "bf16"
+    )
     assert abs(bf16["acc"] - fp32["acc"]) < 5
     resize = run_cli(tmp_path, synthetic_root, small_checkpoint, "--protocol", "resize320", "--batch-size", "2")
     assert resize["protocol_settings"]["flip"] is False
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, synthetic_root, small_checkpoint, capsys):
-    assert eval_cli.main(["--data-root", str(tmp_path / "nowhere"), "--checkpoint", str(small_checkpoint), "--device", "cpu"]) == 2
+    assert (
+        eval_cli.main(
+            ["--data-root", str(tmp_path / "nowhere"), "--checkpoint", str(small_checkpoint), "--device", "cpu"]
+        )
+        == 2
+    )
     assert "no such folder" in capsys.readouterr().err
-    assert eval_cli.main(["--data-root", str(synthetic_root), "--checkpoint", str(small_checkpoint), "--patch-size", "8", "--device", "cpu"]) == 2
+    assert (
+        eval_cli.main(
+            [
+                "--data-root",
+                str(synthetic_root),
+                "--checkpoint",
+                str(small_checkpoint),
+                "--patch-size",
+                "8",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "--patch-size 8" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         eval_cli.main(["--checkpoint", str(small_checkpoint)])
@@ -84,7 +121,9 @@ def test_cli_yaml_defaults_and_flag_override(tmp_path, synthetic_root, small_che
     config = Path(__file__).resolve().parents[1] / "configs" / "eval_coco27_peers.yaml"
     from_yaml = run_cli(tmp_path, synthetic_root, small_checkpoint, "--config", str(config), "--limit", "2")
     assert from_yaml["protocol"] == "center320" and from_yaml["protocol_settings"]["flip"] is True
-    overridden = run_cli(tmp_path, synthetic_root, small_checkpoint, "--config", str(config), "--no-flip", "--limit", "2")
+    overridden = run_cli(
+        tmp_path, synthetic_root, small_checkpoint, "--config", str(config), "--no-flip", "--limit", "2"
+    )
     assert overridden["protocol_settings"]["flip"] is False
     bad = tmp_path / "bad.yaml"
     bad.write_text("protocl: sliding\n")
@@ -96,9 +135,9 @@ def test_cli_yaml_defaults_and_flag_override(tmp_path, synthetic_root, small_che
 def test_two_heads_in_one_pass_equal_separate_passes(synthetic_root, protocol):
     import torch
 
+    from engine.evaluation import evaluate_heads
+    from engine.training import ClustersAndProbe
     from modules.model import LinearProbe
-    from utils.evaluation import evaluate_heads
-    from utils.trainer import ClustersAndProbe
 
     model = small_model()
     torch.manual_seed(0)
@@ -113,5 +152,9 @@ def test_two_heads_in_one_pass_equal_separate_passes(synthetic_root, protocol):
 
     common = dict(num_workers=0, progress=False, limit=3)
     clusters, probed = evaluate_heads(ClustersAndProbe(model, probe), synthetic_root, make_protocol(protocol), **common)
-    np.testing.assert_array_equal(clusters.confusion, evaluate(model, synthetic_root, make_protocol(protocol), **common).confusion)
-    np.testing.assert_array_equal(probed.confusion, evaluate(ProbeOnly(), synthetic_root, make_protocol(protocol), **common).confusion)
+    np.testing.assert_array_equal(
+        clusters.confusion, evaluate(model, synthetic_root, make_protocol(protocol), **common).confusion
+    )
+    np.testing.assert_array_equal(
+        probed.confusion, evaluate(ProbeOnly(), synthetic_root, make_protocol(protocol), **common).confusion
+    )

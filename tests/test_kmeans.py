@@ -1,4 +1,5 @@
 """The k-means baseline: faiss recovers planted clusters; baseline_kmeans.py end to end."""
+
 import json
 
 import numpy as np
@@ -6,12 +7,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import save_dino, save_released, small_model
 from scipy.optimize import linear_sum_assignment
 
 import baseline_kmeans
 import eval as eval_cli
 from data.synthetic import write_synthetic_cocostuff
-from helpers import save_dino, save_released, small_model
 from modules.kmeans import KMeansSegmenter, fit_kmeans
 
 
@@ -75,7 +76,17 @@ def data_root(tmp_path_factory):
 
 def run_baseline(tmp_path, data_root, *flags):
     out = tmp_path / "kmeans.json"
-    argv = ["--data-root", str(data_root), "--device", "cpu", "--num-samples", "3000", "--output-json", str(out), *flags]
+    argv = [
+        "--data-root",
+        str(data_root),
+        "--device",
+        "cpu",
+        "--num-samples",
+        "3000",
+        "--output-json",
+        str(out),
+        *flags,
+    ]
     assert baseline_kmeans.main(argv) == 0
     return json.loads(out.read_text())
 
@@ -93,14 +104,49 @@ def test_baseline_clusters_synthetic_scenes(tmp_path, data_root, monkeypatch):
 
 def test_baseline_json_has_eval_fields_and_runs_with_flip_and_crf(tmp_path, data_root):
     dino = save_dino(small_model(), tmp_path / "dino_small.pth")
-    result = run_baseline(tmp_path, data_root, "--backbone-weights", str(dino), "--flip", "--crf", "--crf-workers", "0",
-                          "--num-workers", "0", "--limit", "2", "--iterations", "10", "--restarts", "1")
+    result = run_baseline(
+        tmp_path,
+        data_root,
+        "--backbone-weights",
+        str(dino),
+        "--flip",
+        "--crf",
+        "--crf-workers",
+        "0",
+        "--num-workers",
+        "0",
+        "--limit",
+        "2",
+        "--iterations",
+        "10",
+        "--restarts",
+        "1",
+    )
     assert result["protocol_settings"]["flip"] is True and result["protocol_settings"]["crf"] is True
     assert result["num_images"] == 2 and np.array(result["confusion"]).shape == (27, 27)
     eval_out = tmp_path / "eval.json"
     checkpoint = save_released(small_model(), tmp_path / "small.pth")
-    assert eval_cli.main(["--data-root", str(data_root), "--checkpoint", str(checkpoint), "--device", "cpu", "--num-workers", "0",
-                          "--limit", "1", "--protocol", "center320", "--output-json", str(eval_out)]) == 0
+    assert (
+        eval_cli.main(
+            [
+                "--data-root",
+                str(data_root),
+                "--checkpoint",
+                str(checkpoint),
+                "--device",
+                "cpu",
+                "--num-workers",
+                "0",
+                "--limit",
+                "1",
+                "--protocol",
+                "center320",
+                "--output-json",
+                str(eval_out),
+            ]
+        )
+        == 0
+    )
     assert set(json.loads(eval_out.read_text())) - {"backbone"} <= set(result)
 
 
@@ -112,5 +158,8 @@ def test_baseline_bad_options_are_clear(tmp_path, data_root, capsys):
         baseline_kmeans.main(["--data-root", str(data_root), "--dataset", "cityscapes", "--device", "cpu"])
     assert "--dataset: invalid choice: 'cityscapes'" in capsys.readouterr().err
     missing = tmp_path / "missing.pth"
-    assert baseline_kmeans.main(["--data-root", str(data_root), "--backbone-weights", str(missing), "--device", "cpu"]) == 2
+    assert (
+        baseline_kmeans.main(["--data-root", str(data_root), "--backbone-weights", str(missing), "--device", "cpu"])
+        == 2
+    )
     assert str(missing) in capsys.readouterr().out

@@ -5,6 +5,7 @@
   map sizes, B = 2 included, and with several chunk sizes;
 * the fixes over the original: empty masks, B = 1, invalid shifts, bf16 autocast, the random draw.
 """
+
 import json
 
 import numpy as np
@@ -147,9 +148,13 @@ def test_custom_function_gradcheck():
     pa = torch.rand(batch, n, k, generator=g, dtype=torch.float64, requires_grad=True)  # (B, N, K)
     pb = torch.rand(batch, k, n, generator=g, dtype=torch.float64, requires_grad=True)  # (B, K, N)
     for ub, shift, positive, thr in ((u_other, 0, True, -0.1), (u, 1, False, 0.2), (u, 2, False, 0.3)):
+
         def fn(a, b, ub=ub, shift=shift, positive=positive, thr=thr):
             # chunk 2 with B = 3: exercises the split at the wrap-around point too
-            return _MaskedCorrelationSum.apply(u.transpose(1, 2), ub, a, b, shift, positive, thr, 2, True, (0, batch))[0]
+            return _MaskedCorrelationSum.apply(u.transpose(1, 2), ub, a, b, shift, positive, thr, 2, True, (0, batch))[
+                0
+            ]
+
         assert torch.autograd.gradcheck(fn, (pa, pb), eps=1e-6, atol=1e-7)
 
 
@@ -181,8 +186,9 @@ def test_batch_of_one_raises():
         IDDCLoss()(*inputs, neg_shifts=(1, 1, 1))
 
 
-@pytest.mark.parametrize("shifts", [(0, 1, 2), (1, 4, 2), (1, 2), (1, 2, 3, 1), (1, 2.5, 3), (True, 1, 1), 3,
-                                    (-1, 1, 1)])
+@pytest.mark.parametrize(
+    "shifts", [(0, 1, 2), (1, 4, 2), (1, 2), (1, 2, 3, 1), (1, 2.5, 3), (True, 1, 1), 3, (-1, 1, 1)]
+)
 def test_invalid_shifts_raise(shifts):
     inputs = structured_inputs(4, 4, 4, 8, 3, seed=2)
     with pytest.raises(ValueError):

@@ -1,9 +1,10 @@
 """Metrics on hand-computed confusion matrices."""
+
 import numpy as np
 import pytest
 import torch
 
-from utils.metrics import confusion_matrix, hungarian_match, segmentation_metrics
+from engine.metrics import confusion_matrix, hungarian_match, segmentation_metrics
 
 
 def test_confusion_ignores_255_and_counts_gt_rows():
@@ -28,12 +29,14 @@ def test_hungarian_recovers_permutation():
 def test_metrics_class_never_predicted_and_cluster_never_used():
     # Class 2 is present (4 px) but its matched cluster is never used; class 3 is absent and its
     # cluster never used either, so its IoU is NaN and left out of the mean.
-    confusion = np.array([
-        [6, 0, 0, 0],
-        [2, 5, 0, 0],
-        [1, 3, 0, 0],
-        [0, 0, 0, 0],
-    ])
+    confusion = np.array(
+        [
+            [6, 0, 0, 0],
+            [2, 5, 0, 0],
+            [1, 3, 0, 0],
+            [0, 0, 0, 0],
+        ]
+    )
     result = segmentation_metrics(confusion)
     np.testing.assert_array_equal(result["cluster_to_class"], [0, 1, 2, 3])
     iou = result["iou"]

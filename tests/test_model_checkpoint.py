@@ -1,20 +1,24 @@
 """The model against the original's logits, and every checkpoint format loaded strictly."""
+
 import urllib.request
 
 import numpy as np
 import pytest
 import torch
-
 from helpers import save_dino, save_released, small_model
-from http_server import http_server  # noqa: F401  (fixture)
+
 from modules.backbones import release_state_dict
-from utils.checkpoint import CheckpointError, iddc_state, load_iddc_model, new_iddc_model, save_atomic
+from modules.checkpoint import iddc_state, load_iddc_model, new_iddc_model
+from modules.weights import CheckpointError, save_atomic
 
 
-@pytest.mark.parametrize("input_key,feature_key,code_key", [
-    ("input", "features", "codes"),
-    ("input_h256_w320", "features_h256_w320", "codes_h256_w320"),
-])
+@pytest.mark.parametrize(
+    "input_key,feature_key,code_key",
+    [
+        ("input", "features", "codes"),
+        ("input_h256_w320", "features_h256_w320", "codes_h256_w320"),
+    ],
+)
 def test_logits_match_original(fake_checkpoint, golden_dir, input_key, feature_key, code_key):
     golden = np.load(golden_dir / "logits_vits16.npz")
     model, _ = load_iddc_model(fake_checkpoint, patch_size=16)
@@ -30,7 +34,11 @@ def test_released_checkpoint_has_official_keys(fake_checkpoint, golden_dir):
     fingerprint = json.loads((golden_dir / "checkpoint_fingerprint.json").read_text())["tensors"]
     model, _ = load_iddc_model(fake_checkpoint)
     state = iddc_state(model)
-    ours = {f"{part}/{key}": list(value.shape) for part in ("backbone", "head_nonlinear", "classifier") for key, value in state[part].items()}
+    ours = {
+        f"{part}/{key}": list(value.shape)
+        for part in ("backbone", "head_nonlinear", "classifier")
+        for key, value in state[part].items()
+    }
     assert ours == {key: value["shape"] for key, value in fingerprint.items()}
     assert len(state["backbone"]) == 150
 
@@ -45,7 +53,14 @@ def test_round_trip_released_format(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x)[2], model(x)[2])
     # weights_only loading, as the original code's users will do with default torch.load
-    assert set(torch.load(path, weights_only=True)) == {"backbone", "head_nonlinear", "classifier", "epoch", "config", "backbone_name"}
+    assert set(torch.load(path, weights_only=True)) == {
+        "backbone",
+        "head_nonlinear",
+        "classifier",
+        "epoch",
+        "config",
+        "backbone_name",
+    }
 
 
 def test_missing_and_unexpected_keys_are_listed(tmp_path):
@@ -92,7 +107,10 @@ def test_dino_release_format_loads_strictly(tmp_path):
     with pytest.raises(CheckpointError, match="missing: norm.bias"):
         new_iddc_model(16, backbone_weights=tmp_path / "dino_bad.pth")
     # DINO's full training checkpoints keep the ViT under teacher/backbone.
-    full = {"teacher": {f"backbone.{k}": v for k, v in source.vit.state_dict().items()} | {"head.last_layer.weight": torch.zeros(1)}}
+    full = {
+        "teacher": {f"backbone.{k}": v for k, v in source.vit.state_dict().items()}
+        | {"head.last_layer.weight": torch.zeros(1)}
+    }
     torch.save(full, tmp_path / "dino_full.pth")
     assert new_iddc_model(16, backbone_weights=tmp_path / "dino_full.pth").vit.depth == 2
 
@@ -119,7 +137,9 @@ def test_dino_offline_error_names_file_and_place(tmp_path, monkeypatch):
 def test_dino_download_into_hub_cache(tmp_path, monkeypatch, http_server):
     source = small_model(seed=2)
     save_dino(source, tmp_path / "dino.pth")
-    http_server.serve_bytes("dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth", (tmp_path / "dino.pth").read_bytes())
+    http_server.serve_bytes(
+        "dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth", (tmp_path / "dino.pth").read_bytes()
+    )
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     state, _ = release_state_dict("dino_vits16", base_url=http_server.url("dino/"))
     assert (tmp_path / "hub" / "checkpoints" / "dino_deitsmall16_pretrain.pth").is_file()

@@ -1,17 +1,18 @@
 """Training-pair geometry (SPEC §4): overlap, bounds, small images, label mapping."""
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reference_pairs import reference_pair
 
-from data.cocostuff import IMAGENET_MEAN, IMAGENET_STD
 from data.pairs import CocoStuffPairs, overlapping_crops, random_resize_size
 from data.sampler import GlobalBatchSampler
-from data.transforms import normalize_uint8
-from reference_pairs import reference_pair
-from utils.errors import OptionError
-from utils.trainer import train_loader
 from data.synthetic import write_synthetic_cocostuff
+from data.transforms import normalize_uint8
+from engine.training import train_loader
+from utils.constants import IMAGENET_MEAN, IMAGENET_STD
+from utils.errors import OptionError
 
 
 @pytest.mark.parametrize("width,height", [(640, 480), (224, 224), (230, 900), (1000, 225)])
@@ -36,7 +37,9 @@ def test_resize_factors_and_small_images():
 
 
 def test_sample_content_and_label_mapping(tmp_path):
-    ids = write_synthetic_cocostuff(tmp_path, num_train=3, num_val=0, sizes=((320, 256), (180, 200), (240, 240)))["train"]
+    ids = write_synthetic_cocostuff(tmp_path, num_train=3, num_val=0, sizes=((320, 256), (180, 200), (240, 240)))[
+        "train"
+    ]
     dataset = CocoStuffPairs(tmp_path, seed=5)
     for index in range(3):
         sample = dataset[(0, index)]
@@ -74,8 +77,12 @@ def test_label_follows_pixels_through_flip_resize_crop(tmp_path):
 def test_crops_match_the_whole_image_pipeline(tmp_path):
     """Labels equal flip + resize + crop of the whole label exactly; image values differ by at most
     2 of 255 (Pillow keeps the resampling box in float32; see data/pairs.py), on a minority of values."""
-    ids = write_synthetic_cocostuff(tmp_path, num_train=6, num_val=0,
-                                    sizes=((640, 480), (480, 640), (500, 375), (180, 200), (224, 224), (1000, 300)))["train"]
+    ids = write_synthetic_cocostuff(
+        tmp_path,
+        num_train=6,
+        num_val=0,
+        sizes=((640, 480), (480, 640), (500, 375), (180, 200), (224, 224), (1000, 300)),
+    )["train"]
     dataset = CocoStuffPairs(tmp_path, seed=3)
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     differing = []
@@ -91,7 +98,9 @@ def test_crops_match_the_whole_image_pipeline(tmp_path):
                 assert diff.max() <= 2
                 differing.append((diff > 0).float().mean().item())
                 # Normalising on the device gives the reference's floats for the same bytes.
-                torch.testing.assert_close(normalize_uint8(ours[view]), (ours[view].float() / 255 - mean) / std, rtol=0, atol=0)
+                torch.testing.assert_close(
+                    normalize_uint8(ours[view]), (ours[view].float() / 255 - mean) / std, rtol=0, atol=0
+                )
     assert np.mean(differing) < 0.35
 
 
@@ -101,7 +110,9 @@ def test_global_batches_split_between_processes():
     single.set_epoch(2)
     batches = list(single)
     assert len(batches) == 4 and all(len(batch) == 6 for batch in batches)
-    assert len({index for batch in batches for _, index in batch}) == 24 and {e for batch in batches for e, _ in batch} == {2}
+    assert len({index for batch in batches for _, index in batch}) == 24 and {
+        e for batch in batches for e, _ in batch
+    } == {2}
     for world in (2, 3, 6):
         shares = [GlobalBatchSampler(26, 6, seed=4, rank=rank, world_size=world) for rank in range(world)]
         for share in shares:

@@ -1,15 +1,16 @@
 """predict.py on folders of synthetic images: outputs, sizes, assignment colouring and bad inputs."""
+
 import json
 import shutil
 
 import numpy as np
 import pytest
+from helpers import save_released, small_model
 from PIL import Image
 
 import predict as predict_cli
 from data.synthetic import write_synthetic_cocostuff
-from helpers import save_released, small_model
-from utils.visualize import PALETTE
+from engine.visualize import PALETTE
 
 SIZES = ((320, 256), (200, 300), (240, 240))  # (width, height); one side under the 224 window
 
@@ -27,7 +28,19 @@ def checkpoint(tmp_path_factory):
 
 
 def run(checkpoint, inputs, out_dir, *flags):
-    return predict_cli.main(["--checkpoint", str(checkpoint), "--input", *map(str, inputs), "--output-dir", str(out_dir), "--device", "cpu", *flags])
+    return predict_cli.main(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--input",
+            *map(str, inputs),
+            "--output-dir",
+            str(out_dir),
+            "--device",
+            "cpu",
+            *flags,
+        ]
+    )
 
 
 def read(path):

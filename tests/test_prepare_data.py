@@ -4,6 +4,7 @@ The zips are built from the golden COCO-Stuff fixture (6 val and 8 train images 
 laid out as the official ones are: ``val2017/ID.jpg`` in ``val2017.zip`` and ``{train,val}2017/ID.png``
 in the stuffthingmaps zip.
 """
+
 import io
 import shutil
 import zipfile
@@ -15,7 +16,6 @@ from PIL import Image
 from data.cocostuff import DataError, read_split_ids
 from scripts import prepare_cocostuff
 from scripts.prepare_cocostuff import LABELS_ZIP, install_curated_lists, main, unpack_folder
-from tests.http_server import http_server  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -53,7 +53,8 @@ def data_root(tmp_path, fixture_root):
 def same_tree(left, right, pattern):
     names = sorted(path.name for path in left.glob(pattern))
     return names == sorted(path.name for path in right.glob(pattern)) and all(
-        (left / name).read_bytes() == (right / name).read_bytes() for name in names)
+        (left / name).read_bytes() == (right / name).read_bytes() for name in names
+    )
 
 
 def test_prepare_downloads_and_unpacks_into_the_layout(coco_server, data_root, fixture_root, capsys):

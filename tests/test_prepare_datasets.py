@@ -4,6 +4,7 @@ Cityscapes' zips are built from a synthetic root the way the official ones are l
 (``leftImg8bit/{train,val,test}/CITY/...`` plus license and README files); STEGO's potsdam.zip
 holds a top ``potsdam/`` folder and is served by the loopback server.
 """
+
 import io
 import json
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import save_dino, small_model
 from PIL import Image
 from scipy.io import savemat
 
@@ -22,9 +24,7 @@ import train as train_cli
 from data.cityscapes import five_crop_boxes
 from data.registry import DATASET_NAMES, get_dataset
 from data.synthetic import write_synthetic_cityscapes, write_synthetic_cocostuff, write_synthetic_potsdam
-from helpers import save_dino, small_model
 from scripts.prepare_data import main
-from tests.http_server import http_server  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +89,10 @@ def test_cityscapes_missing_zip_is_one_clear_line(tmp_path, cityscapes_zips, cap
     shutil.copy(zips / "leftImg8bit_trainvaltest.zip", only_images)
     assert main(["cityscapes27", "--data-root", str(tmp_path / "root"), "--zips-dir", str(only_images)]) == 1
     err = capsys.readouterr().err
-    assert "missing " + str(only_images / "gtFine_trainvaltest.zip") + ":" in err and "leftImg8bit_trainvaltest.zip (" not in err
+    assert (
+        "missing " + str(only_images / "gtFine_trainvaltest.zip") + ":" in err
+        and "leftImg8bit_trainvaltest.zip (" not in err
+    )
 
 
 def test_potsdam_download_unpack_and_check(tmp_path, http_server, capsys):  # noqa: F811
@@ -126,8 +129,10 @@ def test_every_recipe_parses_and_holds_the_papers_values():
     parser = train_cli.build_parser()
     options = {action.dest for action in parser._actions}
     paper = {  # (lambda1, lambda2, t+, t-)
-        "cocostuff171_vits8": (9.0, 0.61, 0.15, 0.15), "cocostuff171_vits16": (9.0, 0.61, 0.15, 0.15),
-        "cityscapes27_vits8": (0.25, 0.3, 0.15, 0.25), "cityscapes27_vitb8": (0.38, 0.22, 0.2, 0.28),
+        "cocostuff171_vits8": (9.0, 0.61, 0.15, 0.15),
+        "cocostuff171_vits16": (9.0, 0.61, 0.15, 0.15),
+        "cityscapes27_vits8": (0.25, 0.3, 0.15, 0.25),
+        "cityscapes27_vitb8": (0.38, 0.22, 0.2, 0.28),
     }
     for path in sorted((ROOT / "configs").glob("train_*.yaml")):
         values = yaml.safe_load(path.read_text())
@@ -144,7 +149,9 @@ def test_every_recipe_parses_and_holds_the_papers_values():
 
 def run_script(script, *args, env=None, cwd=None):
     full_env = dict(os.environ, OMP_NUM_THREADS="2", **(env or {}))
-    return subprocess.run(["bash", str(ROOT / script), *args], env=full_env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        ["bash", str(ROOT / script), *args], env=full_env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_train_sh_and_val_sh_on_cityscapes(tmp_path):
@@ -152,21 +159,58 @@ def test_train_sh_and_val_sh_on_cityscapes(tmp_path):
     write_synthetic_cityscapes(data, num_train=1, num_val=1)
     dino = save_dino(small_model(), tmp_path / "dino.pth")
     run = tmp_path / "run"
-    done = run_script("train.sh", "cityscapes27", "vits8", "--patch-size", "16", "--backbone-weights", str(dino),
-                      "--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--device", "cpu",
-                      "--final-protocol", "none", "--output-dir", str(run), env={"DATA_ROOT": str(data)}, cwd=tmp_path)
+    done = run_script(
+        "train.sh",
+        "cityscapes27",
+        "vits8",
+        "--patch-size",
+        "16",
+        "--backbone-weights",
+        str(dino),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--final-protocol",
+        "none",
+        "--output-dir",
+        str(run),
+        env={"DATA_ROOT": str(data)},
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["dataset"] == "cityscapes27" and config["neg_weight"] == 0.25 and config["val_protocol"] == "center320"
+    assert (
+        config["dataset"] == "cityscapes27" and config["neg_weight"] == 0.25 and config["val_protocol"] == "center320"
+    )
     checkpoints = tmp_path / "ckpts"
     checkpoints.mkdir()
     shutil.copy(run / "last_model.pth", checkpoints / "cityscapes27_vits8.pth")
-    done = run_script("val.sh", "cityscapes27", "vits8", "--patch-size", "16", "--device", "cpu", "--num-workers", "0",
-                      env={"DATA_ROOT": str(data), "CHECKPOINT_DIR": str(checkpoints)}, cwd=tmp_path)
+    done = run_script(
+        "val.sh",
+        "cityscapes27",
+        "vits8",
+        "--patch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+        env={"DATA_ROOT": str(data), "CHECKPOINT_DIR": str(checkpoints)},
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads((tmp_path / "outputs" / "val_cityscapes27_vits8.json").read_text())
     assert result["dataset"] == "cityscapes27" and result["protocol"] == "sliding" and result["num_images"] == 1
-    done = run_script("val.sh", "potsdam3", "vits8", env={"DATA_ROOT": str(data), "CHECKPOINT_DIR": str(checkpoints)}, cwd=tmp_path)
+    done = run_script(
+        "val.sh", "potsdam3", "vits8", env={"DATA_ROOT": str(data), "CHECKPOINT_DIR": str(checkpoints)}, cwd=tmp_path
+    )
     assert done.returncode == 2 and "no released checkpoint exists for potsdam3 vits8" in done.stderr
     done = run_script("train.sh", "potsdam3", "vitb8", env={"DATA_ROOT": str(data)}, cwd=tmp_path)
-    assert done.returncode == 2 and "no recipe for 'potsdam3 vitb8'" in done.stderr and "cityscapes27 vitb8" in done.stderr
+    assert (
+        done.returncode == 2 and "no recipe for 'potsdam3 vitb8'" in done.stderr and "cityscapes27 vitb8" in done.stderr
+    )

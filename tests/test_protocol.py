@@ -1,4 +1,5 @@
 """Window placement, stitching, flip averaging and the 320 scoring grid against SPEC §5, transcribed."""
+
 import json
 import math
 
@@ -6,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import small_model
-from utils.evaluation import make_protocol, predict_clusters, resize_nearest, sliding_probabilities, window_boxes
+
+from engine.evaluation import make_protocol, predict_clusters, resize_nearest, sliding_probabilities, window_boxes
 
 
 def spec_windows(height, width, crop=224, overlap=75):
@@ -96,7 +97,7 @@ def test_unknown_protocol():
 
 
 def test_windows_of_several_images_share_forwards():
-    from utils.evaluation import sliding_probabilities_many
+    from engine.evaluation import sliding_probabilities_many
 
     torch.manual_seed(1)
     model = small_model()
@@ -110,7 +111,7 @@ def test_windows_of_several_images_share_forwards():
 def whole_image_stitching(model, image, window, overlap, batch_size):
     """Today's reference stitching: every window's crops in one stack, their full-resolution
     probabilities summed over a full-size (K, H, W) array, then divided by the counts."""
-    from utils.evaluation import flip_averaged_logits
+    from engine.evaluation import flip_averaged_logits
 
     boxes = window_boxes(image.shape[1], image.shape[2], window, overlap)
     crops = torch.stack([image[:, top : top + window, left : left + window] for top, left in boxes])
@@ -127,7 +128,7 @@ def whole_image_stitching(model, image, window, overlap, batch_size):
 @pytest.mark.parametrize("height,width,overlap", [(300, 410, 75), (373, 900, 75), (700, 260, 0), (230, 500, 200)])
 def test_band_stitching_is_bit_identical_to_whole_image_stitching(height, width, overlap):
     """Band-wise stitching (bounded memory) gives exactly today's fp32 probabilities and argmax."""
-    from utils.evaluation import sliding_class_maps
+    from engine.evaluation import sliding_class_maps
 
     torch.manual_seed(2)
     model = small_model()

@@ -1,4 +1,5 @@
 """Training end to end on a synthetic set with a small ViT: losses, checkpoints, resume, DDP."""
+
 import json
 import os
 import signal
@@ -10,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import save_dino, small_model
 
 import eval as eval_cli
 import train as train_cli
 from data.synthetic import write_synthetic_cocostuff
-from helpers import save_dino, small_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,8 +35,24 @@ def dino_file(tmp_path_factory):
 def train_args(data_root, dino_file, output_dir, *extra, num_workers=0):
     """train.py's flags for the tests; ``num_workers=None`` keeps train.py's default (8 workers)."""
     workers = [] if num_workers is None else ["--num-workers", str(num_workers)]
-    return ["--data-root", str(data_root), "--backbone-weights", str(dino_file), "--output-dir", str(output_dir),
-            "--batch-size", "4", "--lr", "5e-3", *workers, "--device", "cpu", "--log-every", "2", *extra]
+    return [
+        "--data-root",
+        str(data_root),
+        "--backbone-weights",
+        str(dino_file),
+        "--output-dir",
+        str(output_dir),
+        "--batch-size",
+        "4",
+        "--lr",
+        "5e-3",
+        *workers,
+        "--device",
+        "cpu",
+        "--log-every",
+        "2",
+        *extra,
+    ]
 
 
 def head_weights(path):
@@ -68,8 +85,25 @@ def test_two_epochs_end_to_end(tmp_path, data_root, dino_file):
         assert state["config"]["lr"] == 5e-3 and state["metrics"]["protocol"] == "resize320"
     assert (out / "config.yaml").is_file() and (out / "train.log").is_file()
     json_out = tmp_path / "eval.json"
-    assert eval_cli.main(["--data-root", str(data_root), "--checkpoint", str(out / "last_model.pth"), "--device", "cpu",
-                          "--num-workers", "0", "--protocol", "resize320", "--output-json", str(json_out)]) == 0
+    assert (
+        eval_cli.main(
+            [
+                "--data-root",
+                str(data_root),
+                "--checkpoint",
+                str(out / "last_model.pth"),
+                "--device",
+                "cpu",
+                "--num-workers",
+                "0",
+                "--protocol",
+                "resize320",
+                "--output-json",
+                str(json_out),
+            ]
+        )
+        == 0
+    )
     # The same protocol and weights as the last validation during training give the same numbers.
     assert json.loads(json_out.read_text())["miou"] == pytest.approx(epochs[1]["miou"])
 
@@ -78,16 +112,36 @@ def test_two_epochs_end_to_end(tmp_path, data_root, dino_file):
 def straight_run(tmp_path_factory, data_root, dino_file):
     """Two uninterrupted epochs with train.py's default loader workers: the reference of the resume tests."""
     out = tmp_path_factory.mktemp("straight")
-    assert train_cli.main(train_args(data_root, dino_file, out, "--epochs", "2", "--val-limit", "2", num_workers=None)) == 0
+    assert (
+        train_cli.main(train_args(data_root, dino_file, out, "--epochs", "2", "--val-limit", "2", num_workers=None))
+        == 0
+    )
     return out
 
 
 def test_resume_continues_exactly(tmp_path, data_root, dino_file, straight_run):
     """One epoch, then --resume --epochs 2, with the default workers: bit for bit the straight run."""
     resumed = tmp_path / "resumed"
-    assert train_cli.main(train_args(data_root, dino_file, resumed, "--epochs", "1", "--val-limit", "2", num_workers=None)) == 0
-    assert train_cli.main(train_args(data_root, "/nonexistent-not-needed", resumed, "--epochs", "2", "--val-limit", "2",
-                                     "--resume", num_workers=None)) == 0
+    assert (
+        train_cli.main(train_args(data_root, dino_file, resumed, "--epochs", "1", "--val-limit", "2", num_workers=None))
+        == 0
+    )
+    assert (
+        train_cli.main(
+            train_args(
+                data_root,
+                "/nonexistent-not-needed",
+                resumed,
+                "--epochs",
+                "2",
+                "--val-limit",
+                "2",
+                "--resume",
+                num_workers=None,
+            )
+        )
+        == 0
+    )
     a, b = head_weights(straight_run / "last_model.pth"), head_weights(resumed / "last_model.pth")
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -98,8 +152,23 @@ def test_resume_continues_exactly(tmp_path, data_root, dino_file, straight_run):
 
 def training_command(data_root, dino_file, output_dir, *extra):
     """train.py with its default loader workers, a resume file every step."""
-    return [sys.executable, "train.py", *train_args(data_root, dino_file, output_dir, "--epochs", "2", "--val-limit", "2",
-                                                    "--checkpoint-every", "1", *extra, num_workers=None)]
+    return [
+        sys.executable,
+        "train.py",
+        *train_args(
+            data_root,
+            dino_file,
+            output_dir,
+            "--epochs",
+            "2",
+            "--val-limit",
+            "2",
+            "--checkpoint-every",
+            "1",
+            *extra,
+            num_workers=None,
+        ),
+    ]
 
 
 def wait_for_step(output_dir, step, process, timeout=240):
@@ -119,8 +188,14 @@ def test_interrupted_mid_epoch_resumes_where_it_stopped(tmp_path, data_root, din
     """Killed (no chance to save) or interrupted (saves, says how to resume) in the second epoch's
     middle; --resume then ends where the straight run does."""
     out = tmp_path / "run"
-    process = subprocess.Popen(training_command(data_root, dino_file, out), cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    process = subprocess.Popen(
+        training_command(data_root, dino_file, out),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     wait_for_step(out, 6, process)  # 4 steps an epoch: step 6 is inside epoch 1
     process.send_signal(getattr(signal, how))
     output, _ = process.communicate(timeout=120)
@@ -132,8 +207,13 @@ def test_interrupted_mid_epoch_resumes_where_it_stopped(tmp_path, data_root, din
         assert "--resume" in last_line and "resume.pth" in last_line and "Traceback" not in output
     else:
         assert process.returncode == -signal.SIGKILL
-    done = subprocess.run(training_command(data_root, "/nonexistent-not-needed", out, "--resume"), cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        training_command(data_root, "/nonexistent-not-needed", out, "--resume"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert max_weight_difference(straight_run / "last_model.pth", out / "last_model.pth") <= 1e-6
     assert [row["epoch"] for row in read_log(out) if row["kind"] == "val"] == [0, 1]
@@ -150,20 +230,49 @@ def test_bad_batch_and_data(tmp_path, data_root, dino_file, capsys):
 
 def test_full_size_vits16_checkpoint_has_released_keys(tmp_path, data_root, golden_dir):
     dino = tmp_path / "dino_vits16.pth"
-    subprocess.run([sys.executable, str(golden_dir / "make_checkpoint.py"), "--seed", "4321", "--dino", "--out", str(dino)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(golden_dir / "make_checkpoint.py"), "--seed", "4321", "--dino", "--out", str(dino)],
+        check=True,
+        capture_output=True,
+    )
     out = tmp_path / "run"
-    assert train_cli.main(["--data-root", str(data_root), "--backbone-weights", str(dino), "--output-dir", str(out),
-                           "--epochs", "1", "--batch-size", "2", "--train-limit", "2", "--val-limit", "1",
-                           "--num-workers", "0", "--device", "cpu"]) == 0
+    assert (
+        train_cli.main(
+            [
+                "--data-root",
+                str(data_root),
+                "--backbone-weights",
+                str(dino),
+                "--output-dir",
+                str(out),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "2",
+                "--train-limit",
+                "2",
+                "--val-limit",
+                "1",
+                "--num-workers",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     fingerprint = json.loads((golden_dir / "checkpoint_fingerprint.json").read_text())["tensors"]
     state = torch.load(out / "last_model.pth", weights_only=True)
-    ours = {f"{part}/{key}": list(value.shape) for part in ("backbone", "head_nonlinear", "classifier") for key, value in state[part].items()}
+    ours = {
+        f"{part}/{key}": list(value.shape)
+        for part in ("backbone", "head_nonlinear", "classifier")
+        for key, value in state[part].items()
+    }
     assert ours == {key: value["shape"] for key, value in fingerprint.items()}
 
 
 def test_negative_shifts_are_seeded_and_in_range():
-    from utils.trainer import negative_shifts
+    from engine.training import negative_shifts
 
     draws = np.array([negative_shifts(1, step, 16, 3) for step in range(300)])
     assert draws.min() == 1 and draws.max() == 14  # the original's randint(1, B - 1)

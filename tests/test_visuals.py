@@ -1,16 +1,17 @@
 """The palette, the colour/indexed PNGs and eval.py --save-visuals."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
+from helpers import save_released, small_model
 from PIL import Image
 
 import eval as eval_cli
 from data.synthetic import write_synthetic_cocostuff
 from data.transforms import to_normalized_tensor
-from helpers import save_released, small_model
-from utils.visualize import (
+from engine.visualize import (
     CAPTION_HEIGHT,
     IGNORE_COLOUR,
     PALETTE,
@@ -98,7 +99,10 @@ def test_collector_keeps_the_first_n():
     collector = VisualCollector(2)
     image = to_normalized_tensor(Image.new("RGB", (8, 6)))
     for index in range(4):
-        collector({"image": image, "label": torch.zeros(6, 8, dtype=torch.uint8), "id": str(index)}, torch.zeros(6, 8, dtype=torch.long))
+        collector(
+            {"image": image, "label": torch.zeros(6, 8, dtype=torch.uint8), "id": str(index)},
+            torch.zeros(6, 8, dtype=torch.long),
+        )
     assert [item[0] for item in collector.items] == ["0", "1"]
 
 
@@ -107,8 +111,24 @@ def test_eval_save_visuals(tmp_path):
     ids = write_synthetic_cocostuff(root, num_train=0, num_val=3, sizes=((320, 256), (200, 300), (240, 240)))["val"]
     checkpoint = save_released(small_model(), tmp_path / "small.pth")
     visuals = tmp_path / "visuals"
-    code = eval_cli.main(["--data-root", str(root), "--checkpoint", str(checkpoint), "--device", "cpu", "--num-workers", "0",
-                          "--save-visuals", str(visuals), "--num-visuals", "2", "--output-json", str(tmp_path / "r.json")])
+    code = eval_cli.main(
+        [
+            "--data-root",
+            str(root),
+            "--checkpoint",
+            str(checkpoint),
+            "--device",
+            "cpu",
+            "--num-workers",
+            "0",
+            "--save-visuals",
+            str(visuals),
+            "--num-visuals",
+            "2",
+            "--output-json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert code == 0
     # Sliding works at each image's own size; the 200x300 image is upscaled to 224x336 first.
     expected = {ids[0]: (320, 256), ids[1]: (224, 336)}

@@ -1,17 +1,22 @@
 """What every entry point shares: the one-line error contract of utils/errors.py, ``--debug``, and
 checks of common options (devices, counts) made before any long work starts.
 
-An entry point opts in with two lines::
+An entry point opts in with two things::
+
+    def build_parser():
+        parser = ArgumentParser(description=__doc__)   # has --debug; no abbreviations
+        ...
 
     @entry_point
     def main(argv=None):
-        parser = build_parser()
-        add_debug_flag(parser)
+        args = build_parser().parse_args(argv)
         ...
 
 ``main(argv)`` then returns the exit code instead of raising, which is also what tests and
 demo.py call.
 """
+
+import argparse
 import contextlib
 import functools
 import gc
@@ -29,9 +34,29 @@ DEBUG_ENV = "IDDC_DEBUG"
 LOGGER_NAME = "iddc"
 
 
-def add_debug_flag(parser):
-    parser.add_argument(DEBUG_FLAG, action="store_true",
-                        help=f"show the full traceback of an error instead of one line (or set {DEBUG_ENV}=1)")
+class ArgumentParser(argparse.ArgumentParser):
+    """The parser of every command: the same contract for usage errors as for every other error.
+
+    ``allow_abbrev`` is off, so a prefix (``--check`` for ``--checkpoint-every``, ``--deb``) is an
+    unknown option instead of silently another one; a usage error is one ``error:`` line on stderr
+    naming the option, with exit 2 (argparse's own prints the whole usage first). ``--debug`` is
+    added to every parser. The help shows docstrings' line breaks as written.
+    """
+
+    def __init__(self, *args, debug_flag=True, **kwargs):
+        kwargs["allow_abbrev"] = False
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        if debug_flag:
+            self.add_argument(
+                DEBUG_FLAG,
+                action="store_true",
+                help=f"show the full traceback of an error instead of one line (or set {DEBUG_ENV}=1)",
+            )
+
+    def error(self, message):
+        _finish_output()
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
 
 
 def entry_point(main):
@@ -80,10 +105,12 @@ def worker_message(err):
     if not (text.startswith("Caught ") and "Original Traceback" in text):
         return text
     kind = type(err)
-    name = kind.__qualname__ if kind.__module__ in ("builtins", "__main__") else f"{kind.__module__}.{kind.__qualname__}"
+    name = (
+        kind.__qualname__ if kind.__module__ in ("builtins", "__main__") else f"{kind.__module__}.{kind.__qualname__}"
+    )
     marker = f"\n{name}: "
     at = text.rfind(marker)
-    return text[at + len(marker):].strip() if at >= 0 else text
+    return text[at + len(marker) :].strip() if at >= 0 else text
 
 
 def _classify(err):
@@ -95,16 +122,22 @@ def _classify(err):
     if isinstance(err, KeyboardInterrupt):
         # On a line of its own: Ctrl-C can stop a progress bar half-drawn.
         return EXIT_INTERRUPTED, "\ninterrupted (Ctrl-C): stopped before the end"
-    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without torch
+    if (
+        isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
+    ):  # torch.OutOfMemoryError, without torch
         return EXIT_PROBLEMS, f"error: out of memory ({first_line}); lower --batch-size (or --num-workers)"
     if "DataLoader worker" in text and "killed by signal" in text:
-        return EXIT_PROBLEMS, (f"error: a data-loading worker was killed ({first_line}); usually out of memory: "
-                               f"lower --num-workers or --batch-size")
+        return EXIT_PROBLEMS, (
+            f"error: a data-loading worker was killed ({first_line}); usually out of memory: "
+            f"lower --num-workers or --batch-size"
+        )
     if isinstance(err, OSError) and err.filename is not None:
         return EXIT_BAD_INPUT, f"error: {err.filename}: {err.strerror or err}"
     traceback.print_exc()
-    return EXIT_PROBLEMS, (f"error: unexpected {type(err).__name__}: {first_line} -- a bug of iddc; "
-                           f"please report it with the traceback above (--debug shows it unabridged)")
+    return EXIT_PROBLEMS, (
+        f"error: unexpected {type(err).__name__}: {first_line} -- a bug of iddc; "
+        f"please report it with the traceback above (--debug shows it unabridged)"
+    )
 
 
 def _finish_output():
@@ -172,11 +205,15 @@ def resolve_device(name):
         raise OptionError(f"--device {name}: expected cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise OptionError(f"--device {name}: no CUDA GPU is visible to torch (torch.cuda.is_available() is False); "
-                              f"use --device cpu, or install the CUDA build of torch")
+            raise OptionError(
+                f"--device {name}: no CUDA GPU is visible to torch (torch.cuda.is_available() is False); "
+                f"use --device cpu, or install the CUDA build of torch"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise OptionError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible (cuda:0.."
-                              f"cuda:{torch.cuda.device_count() - 1})")
+            raise OptionError(
+                f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible (cuda:0.."
+                f"cuda:{torch.cuda.device_count() - 1})"
+            )
     elif device.type != "cpu":
         raise OptionError(f"--device {name}: expected cpu, cuda or cuda:N")
     return name

@@ -1,15 +1,16 @@
 """argparse with a YAML file as defaults: the file sets defaults, flags on the command line win."""
-import argparse
+
 from pathlib import Path
 
 import yaml
 
+from utils.cli import ArgumentParser
 from utils.files import write_text_atomic
 
 
 def parse_args_with_config(parser, argv=None):
     """Parse ``argv`` with ``--config FILE``'s values as defaults; unknown YAML keys are an error."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(add_help=False, debug_flag=False)
     pre.add_argument("--config", default=parser.get_default("config"))
     known, _ = pre.parse_known_args(argv)
     if known.config:

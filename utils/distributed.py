@@ -1,4 +1,5 @@
 """Thin helpers over torch.distributed that also work in a single process."""
+
 import os
 
 import torch
@@ -76,7 +77,7 @@ def all_reduce_gradients(parameters):
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     offset = 0
     for grad in grads:
-        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
         offset += grad.numel()
 
 

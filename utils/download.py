@@ -6,6 +6,7 @@ checkpoints live on Google Drive, whose confirm pages change over time; gdown fo
 kept up to date with them. Either way ``dest`` itself only ever appears complete and verified, so
 its existence can be trusted.
 """
+
 import hashlib
 import http.client
 import os
@@ -47,8 +48,9 @@ def partial_path(dest):
     return dest.with_name(dest.name + ".part")
 
 
-def download_file(url, dest, *, md5=None, sha256=None, desc=None, timeout=60, chunk_size=1 << 20,
-                  quiet=False, retries=3):
+def download_file(
+    url, dest, *, md5=None, sha256=None, desc=None, timeout=60, chunk_size=1 << 20, quiet=False, retries=3
+):
     """Download ``url`` to ``dest`` and return ``dest`` as a Path.
 
     Resumes a ``dest.part`` left by an earlier run, retries a transfer that breaks off up to
@@ -56,8 +58,18 @@ def download_file(url, dest, *, md5=None, sha256=None, desc=None, timeout=60, ch
     digests, and renames to ``dest`` only once all of that holds. ``dest`` is (re)downloaded even
     if it exists: deciding whether an existing file is good enough is the caller's business.
     """
-    return _download(url, Path(dest), md5=md5, sha256=sha256, desc=desc, timeout=timeout,
-                     chunk_size=chunk_size, quiet=quiet, retries=retries, opener=build_opener())
+    return _download(
+        url,
+        Path(dest),
+        md5=md5,
+        sha256=sha256,
+        desc=desc,
+        timeout=timeout,
+        chunk_size=chunk_size,
+        quiet=quiet,
+        retries=retries,
+        opener=build_opener(),
+    )
 
 
 def download_google_drive(file_id, dest, *, proxy=None, md5=None, sha256=None, timeout=60, quiet=False, retries=3):
@@ -77,16 +89,32 @@ def download_google_drive(file_id, dest, *, proxy=None, md5=None, sha256=None, t
     dest.parent.mkdir(parents=True, exist_ok=True)
     fetched = dest.with_name(dest.name + ".download")  # complete but not yet verified
     try:
-        gdown.download(id=file_id, output=str(fetched), quiet=quiet, proxy=proxy, resume=True, retries=retries,
-                       timeout=timeout, use_cookies=False)
+        gdown.download(
+            id=file_id,
+            output=str(fetched),
+            quiet=quiet,
+            proxy=proxy,
+            resume=True,
+            retries=retries,
+            timeout=timeout,
+            use_cookies=False,
+        )
     except FileURLRetrievalError as err:
-        reason = "Google Drive answered with a page instead of the file (download quota exceeded, or not shared publicly)"
-        raise DownloadError(f"{reason}: {' '.join(str(err).split())}. Try again later, or download it by hand in a "
-                            f"browser and put it at {dest}.", reason=reason) from err
+        reason = (
+            "Google Drive answered with a page instead of the file (download quota exceeded, or not shared publicly)"
+        )
+        raise DownloadError(
+            f"{reason}: {' '.join(str(err).split())}. Try again later, or download it by hand in a "
+            f"browser and put it at {dest}.",
+            reason=reason,
+        ) from err
     except (gdown.exceptions.DownloadError, requests.exceptions.RequestException, OSError) as err:
         reason = f"cannot download Google Drive file {file_id} ({type(err).__name__}: {err})"
-        raise DownloadError(f"{reason}. What arrived is kept beside {dest} and resumed by the next run; or download the "
-                            f"file by hand and put it at {dest}.", reason=reason) from err
+        raise DownloadError(
+            f"{reason}. What arrived is kept beside {dest} and resumed by the next run; or download the "
+            f"file by hand and put it at {dest}.",
+            reason=reason,
+        ) from err
     _check_digests(fetched, dest, f"Google Drive file {file_id}", md5=md5, sha256=sha256)
     os.replace(fetched, dest)
     return dest
@@ -106,7 +134,9 @@ def _download(url, dest, *, md5, sha256, desc, timeout, chunk_size, quiet, retri
                 raise DownloadError(
                     f"downloading {url} to {dest} broke off ({err}), also after {retries} retries. What arrived "
                     f"is kept in {part}: run the same command again to resume, or download the file by hand "
-                    f"and put it at {dest}.", reason=str(err)) from None
+                    f"and put it at {dest}.",
+                    reason=str(err),
+                ) from None
             if not quiet:
                 tqdm.write(f"{dest.name}: transfer broke off ({err}); resuming (retry {attempt + 1} of {retries})")
     _check_digests(part, dest, url, md5=md5, sha256=sha256)
@@ -137,7 +167,9 @@ def _open(opener, url, dest, timeout):
         reason = f"cannot reach the server ({err})"
     raise DownloadError(
         f"cannot download {url}: {reason}. If this machine is offline or cannot reach that server, "
-        f"download the file by hand and put it at {dest}.", reason=reason)
+        f"download the file by hand and put it at {dest}.",
+        reason=reason,
+    )
 
 
 def _receive(response, url, dest, *, desc, chunk_size, quiet):
@@ -150,20 +182,35 @@ def _receive(response, url, dest, *, desc, chunk_size, quiet):
         offset = part.stat().st_size if part.exists() else 0
         if match is None or int(match.group(1)) != offset:
             part.unlink(missing_ok=True)
-            raise _Interrupted(f"the server resumed at a different place ({response.headers.get('Content-Range')!r} "
-                               f"for {offset} bytes held); starting over")
+            raise _Interrupted(
+                f"the server resumed at a different place ({response.headers.get('Content-Range')!r} "
+                f"for {offset} bytes held); starting over"
+            )
         total = int(match.group(3)) if match.group(3) != "*" else (offset + length if length is not None else None)
         mode = "ab"
     elif response.status == 200:
         # Also the answer of a server that ignores Range: its body is the whole file.
         offset, total, mode = 0, length, "wb"
     else:
-        raise DownloadError(f"{url} answered HTTP {response.status} where 200 or 206 was expected; "
-                            f"download the file by hand and put it at {dest}.",
-                            reason=f"unexpected HTTP status {response.status}")
+        raise DownloadError(
+            f"{url} answered HTTP {response.status} where 200 or 206 was expected; "
+            f"download the file by hand and put it at {dest}.",
+            reason=f"unexpected HTTP status {response.status}",
+        )
     received = offset
-    with open(part, mode) as out, tqdm(total=total, initial=offset, desc=desc, unit="B", unit_scale=True,
-                                       unit_divisor=1024, disable=quiet, leave=True) as bar:
+    with (
+        open(part, mode) as out,
+        tqdm(
+            total=total,
+            initial=offset,
+            desc=desc,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            disable=quiet,
+            leave=True,
+        ) as bar,
+    ):
         try:
             while chunk := response.read(chunk_size):
                 out.write(chunk)
@@ -175,9 +222,11 @@ def _receive(response, url, dest, *, desc, chunk_size, quiet):
         raise _Interrupted(f"connection closed after {received} of {total} bytes")
     if total is not None and received > total:
         part.unlink()
-        raise DownloadError(f"{url} sent {received} bytes but announced {total}; the download was removed. "
-                            f"Run again, or download the file by hand and put it at {dest}.",
-                            reason=f"size mismatch ({received} bytes, {total} announced)")
+        raise DownloadError(
+            f"{url} sent {received} bytes but announced {total}; the download was removed. "
+            f"Run again, or download the file by hand and put it at {dest}.",
+            reason=f"size mismatch ({received} bytes, {total} announced)",
+        )
 
 
 def _check_digests(part, dest, url, *, md5, sha256):
@@ -197,4 +246,6 @@ def _check_digests(part, dest, url, *, md5, sha256):
             reason = f"{name} is {actual}, expected {value}"
             raise DownloadError(
                 f"{dest.name} downloaded from {url}: {reason}. The download was removed; run again, and if it "
-                f"keeps failing the file on the server is not the expected one.", reason=reason)
+                f"keeps failing the file on the server is not the expected one.",
+                reason=reason,
+            )

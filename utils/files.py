@@ -1,5 +1,6 @@
 """Writing files without losing anything: atomic replacement with the user's permissions, and
 output locations proven writable (and not the user's inputs) before the long work starts."""
+
 import contextlib
 import os
 import secrets
@@ -86,7 +87,9 @@ def check_writable_file(path, option, inputs=()):
         raise OutputError(f"{option} {path}: is a folder; expected a file name")
     for source in inputs:
         if source is not None and Path(source).exists() and same_file(path, source):
-            raise OutputError(f"{option} {path}: is also an input of this run ({source}); writing it would replace it. "
-                              f"Choose another file name")
+            raise OutputError(
+                f"{option} {path}: is also an input of this run ({source}); writing it would replace it. "
+                f"Choose another file name"
+            )
     check_writable_dir(path.parent, f"{option} {path}: its folder")
     return path

@@ -7,6 +7,7 @@ A model may stack several heads' logits along the channels (``num_heads`` groups
 ``num_classes``), so that training scores the clusters and the linear probe from one backbone pass;
 softmax and argmax then work within each group.
 """
+
 import contextlib
 import math
 import time
@@ -20,10 +21,11 @@ from tqdm import tqdm
 from data.registry import DEFAULT_DATASET, get_dataset
 from data.spec import SegmentationEval
 from data.transforms import CenterCropTransform, ResizeTransform, SlidingTransform
+from engine.crf import CRFPool
+from engine.metrics import confusion_matrix, segmentation_metrics
 from utils import distributed
 from utils.cli import sigint_held
-from utils.crf import CRFPool
-from utils.metrics import confusion_matrix, segmentation_metrics
+from utils.precision import autocast_context
 
 
 @dataclass(frozen=True)
@@ -51,19 +53,33 @@ class Protocol:
 PROTOCOLS = ("sliding", "resize320", "center320")
 
 
-def make_protocol(name, flip=None, window=224, overlap=75, score_size=(320, 320), image_interpolation="nearest", crf=False):
+def make_protocol(
+    name, flip=None, window=224, overlap=75, score_size=(320, 320), image_interpolation="nearest", crf=False
+):
     """The published protocol (sliding), the original's per-epoch validation (resize320) and the
     peers' centre crop (center320); ``flip`` None keeps each protocol's own default; ``crf``
-    refines the probabilities with STEGO's dense CRF (utils/crf.py) before the argmax."""
+    refines the probabilities with STEGO's dense CRF (engine/crf.py) before the argmax."""
     if name == "sliding":
         # SPEC §5: 224 windows, overlap 75, flip averaging, scored at 320x320 (legacy nearest).
-        return Protocol("sliding", window=window, overlap=overlap, flip=True if flip is None else flip, score_size=tuple(score_size), crf=crf)
+        return Protocol(
+            "sliding",
+            window=window,
+            overlap=overlap,
+            flip=True if flip is None else flip,
+            score_size=tuple(score_size),
+            crf=crf,
+        )
     if name == "resize320":
         # The original's val_mode 2: one forward at 320x320, no flip, scored at 320.
         return Protocol("resize320", flip=bool(flip), score_size=(320, 320), input_size=320, crf=crf)
     if name == "center320":
         return Protocol(
-            "center320", flip=bool(flip), score_size=(320, 320), input_size=320, image_interpolation=image_interpolation, crf=crf
+            "center320",
+            flip=bool(flip),
+            score_size=(320, 320),
+            input_size=320,
+            image_interpolation=image_interpolation,
+            crf=crf,
         )
     raise ValueError(f"--protocol must be one of {PROTOCOLS}, got {name!r}")
 
@@ -79,15 +95,9 @@ def window_boxes(height, width, window, overlap):
     if height < window or width < window:
         raise ValueError(f"image {height}x{width} is smaller than the {window} window; upscale it first")
     stride = window - overlap
-    return [(top, left) for top in window_starts(height, window, stride) for left in window_starts(width, window, stride)]
-
-
-def autocast_context(device, precision):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "bf16":
-        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-    raise ValueError(f"--precision must be fp32 or bf16, got {precision!r}")
+    return [
+        (top, left) for top in window_starts(height, window, stride) for left in window_starts(width, window, stride)
+    ]
 
 
 def cluster_logits(model, images, precision, batch_size):
@@ -192,9 +202,12 @@ def window_logits(model, images, boxes, window, flip, precision, batch_size):
     outputs = []
     with autocast_context(images[0].device, precision):
         for start in range(0, len(order), batch_size):
-            crops = torch.stack([
-                _crop(images[index], top, left, window, flipped) for (index, top, left), flipped in order[start : start + batch_size]
-            ])  # (b, 3, w, w)
+            crops = torch.stack(
+                [
+                    _crop(images[index], top, left, window, flipped)
+                    for (index, top, left), flipped in order[start : start + batch_size]
+                ]
+            )  # (b, 3, w, w)
             outputs.append(model(crops)[2].float())  # (b, K, h, w)
     logits = torch.cat(outputs)  # (n or 2n, K, h, w)
     if not flip:
@@ -266,7 +279,9 @@ def whole_image_probabilities(model, images, flip, precision, batch_size, align_
     """
     patch_size = getattr(model, "patch_size", 1)
     size = tuple(forward_size(side, patch_size) for side in images.shape[-2:])
-    inputs = images if size == images.shape[-2:] else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    inputs = (
+        images if size == images.shape[-2:] else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    )
     logits = flip_averaged_logits(model, inputs, flip, precision, batch_size)  # (B, K, h, w)
     upsampled = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=align_corners)
     return softmax_per_head(upsampled, num_heads(model))  # (B, K, H, W)
@@ -275,14 +290,22 @@ def whole_image_probabilities(model, images, flip, precision, batch_size, align_
 def predict_head_probabilities(model, images, protocol, precision="fp32", batch_size=32):
     """Probabilities of every head at each image's size: list of (heads * K, H, W)."""
     if protocol.window:
-        return sliding_probabilities_many(model, images, protocol.window, protocol.overlap, protocol.flip, precision, batch_size)
-    return list(whole_image_probabilities(model, torch.stack(images), protocol.flip, precision, batch_size, protocol.align_corners))
+        return sliding_probabilities_many(
+            model, images, protocol.window, protocol.overlap, protocol.flip, precision, batch_size
+        )
+    return list(
+        whole_image_probabilities(
+            model, torch.stack(images), protocol.flip, precision, batch_size, protocol.align_corners
+        )
+    )
 
 
 def predict_head_clusters(model, images, protocol, precision="fp32", batch_size=32):
     """Class maps of every head for a list of normalised images (3, H, W): list of (heads, H, W)."""
     if protocol.window:  # band by band: never the full-resolution K-channel probabilities
-        return sliding_class_maps(model, images, protocol.window, protocol.overlap, protocol.flip, precision, batch_size)
+        return sliding_class_maps(
+            model, images, protocol.window, protocol.overlap, protocol.flip, precision, batch_size
+        )
     probs = predict_head_probabilities(model, images, protocol, precision, batch_size)
     return [argmax_per_head(prob, num_heads(model)) for prob in probs]
 
@@ -395,7 +418,12 @@ def evaluate_heads(
     model.eval()
     confusions = torch.zeros((heads, num_classes, num_classes), dtype=torch.int64)
     start = time.perf_counter()
-    bar = tqdm(total=len(loader.dataset), desc=f"eval {protocol.name}", unit="img", disable=not (progress and distributed.is_main()))
+    bar = tqdm(
+        total=len(loader.dataset),
+        desc=f"eval {protocol.name}",
+        unit="img",
+        disable=not (progress and distributed.is_main()),
+    )
 
     def record(sample, pred):  # pred (heads, H, W)
         for head in range(heads):
@@ -427,4 +455,7 @@ def evaluate_heads(
     confusions = distributed.all_reduce_sum(confusions.to(device)).cpu().numpy()
     num_images = int(distributed.all_reduce_sum(torch.tensor(len(loader.dataset), device=device)).item())
     seconds = time.perf_counter() - start
-    return [EvalResult(confusion, segmentation_metrics(confusion), num_images, seconds, protocol) for confusion in confusions]
+    return [
+        EvalResult(confusion, segmentation_metrics(confusion), num_images, seconds, protocol)
+        for confusion in confusions
+    ]

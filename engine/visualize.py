@@ -5,13 +5,15 @@ One palette serves both cluster ids and matched class ids, so a picture coloured
 Hungarian matching uses the same colours as the ground truth, and the same class always looks the
 same across images, runs and tools.
 """
+
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from data.cocostuff import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, PALETTE
+from data.cocostuff import PALETTE
+from utils.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from utils.files import atomic_path, save_image_atomic
 
 # Unlabelled pixels (255) and clusters no class was matched to.
@@ -69,7 +71,9 @@ def map_clusters(pred, cluster_to_class):
     pred = _as_numpy_mask(pred)
     cluster_to_class = np.asarray(cluster_to_class, dtype=np.int64)
     if pred.size and (pred.min() < 0 or pred.max() >= len(cluster_to_class)):
-        raise ValueError(f"cluster ids must lie in 0..{len(cluster_to_class) - 1} (the assignment's size), found {pred.min()}..{pred.max()}")
+        raise ValueError(
+            f"cluster ids must lie in 0..{len(cluster_to_class) - 1} (the assignment's size), found {pred.min()}..{pred.max()}"
+        )
     lookup = np.where(cluster_to_class >= 0, cluster_to_class, IGNORE_INDEX)
     return lookup[pred]  # (H, W)
 
@@ -77,7 +81,9 @@ def map_clusters(pred, cluster_to_class):
 def overlay(image, colour, alpha=0.5):
     """The colour picture blended over the image: alpha 0 is the image, 1 the colours."""
     if image.size != colour.size:
-        raise ValueError(f"overlay: image is {image.size[0]}x{image.size[1]} but the colours are {colour.size[0]}x{colour.size[1]}")
+        raise ValueError(
+            f"overlay: image is {image.size[0]}x{image.size[1]} but the colours are {colour.size[0]}x{colour.size[1]}"
+        )
     return Image.blend(image.convert("RGB"), colour.convert("RGB"), alpha)
 
 
@@ -230,7 +236,9 @@ class VisualCollector:
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for image_id, image, label, pred in self.items:
-            panel = side_by_side(image, colorize(label, self.palette), colorize(map_clusters(pred, cluster_to_class), self.palette))
+            panel = side_by_side(
+                image, colorize(label, self.palette), colorize(map_clusters(pred, cluster_to_class), self.palette)
+            )
             written.append(out_dir / f"{image_id}.png")
             save_image_atomic(panel, written[-1])
         written.append(out_dir / "legend.png")

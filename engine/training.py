@@ -1,4 +1,5 @@
 """The pieces of IDDC training: loaders, optimisers, the poly schedule, one epoch, resume state."""
+
 import random
 import signal
 import threading
@@ -11,13 +12,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data.cocostuff import IGNORE_INDEX
 from data.pairs import TrainingPairs
 from data.registry import DEFAULT_DATASET, get_dataset
 from data.sampler import GlobalBatchSampler
 from data.transforms import normalize_uint8
 from utils import distributed
-from utils.evaluation import autocast_context
+from utils.constants import IGNORE_INDEX
+from utils.precision import autocast_context
 
 
 class TrainableHead(nn.Module):
@@ -78,8 +79,9 @@ def train_loader(data_root, batch_size, seed, num_workers, device, limit=None, d
     if batch_size < 2:
         raise ValueError(f"--batch-size {batch_size}: IDDC's negatives need a global batch of at least 2 images")
     dataset = TrainingPairs(get_dataset(dataset), data_root, "train", seed=seed, limit=limit)
-    sampler = GlobalBatchSampler(len(dataset), batch_size, seed=seed, rank=distributed.rank(),
-                                 world_size=distributed.world_size())
+    sampler = GlobalBatchSampler(
+        len(dataset), batch_size, seed=seed, rank=distributed.rank(), world_size=distributed.world_size()
+    )
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -157,13 +159,39 @@ class StopRequests:
     def report(self, logger, resume_path, epoch, batch, step):
         """Log the one line of an interrupted run; returns its exit code."""
         name = signal.Signals(self.signum).name
-        logger.error("stopped by %s at epoch %d, batch %d (step %d); %s holds this point: run the same command with "
-                     "--resume to continue exactly from it", name, epoch, batch, step, resume_path)
+        logger.error(
+            "stopped by %s at epoch %d, batch %d (step %d); %s holds this point: run the same command with "
+            "--resume to continue exactly from it",
+            name,
+            epoch,
+            batch,
+            step,
+            resume_path,
+        )
         return self.EXIT_CODES.get(self.signum, 1)
 
 
-def train_one_epoch(model, head, probe, loader, loss_fn, optimizer, probe_optimizer, *, epoch, step, seed, device,
-                    precision, log_every, logger, jsonl, start_batch=0, epoch_sums=None, after_step=None):
+def train_one_epoch(
+    model,
+    head,
+    probe,
+    loader,
+    loss_fn,
+    optimizer,
+    probe_optimizer,
+    *,
+    epoch,
+    step,
+    seed,
+    device,
+    precision,
+    log_every,
+    logger,
+    jsonl,
+    start_batch=0,
+    epoch_sums=None,
+    after_step=None,
+):
     """One pass over the loader's epoch from ``start_batch``; returns (next global step, epoch means).
 
     ``after_step(batches_done, step, epoch_sums)`` runs after every step (periodic checkpoints,
@@ -180,8 +208,14 @@ def train_one_epoch(model, head, probe, loader, loss_fn, optimizer, probe_optimi
     epoch_sums = defaultdict(float, epoch_sums or {})
     window_sums, window_count = defaultdict(float), 0
     start = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not distributed.is_main(),
-               initial=start_batch, total=batches_per_epoch)
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch}",
+        unit="batch",
+        disable=not distributed.is_main(),
+        initial=start_batch,
+        total=batches_per_epoch,
+    )
     batches_done = start_batch
     for batch in bar:
         images = normalize_uint8(batch["image"].to(device, non_blocking=True))  # (b, 3, 224, 224)
@@ -200,7 +234,9 @@ def train_one_epoch(model, head, probe, loader, loss_fn, optimizer, probe_optimi
         shifts = negative_shifts(seed, step, local_batch * world, loss_fn.num_negatives)
         out = loss_fn(feats, feats_aug, view0, view1, neg_shifts=shifts, across_processes=True)
         if not torch.isfinite(out["total"]):
-            raise FloatingPointError(f"non-finite IDDC loss at epoch {epoch} step {step}: {[(k, float(v)) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1]}")
+            raise FloatingPointError(
+                f"non-finite IDDC loss at epoch {epoch} step {step}: {[(k, float(v)) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1]}"
+            )
         optimizer.zero_grad(set_to_none=True)
         probe_optimizer.zero_grad(set_to_none=True)
         (out["objective"] + probe_objective).backward()  # the probe sees detached features: the two do not mix
@@ -222,8 +258,17 @@ def train_one_epoch(model, head, probe, loader, loss_fn, optimizer, probe_optimi
             means = {name: value / window_count for name, value in window_sums.items()}
             lr = optimizer.param_groups[0]["lr"]
             rate = window_count * local_batch * world / (time.perf_counter() - start)
-            logger.info("epoch %d step %d lr %.2e | " + " ".join(f"{k} {v:.4f}" for k, v in means.items() if not k.startswith("n_"))
-                        + " | pairs +%.0f -%.0f | %.1f img/s", epoch, step, lr, means["n_pos"], means["n_neg"], rate)
+            logger.info(
+                "epoch %d step %d lr %.2e | "
+                + " ".join(f"{k} {v:.4f}" for k, v in means.items() if not k.startswith("n_"))
+                + " | pairs +%.0f -%.0f | %.1f img/s",
+                epoch,
+                step,
+                lr,
+                means["n_pos"],
+                means["n_neg"],
+                rate,
+            )
             jsonl.write(kind="train", epoch=epoch, step=step, lr=lr, images_per_s=rate, **means)
             bar.set_postfix(loss=f"{means['total']:.4f}")
             window_sums.clear()

@@ -3,6 +3,7 @@
 Matching per image or averaging metrics across processes would change the numbers; confusion
 matrices are summed first (across images and processes) and matched once, as the original does.
 """
+
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment

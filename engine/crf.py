@@ -17,6 +17,7 @@ more than ``max_pixels`` pixels is refined on a copy downscaled to fit (bilinear
 and the map brought back with nearest upsampling, so that one CRF never needs more than a few
 hundred MB. COCO-Stuff images (at most 640x640) are never downscaled with the default.
 """
+
 import collections
 import multiprocessing
 import os
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.cocostuff import IMAGENET_MEAN, IMAGENET_STD
+from utils.constants import IMAGENET_MEAN, IMAGENET_STD
 
 MAX_ITERATIONS = 10
 GAUSSIAN_SXY, GAUSSIAN_COMPAT = 1, 3
@@ -56,7 +57,9 @@ def dense_crf(image_bgr, probs):
 
     num_classes, height, width = probs.shape
     if image_bgr.shape != (height, width, 3) or image_bgr.dtype != np.uint8:
-        raise ValueError(f"CRF image must be ({height}, {width}, 3) uint8 to match the probabilities, got {image_bgr.shape} {image_bgr.dtype}")
+        raise ValueError(
+            f"CRF image must be ({height}, {width}, 3) uint8 to match the probabilities, got {image_bgr.shape} {image_bgr.dtype}"
+        )
     crf = dcrf.DenseCRF2D(width, height, num_classes)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))  # (K, H*W) float32
     crf.addPairwiseGaussian(sxy=GAUSSIAN_SXY, compat=GAUSSIAN_COMPAT)
@@ -67,7 +70,9 @@ def dense_crf(image_bgr, probs):
 def crf_maps(image_bgr, probs, heads=1):
     """Class maps (heads, H, W) int32 after a CRF of each head's (K, H, W) probabilities."""
     per_head = probs.reshape(heads, probs.shape[0] // heads, *probs.shape[1:])  # (heads, K, H, W)
-    return np.stack([dense_crf(image_bgr, np.ascontiguousarray(head)).argmax(axis=0) for head in per_head]).astype(np.int32)
+    return np.stack([dense_crf(image_bgr, np.ascontiguousarray(head)).argmax(axis=0) for head in per_head]).astype(
+        np.int32
+    )
 
 
 def fit_size(height, width, max_pixels):
@@ -105,8 +110,10 @@ class CRFPool:
         try:
             import pydensecrf.densecrf  # noqa: F401  (checked here, before any image is queued)
         except ImportError as err:
-            raise ImportError(f"the dense CRF needs pydensecrf2: pip install pydensecrf2 (it builds from source with g++ "
-                              f"and the Python headers) ({err})") from err
+            raise ImportError(
+                f"the dense CRF needs pydensecrf2: pip install pydensecrf2 (it builds from source with g++ "
+                f"and the Python headers) ({err})"
+            ) from err
         self.heads = heads
         self.max_pixels = max_pixels
         self.max_pending = max_pending or 2 * max(1, self.workers)

@@ -1,0 +1,61 @@
+"""TensorBoard logging of training runs: scalars and the dataset's coloured pictures."""
+
+import numpy as np
+
+from engine.visualize import VisualCollector, colorize, map_clusters, side_by_side
+from utils import distributed
+
+
+class TensorboardLog:
+    """TensorBoard scalars from the same ``write(kind=..., **values)`` calls as :class:`JsonlLog`.
+
+    Every number becomes the scalar ``<kind>/<name>`` (dicts: ``<kind>/<name>/<key>``, e.g.
+    ``val/per_class_iou/sky``) at the row's ``step`` (else its ``epoch``, else the last step seen);
+    strings are skipped. ``write_pictures`` adds image | ground truth | prediction panels. Only
+    rank 0 writes.
+    """
+
+    def __init__(self, log_dir):
+        self.writer = None
+        self._step = 0
+        if distributed.is_main():
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def write(self, kind, **values):
+        if self.writer is None:
+            return
+        step = values.get("step", values.get("epoch", self._step))
+        self._step = step
+        for name, value in values.items():
+            if name in ("step", "epoch"):
+                continue
+            items = value.items() if isinstance(value, dict) else [(None, value)]
+            for key, number in items:
+                if isinstance(number, bool) or not isinstance(number, (int, float)):
+                    continue
+                self.writer.add_scalar(f"{kind}/{name}" + (f"/{key}" if key is not None else ""), number, step)
+        self.writer.flush()
+
+    def pictures(self, palette, num_images=4):
+        """A collector to pass as ``evaluate(..., on_image=...)``: it keeps the first images, to be
+        drawn in the dataset's ``palette``."""
+        return VisualCollector(num_images if self.writer is not None else 0, palette)
+
+    def write_pictures(self, collector, cluster_to_class, step, tag="val"):
+        """One image | ground truth | matched prediction panel per collected image."""
+        if self.writer is None:
+            return
+        for image_id, image, label, pred in collector.items:
+            panel = side_by_side(
+                image,
+                colorize(label, collector.palette),
+                colorize(map_clusters(pred, cluster_to_class), collector.palette),
+            )
+            self.writer.add_image(f"{tag}/{image_id}", np.asarray(panel), step, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
