@@ -1,9 +1,9 @@
 """Train IDDC on a benchmark (default COCO-Stuff-27; SPEC §3-4), on one device or many (torchrun).
 
-    python train.py --data-root DIR --config configs/train_coco27_vits16.yaml
+    python train.py --data-root DIR --config configs/train_cocostuff27_vits16.yaml
     python train.py --data-root DIR --config configs/train_cityscapes27_vits8.yaml     # its dataset: cityscapes27
-    torchrun --nproc_per_node 4 train.py --data-root DIR --config configs/train_coco27_vits8.yaml
-    python train.py --data-root DIR --config configs/train_coco27_vits16.yaml --resume --epochs 30
+    torchrun --nproc_per_node 4 train.py --data-root DIR --config configs/train_cocostuff27_vits8.yaml
+    python train.py --data-root DIR --config configs/train_cocostuff27_vits16.yaml --resume --epochs 30
 
 --batch-size is the global batch (the paper's 64), split evenly over the processes.
 """
@@ -55,7 +55,7 @@ OVERWRITTEN_FILES = (*RUN_FILES, "config.yaml", "log.jsonl", "train.log")
 
 def build_parser():
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default=None, help="YAML file of defaults, e.g. configs/train_coco27_vits16.yaml")
+    parser.add_argument("--config", default=None, help="YAML file of defaults, e.g. configs/train_cocostuff27_vits16.yaml")
     parser.add_argument(
         "--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="benchmark (README, 'Datasets')"
     )

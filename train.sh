@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Train IDDC on one of the benchmarks with its recipe (configs/train_<dataset>_<arch>.yaml).
+# Train IDDC on one of the benchmarks with its recipe, configs/train_<DATASET>_<ARCH>.yaml: DATASET a
+# name of the dataset registry (data/registry.py), ARCH a backbone name of modules/backbones.py, with
+# vits16, vits8, vitb16, vitb8 short for dino_vits16, dino_vits8, dino_vitb16, dino_vitb8.
 #
 #   DATA_ROOT=/path/to/data bash train.sh DATASET ARCH [more train.py flags]
 #   DATA_ROOT=/path/to/cityscapes bash train.sh cityscapes27 vits8
 #   NPROC=4 DATA_ROOT=/path/to/cocostuff bash train.sh cocostuff171 vits8     # 4 processes (GPUs)
 #   NNODES=2 NODE_RANK=0|1 MASTER_ADDR=host0 NPROC=4 DATA_ROOT=... bash train.sh cityscapes27 vitb8   # 2 machines
 #
-# Recipes: cocostuff27 vits16|vits8, cocostuff171 vits16|vits8, cityscapes27 vits8|vitb8, potsdam3 vits8.
+# Recipes: every configs/train_<DATASET>_<ARCH>.yaml; `bash train.sh` lists them.
 # Outputs go to the config's output_dir (outputs/train_<dataset>_<arch>/) unless --output-dir is given;
 # add --resume to continue a run.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
 usage="usage: bash train.sh DATASET ARCH [train.py flags], DATASET ARCH one of:"
-recipes=$(cd "$here/configs" && ls train_*.yaml | sed -e 's/^train_//' -e 's/\.yaml$//' -e 's/^coco27_/cocostuff27_/' | sed -e 's/_\([a-z0-9]*\)$/ \1/' | sort | paste -sd, - | sed -e 's/,/, /g')
+# Dataset names hold no underscore: the first one of a recipe's name ends its DATASET.
+recipes=$(cd "$here/configs" && ls train_*.yaml | sed -e 's/^train_//' -e 's/\.yaml$//' -e 's/_/ /' | sort | paste -sd, - | sed -e 's/,/, /g')
 if [[ $# -lt 2 ]]; then
   echo "train.sh: $usage $recipes" >&2
   exit 2
@@ -21,9 +24,10 @@ fi
 dataset=$1
 arch=$2
 shift 2
-# The COCO-Stuff-27 recipes keep their original names (train_coco27_<arch>.yaml).
-config_name=${dataset/#cocostuff27/coco27}
-config="$here/configs/train_${config_name}_${arch}.yaml"
+arch=${arch#dino_vit}  # dino_vits16 -> s16: the short form is the recipe's name
+arch=${arch/#s[0-9]*/vit$arch}
+arch=${arch/#b[0-9]*/vit$arch}
+config="$here/configs/train_${dataset}_${arch}.yaml"
 if [[ ! -f "$config" ]]; then
   echo "train.sh: no recipe for '$dataset $arch' ($config); $usage $recipes" >&2
   exit 2

@@ -30,4 +30,4 @@ fi
 
 caller=train_coco27.sh
 source "$here/scripts/launcher.sh"
-"${launcher[@]}" "$here/train.py" --config "$here/configs/train_coco27_${arch}.yaml" "${data_args[@]}" "$@"
+"${launcher[@]}" "$here/train.py" --config "$here/configs/train_cocostuff27_${arch}.yaml" "${data_args[@]}" "$@"

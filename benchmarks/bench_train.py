@@ -32,7 +32,7 @@ from tests.reference_pairs import reference_pair  # noqa: E402
 from utils.cli import ArgumentParser
 from utils.precision import autocast_context  # noqa: E402
 
-CONFIG_WORKERS = 8  # configs/train_coco27_*.yaml
+CONFIG_WORKERS = 8  # configs/train_cocostuff27_*.yaml
 
 
 def one_step(model, head, probe, batch, loss_fn, optimizers, device, precision, step):
