@@ -19,8 +19,8 @@ usual IDDC pair sampling (flip, random resize, two overlapping 224 crops) at its
 the scale at which the sliding protocol evaluates. scripts/prepare_data.py writes the crops as
 lossless PNGs under ``five_crops/train/CITY/`` (STEGO writes them to disk too), because decoding a
 whole 2048x1024 PNG for every crop would starve the GPU; without them the crops are cut on the fly
-from the full images, with the same result. PiCIE instead trains on the unlabelled ``train_extra`` and ``test`` images and
-evaluates on train + val; that is not followed.
+from the full images, with the same result. PiCIE instead trains on the unlabelled ``train_extra``
+and ``test`` images and evaluates on train + val; that is not followed.
 """
 
 from pathlib import Path
@@ -136,6 +136,7 @@ class CityscapesSpec(DatasetSpec):
     # the short side of COCO's 320x320 grid and of the peers' 320 resize.
     score_size = (320, 640)
     description = "Cityscapes-27: label ids 7..33 of the fine annotations"
+    official_sizes = {"train": 2975, "val": 500}
     lut = label_lookup(
         {
             **{raw: 255 for raw in range(FIRST_CLASS_ID)},
@@ -178,6 +179,9 @@ class CityscapesSpec(DatasetSpec):
             raise DataError(f"{images}: no images (expected {images}/CITY/CITY_SEQ_FRAME{IMAGE_SUFFIX})")
         return ids
 
+    def split_source(self, data_root, split):
+        return Path(data_root) / "leftImg8bit" / split
+
     def image_path(self, data_root, split, image_id):
         return Path(data_root) / "leftImg8bit" / split / city_of(image_id) / f"{image_id}{IMAGE_SUFFIX}"
 
@@ -194,7 +198,7 @@ class CityscapesSpec(DatasetSpec):
             with Image.open(path) as label:
                 mode = label.mode
                 raw = np.array(label)
-        except (OSError, SyntaxError) as err:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             raise DataError(f"{path}: cannot read the label ({err})") from err
         if raw.ndim != 2:
             raise DataError(f"{path}: expected a single-channel labelIds PNG, got mode {mode}")

@@ -11,20 +11,19 @@ shares its layout and lists with another label map.
 """
 
 import json
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from data.spec import DataError, DatasetSpec, SegmentationEval, map_labels, read_image  # noqa: F401  (re-exported)
+from data.spec import DataError, DatasetSpec, label_lookup, map_labels, read_split_list
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 LABEL_MAP_FILE = PACKAGE_DIR / "cocostuff27.json"
 SHIPPED_CURATED_DIR = PACKAGE_DIR / "curated"
 SPLIT_LIST_NAME = "Coco164kFull_Stuff_Coarse_7.txt"
 SPLITS = ("train", "val")
-NUM_CLASSES = 27
+# The curated lists behind the published numbers (SPEC §6): 49,629 train and 2,175 val images.
+CURATED_SIZES = {"train": 49629, "val": 2175}
 
 # One colour per COCO-Stuff-27 class, in the order of cocostuff27.json's coarse_names. Stuff that
 # has a natural colour gets it (sky light blue, water navy, plant green, ground brown) so pictures
@@ -64,43 +63,6 @@ PALETTE = np.array(
 PALETTE.setflags(write=False)
 
 
-@lru_cache(maxsize=4)
-def load_label_map(path=LABEL_MAP_FILE):
-    """Return (lookup table of 256 entries, class names) of a label map file (fine id -> class).
-
-    Unknown fine ids map to -1 in the table so that they can be detected and reported
-    instead of silently becoming a class.
-    """
-    with open(path) as f:
-        spec = json.load(f)
-    lut = np.full(256, -1, dtype=np.int16)
-    for fine, coarse in spec["fine_to_coarse"].items():
-        lut[int(fine)] = int(coarse)
-    lut.setflags(write=False)
-    return lut, tuple(spec["coarse_names"])
-
-
-def class_names():
-    return load_label_map()[1]
-
-
-def map_fine_to_coarse(fine_label, source="label"):
-    """Map a uint8 fine label array to coarse ids (uint8, 255 kept).
-
-    A value outside the map is a data error, named with its source file.
-    """
-    lut, _ = load_label_map()
-    fine_label = np.asarray(fine_label)
-    coarse = lut[fine_label]
-    if (coarse < 0).any():
-        bad = np.unique(fine_label[coarse < 0])
-        raise DataError(
-            f"{source}: label values {bad.tolist()[:10]} are not in the COCO-Stuff fine -> coarse map "
-            f"({LABEL_MAP_FILE.name} knows 0..181 and 255); is this a stuffthingmaps PNG?"
-        )
-    return coarse.astype(np.uint8)
-
-
 def split_folder(split):
     if split not in SPLITS:
         raise DataError(f"split must be one of {SPLITS}, got {split!r}")
@@ -116,22 +78,7 @@ def split_list_path(data_root, split):
 
 
 def read_split_ids(data_root, split):
-    path = split_list_path(data_root, split)
-    with open(path) as f:
-        ids = [line.strip() for line in f if line.strip()]
-    if not ids:
-        raise DataError(f"{path}: the split list is empty")
-    if len(set(ids)) != len(ids):  # a repeated id would be scored (or trained on) twice
-        seen, repeated = set(), []
-        for image_id in ids:
-            if image_id in seen and image_id not in repeated:
-                repeated.append(image_id)
-            seen.add(image_id)
-        raise DataError(
-            f"{path}: {len(repeated)} id(s) listed more than once (first: {', '.join(repeated[:5])}); "
-            f"each image may be listed once"
-        )
-    return ids
+    return read_split_list(split_list_path(data_root, split))
 
 
 def image_path(data_root, split, image_id):
@@ -155,28 +102,23 @@ def check_data_root(data_root, split):
             )
 
 
-def read_coarse_label(path):
-    """Coarse label (uint8 numpy array, 255 = ignore) from a stuffthingmaps PNG."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: label file not found")
-    try:
-        with Image.open(path) as lab:
-            fine = np.array(lab.convert("L"))
-    except (OSError, SyntaxError) as err:
-        raise DataError(f"{path}: cannot read the label ({err})") from err
-    return map_fine_to_coarse(fine, source=str(path))
-
-
 class CocoStuffSpec(DatasetSpec):
-    """The COCO-Stuff layout (SPEC §6) with a fine id -> class map file; COCO-Stuff-27 and -171."""
+    """The COCO-Stuff layout (SPEC §6) with a fine id -> class map file; COCO-Stuff-27 and -171.
+
+    The map file (cocostuff27.json, cocostuff171.json) holds ``fine_to_coarse`` ({fine id: class})
+    and ``coarse_names``; fine ids it does not list are data errors, not a class.
+    """
 
     splits = SPLITS
+    official_sizes = CURATED_SIZES
 
     def __init__(self, name, label_map_file, description):
         self.name = name
         self.label_map_file = Path(label_map_file)
-        self.lut, self.class_names = load_label_map(self.label_map_file)
+        with open(self.label_map_file) as f:
+            label_map = json.load(f)
+        self.lut = label_lookup(label_map["fine_to_coarse"])
+        self.class_names = tuple(label_map["coarse_names"])
         self.description = description
 
     def check_root(self, data_root, split):
@@ -184,6 +126,12 @@ class CocoStuffSpec(DatasetSpec):
 
     def split_ids(self, data_root, split):
         return read_split_ids(data_root, split)
+
+    def split_source(self, data_root, split):
+        return split_list_path(data_root, split)
+
+    def split_name(self, split):
+        return split_folder(split)
 
     def image_path(self, data_root, split, image_id):
         return image_path(data_root, split, image_id)
@@ -203,10 +151,3 @@ class CocoStuff27Spec(CocoStuffSpec):
 COCOSTUFF27 = CocoStuff27Spec(
     "cocostuff27", LABEL_MAP_FILE, "COCO-Stuff-27: the 27 coarse classes of the curated lists"
 )
-
-
-class CocoStuffEval(SegmentationEval):
-    """The COCO-Stuff-27 evaluation split (see data/spec.py's SegmentationEval)."""
-
-    def __init__(self, data_root, transform, split="val", limit=None):
-        super().__init__(COCOSTUFF27, data_root, transform, split=split, limit=limit)

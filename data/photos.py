@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from data.cocostuff import DataError
+from data.spec import DataError
 
 # Modes whose values go beyond 0..255: scaled to 8 bits instead of clipped.
 WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")

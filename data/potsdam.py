@@ -25,7 +25,7 @@ from PIL import Image
 from scipy.io import loadmat
 from scipy.io.matlab import MatReadError
 
-from data.spec import DataError, DatasetSpec, label_lookup, map_labels
+from data.spec import DataError, DatasetSpec, label_lookup, map_labels, read_split_list
 
 SPLIT_FILES = {"train": "labelled_train.txt", "val": "labelled_test.txt"}
 CLASS_NAMES = ("roads and cars", "buildings and clutter", "trees and vegetation")
@@ -56,6 +56,7 @@ class PotsdamSpec(DatasetSpec):
     # The peers' protocol on STEGO's tiles; the 200x200 tiles are upscaled to 320 by its resize.
     default_protocol = "center320"
     description = "Potsdam-3: STEGO's 200x200 tiles of ISPRS Potsdam, 3 merged classes"
+    official_sizes = {"train": 4545, "val": 855}
     lut = label_lookup(RAW_TO_CLASS)
 
     def check_root(self, data_root, split):
@@ -73,14 +74,11 @@ class PotsdamSpec(DatasetSpec):
                 )
 
     def split_ids(self, data_root, split):
+        return read_split_list(self.split_source(data_root, split))
+
+    def split_source(self, data_root, split):
         self.check_split(split)
-        path = Path(data_root) / SPLIT_FILES[split]
-        if not path.is_file():
-            raise DataError(f"{path}: split list not found")
-        ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        if not ids:
-            raise DataError(f"{path}: the split list is empty")
-        return ids
+        return Path(data_root) / SPLIT_FILES[split]
 
     def image_path(self, data_root, split, image_id):
         return Path(data_root) / "imgs" / f"{image_id}.mat"

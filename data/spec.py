@@ -6,7 +6,10 @@ cocostuff171.py, cityscapes.py, potsdam.py) and one line in data/registry.py, wh
 ``--dataset`` names to instances. What a spec provides:
 
 - ``class_names``, ``palette`` (one RGB colour per class) and ``num_classes``;
-- ``split_ids(root, split)``, ``image_path`` / ``label_path`` and ``check_root(root, split)``;
+- ``split_ids(root, split)``, ``image_path`` / ``label_path`` and ``check_root(root, split)``; split
+  list files are read by ``read_split_list``, the one reader of every dataset;
+- ``split_name`` / ``split_source`` / ``official_sizes``: how the layout names a split, where its ids
+  come from and how many the official release has, for the reports of data/check.py;
 - ``read_image`` (PIL RGB) and ``read_label`` (uint8 class ids, 255 = ignore; any raw value outside
   the dataset's label map is a ``DataError`` naming the file);
 - ``train_items`` / ``read_train_raw``: the per-dataset preprocessing of training images before the
@@ -24,6 +27,7 @@ from data.scan import missing_files
 from utils.errors import ReportedError
 
 SHOW_MISSING = 5  # missing files named in a split scan's error
+SHOW_REPEATED = 5  # repeated ids named in a split list's error
 
 
 class DataError(ReportedError, ValueError):
@@ -50,8 +54,43 @@ def read_image(path):
         with Image.open(path) as img:
             img.load()
             return img if img.mode == "RGB" else img.convert("RGB")
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: cannot read the image ({err})") from err
+
+
+def read_split_list(path):
+    """The ids of a split list file, one per line, read as people write them.
+
+    A UTF-8 byte-order mark (Windows editors write one), Windows or old Mac line endings and
+    spaces or tabs around an id are not part of the id; blank lines are skipped. An empty list, or
+    an id listed twice (it would be scored, or trained on, twice), is a DataError naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: split list not found")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start}); save the split list as UTF-8"
+        ) from err
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the split list ({err.strerror or err})") from err
+    ids = [line.strip() for line in text.splitlines()]
+    ids = [image_id for image_id in ids if image_id]
+    if not ids:
+        raise DataError(f"{path}: the split list is empty")
+    if len(set(ids)) != len(ids):
+        seen, repeated = set(), []
+        for image_id in ids:
+            if image_id in seen and image_id not in repeated:
+                repeated.append(image_id)
+            seen.add(image_id)
+        raise DataError(
+            f"{path}: {len(repeated)} id(s) listed more than once (first: {', '.join(repeated[:SHOW_REPEATED])}); "
+            f"each image may be listed once"
+        )
+    return ids
 
 
 def label_lookup(raw_to_class):
@@ -98,9 +137,9 @@ def distinct_palette(count):
 class DatasetSpec:
     """What training, evaluation and prediction need to know about one benchmark.
 
-    Subclasses set the class attributes and implement ``split_ids``, ``image_path``,
-    ``label_path``, ``check_root`` and ``map_label``; reading and the training preprocessing have
-    defaults that suit one image file and one label file per id.
+    Subclasses set the class attributes and implement ``split_ids``, ``split_source``,
+    ``image_path``, ``label_path``, ``check_root`` and ``map_label``; reading and the training
+    preprocessing have defaults that suit one image file and one label file per id.
     """
 
     name = None
@@ -110,6 +149,7 @@ class DatasetSpec:
     default_protocol = "sliding"
     score_size = (320, 320)  # (H, W) grid the sliding protocol scores predictions and labels on
     description = ""
+    official_sizes = {}  # split -> number of images of the official release, where it is known
 
     @property
     def num_classes(self):
@@ -129,6 +169,14 @@ class DatasetSpec:
     def split_ids(self, data_root, split):
         raise NotImplementedError
 
+    def split_source(self, data_root, split):
+        """Where ``split_ids`` takes the split's ids from (a list file, or the folder it scans)."""
+        raise NotImplementedError
+
+    def split_name(self, split):
+        """The split as the dataset's layout and reports name it (COCO-Stuff: ``val2017``)."""
+        return split
+
     def image_path(self, data_root, split, image_id):
         raise NotImplementedError
 
@@ -143,7 +191,8 @@ class DatasetSpec:
         """Fail before the long work, with a count and the first names, when listed files are missing.
 
         A fast scan (folder listings, no decoding) of every image and label the split's first
-        ``limit`` ids need; ``scripts/prepare_data.py DATASET --check`` opens them all. Returns the ids.
+        ``limit`` ids need; ``scripts/prepare_data.py DATASET --check`` (data/check.py) decodes them
+        all. Returns the ids.
         """
         self.check_root(data_root, split)
         ids = self.split_ids(data_root, split)[:limit]
@@ -174,7 +223,7 @@ class DatasetSpec:
         try:
             with Image.open(path) as label:
                 return np.array(label.convert("L"))
-        except (OSError, SyntaxError) as err:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             raise DataError(f"{path}: cannot read the label ({err})") from err
 
     def read_label(self, data_root, split, image_id):

@@ -14,7 +14,7 @@ from PIL import Image
 from scipy.io import savemat
 
 from data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX
-from data.cocostuff import SPLIT_LIST_NAME, load_label_map, split_folder
+from data.cocostuff import COCOSTUFF27, SPLIT_LIST_NAME, split_folder
 from data.potsdam import SPLIT_FILES
 
 # Coarse classes drawn (name -> (colour, texture period in pixels)); names from cocostuff27.json.
@@ -59,9 +59,8 @@ POTSDAM_IDS = {
 
 def fine_id_for(coarse_name):
     """The first fine id that maps to a coarse class, so labels look like real stuffthingmaps."""
-    lut, names = load_label_map()
-    coarse = names.index(coarse_name)
-    return int(np.flatnonzero(lut[:255] == coarse)[0])
+    coarse = COCOSTUFF27.class_names.index(coarse_name)
+    return int(np.flatnonzero(COCOSTUFF27.lut[:255] == coarse)[0])
 
 
 def _texture(height, width, period, rng):

@@ -7,7 +7,7 @@ measured against (benchmarks/bench_train.py). It draws the same random numbers i
 import numpy as np
 from PIL import Image
 
-from data.cocostuff import image_path, label_path, read_coarse_label, read_image
+from data.cocostuff import COCOSTUFF27
 from data.pairs import overlapping_crops, random_resize_size
 from data.transforms import label_tensor, to_normalized_tensor
 
@@ -15,8 +15,8 @@ from data.transforms import label_tensor, to_normalized_tensor
 def reference_pair(data_root, split, image_id, seed, epoch, index, crop=224):
     """{'image', 'image_aug'} normalised float (3, crop, crop), 'label' (crop, crop), 'crops'."""
     rng = np.random.default_rng([seed, epoch, index])
-    image = read_image(image_path(data_root, split, image_id))
-    label = Image.fromarray(read_coarse_label(label_path(data_root, split, image_id)))
+    image = COCOSTUFF27.read_image(data_root, split, image_id)
+    label = Image.fromarray(COCOSTUFF27.read_label(data_root, split, image_id))
     if rng.random() <= 0.5:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
         label = label.transpose(Image.FLIP_LEFT_RIGHT)

@@ -6,18 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.cocostuff import (
-    SHIPPED_CURATED_DIR,
-    CocoStuffEval,
-    DataError,
-    class_names,
-    load_label_map,
-    map_fine_to_coarse,
-    read_split_ids,
-    split_list_path,
-)
+from data.cocostuff import SHIPPED_CURATED_DIR, read_split_ids, split_list_path
+from data.registry import get_dataset
+from data.spec import DataError, SegmentationEval
 from data.synthetic import write_synthetic_cocostuff
 from data.transforms import SlidingTransform
+
+COCOSTUFF27 = get_dataset("cocostuff27")
 
 
 def test_shipped_lists_are_the_curated_ones():
@@ -28,12 +23,13 @@ def test_shipped_lists_are_the_curated_ones():
 
 
 def test_label_map():
-    lut, names = load_label_map()
+    names = COCOSTUFF27.class_names
     assert len(names) == 27 and names[0] == "electronic" and names[26] == "water"
     fine = np.array([[0, 1, 181], [255, 105, 170]], np.uint8)
-    np.testing.assert_array_equal(map_fine_to_coarse(fine), [[9, 11, 24], [255, 23, 18]])
+    np.testing.assert_array_equal(COCOSTUFF27.map_label(fine, "x.png"), [[9, 11, 24], [255, 23, 18]])
+    assert COCOSTUFF27.lut.shape == (256,) and (COCOSTUFF27.lut[182:255] == -1).all()
     with pytest.raises(DataError, match=r"bad.png: label values \[200\]"):
-        map_fine_to_coarse(np.array([200, 3], np.uint8), source="bad.png")
+        COCOSTUFF27.map_label(np.array([200, 3], np.uint8), "bad.png")
 
 
 def test_root_lists_win_over_shipped(tmp_path):
@@ -45,9 +41,9 @@ def test_root_lists_win_over_shipped(tmp_path):
 
 def test_missing_folders_images_labels_and_bad_values(tmp_path):
     with pytest.raises(DataError, match="no such folder"):
-        CocoStuffEval(tmp_path / "absent", SlidingTransform())
+        SegmentationEval(COCOSTUFF27, tmp_path / "absent", SlidingTransform())
     ids = write_synthetic_cocostuff(tmp_path, num_train=0, num_val=4)["val"]
-    dataset = CocoStuffEval(tmp_path, SlidingTransform())
+    dataset = SegmentationEval(COCOSTUFF27, tmp_path, SlidingTransform())
     (tmp_path / "images/val2017" / f"{ids[0]}.jpg").unlink()
     with pytest.raises(DataError, match=f"{ids[0]}.jpg: image file not found"):
         dataset[0]
@@ -66,16 +62,14 @@ def test_missing_folders_images_labels_and_bad_values(tmp_path):
 
 def test_sample_small_image_upscaled(tmp_path):
     write_synthetic_cocostuff(tmp_path, num_train=0, num_val=1, sizes=((200, 300),))
-    sample = CocoStuffEval(tmp_path, SlidingTransform(224))[0]
+    sample = SegmentationEval(COCOSTUFF27, tmp_path, SlidingTransform(224))[0]
     assert sample["image"].shape == (3, 336, 224)
     assert sample["label"].shape == (336, 224)
     assert set(np.unique(sample["label"].numpy())) <= set(range(27)) | {255}
-    assert len(class_names()) == 27
+    assert COCOSTUFF27.num_classes == 27
 
 
 def test_split_scan_counts_and_names_missing_files(tmp_path):
-    from data.cocostuff import COCOSTUFF27
-
     check_split_files = COCOSTUFF27.check_split_files
     ids = write_synthetic_cocostuff(tmp_path, num_train=0, num_val=7, sizes=((230, 230),))["val"]
     assert check_split_files(tmp_path, "val") == ids and check_split_files(tmp_path, "val", limit=3) == ids[:3]

@@ -6,17 +6,18 @@ import numpy as np
 from PIL import Image
 
 import demo
-from data.cocostuff import read_coarse_label, read_split_ids
+from data.registry import get_dataset
 from data.synthetic import write_synthetic_cocostuff
 
 
 def test_generator_layout_labels_and_determinism(tmp_path):
     ids = write_synthetic_cocostuff(tmp_path / "a", num_train=2, num_val=3, sizes=((320, 256), (200, 300)), seed=4)
-    assert read_split_ids(tmp_path / "a", "val") == ids["val"] and len(ids["train"]) == 2
+    spec = get_dataset("cocostuff27")
+    assert spec.split_ids(tmp_path / "a", "val") == ids["val"] and len(ids["train"]) == 2
     seen = set()
     for image_id in ids["val"]:
         image = Image.open(tmp_path / "a/images/val2017" / f"{image_id}.jpg")
-        label = read_coarse_label(tmp_path / "a/annotations/val2017" / f"{image_id}.png")  # raises on unknown values
+        label = spec.read_label(tmp_path / "a", "val", image_id)  # raises on unknown values
         assert label.shape == (image.height, image.width)
         assert (label[:4] == 255).all() and (label[:, :4] == 255).all()
         values = set(np.unique(label).tolist()) - {255}

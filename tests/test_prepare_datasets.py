@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 import yaml
 from helpers import save_dino, small_model
-from PIL import Image
 from scipy.io import savemat
 
 import train as train_cli
 from data.cityscapes import five_crop_boxes
 from data.registry import DATASET_NAMES, get_dataset
-from data.synthetic import write_synthetic_cityscapes, write_synthetic_cocostuff, write_synthetic_potsdam
+from data.synthetic import write_synthetic_cityscapes, write_synthetic_potsdam
 from scripts.prepare_data import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +55,8 @@ def test_cityscapes_from_the_official_zips(tmp_path, cityscapes_zips, capsys):
     root = tmp_path / "cityscapes"
     assert main(["cityscapes27", "--data-root", str(root), "--zips-dir", str(zips)]) == 0
     out = capsys.readouterr().out
-    assert out.rstrip().endswith("OK: 4 images") and "the official val split has 500 images, this root has 2" in out
+    assert out.splitlines()[-1] == "OK: 0 problems in val, 0 in train (4 images checked)"
+    assert "  note: the official val split has 500 images, this root has 2" in out
     for top in ("leftImg8bit", "gtFine"):
         assert sorted(p.name for p in (root / top).iterdir()) == ["train", "val"]  # test not unpacked
         for split in ("train", "val"):
@@ -79,15 +79,16 @@ def test_cityscapes_from_the_official_zips(tmp_path, cityscapes_zips, capsys):
 
 def test_cityscapes_missing_zip_is_one_clear_line(tmp_path, cityscapes_zips, capsys):
     _, zips = cityscapes_zips
-    assert main(["cityscapes27", "--data-root", str(tmp_path / "root")]) == 1
+    assert main(["cityscapes27", "--data-root", str(tmp_path / "root")]) == 2  # the user's input is missing
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
+    assert len(err.splitlines()) == 1 and err.startswith("error: missing ")
+    assert not (tmp_path / "root").exists()  # refused before anything is written
     assert "leftImg8bit_trainvaltest.zip (11GB) and gtFine_trainvaltest.zip (241MB)" in err
     assert "https://www.cityscapes-dataset.com/downloads/" in err and str(tmp_path / "root" / "downloads") in err
     only_images = tmp_path / "zips"
     only_images.mkdir()
     shutil.copy(zips / "leftImg8bit_trainvaltest.zip", only_images)
-    assert main(["cityscapes27", "--data-root", str(tmp_path / "root"), "--zips-dir", str(only_images)]) == 1
+    assert main(["cityscapes27", "--data-root", str(tmp_path / "root"), "--zips-dir", str(only_images)]) == 2
     err = capsys.readouterr().err
     assert (
         "missing " + str(only_images / "gtFine_trainvaltest.zip") + ":" in err
@@ -105,24 +106,15 @@ def test_potsdam_download_unpack_and_check(tmp_path, http_server, capsys):  # no
     http_server.serve_bytes("potsdam.zip", buffer.getvalue())
     root = tmp_path / "potsdam"
     assert main(["potsdam3", "--data-root", str(root), "--base-url", http_server.url()]) == 0
-    assert capsys.readouterr().out.rstrip().endswith("OK: 5 images")
+    assert capsys.readouterr().out.splitlines()[-1] == "OK: 0 problems in val, 0 in train (5 images checked)"
     assert sorted(p.name for p in (root / "imgs").iterdir()) == [f"{i}.mat" for i in range(5)]
     assert (root / "labelled_test.txt").read_text() == "3\n4\n" and not (root / "downloads" / "potsdam.zip").exists()
     savemat(root / "gt" / "4.mat", {"gt": np.full((200, 200), 7, np.int32)})
     assert main(["potsdam3", "--data-root", str(root), "--check"]) == 1
-    out = capsys.readouterr().out
-    assert "bad labels: 1 (e.g. 4 (" in out and "label values [7]" in out and "FAILED: problems in val" in out
-
-
-def test_cocostuff171_check_uses_its_own_label_map(tmp_path, capsys):
-    ids = write_synthetic_cocostuff(tmp_path, num_train=0, num_val=2)["val"]
-    label_file = tmp_path / "annotations" / "val2017" / f"{ids[0]}.png"
-    label = np.array(Image.open(label_file))
-    label[10, 10] = 11  # a fine id of the 27-class map that never occurs in stuffthingmaps
-    Image.fromarray(label).save(label_file)
-    assert main(["cocostuff27", "--data-root", str(tmp_path), "--splits", "val", "--check"]) == 0
-    assert main(["cocostuff171", "--data-root", str(tmp_path), "--splits", "val", "--check"]) == 1
-    assert "label values [11]" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    known = "ISPRS Potsdam class ids 0..5 and 255"
+    assert f"  4 (label values [7] are not in the label map ({known})): {root / 'gt' / '4.mat'}\n" in captured.out
+    assert captured.err.strip().splitlines()[-1].startswith(f"error: --data-root {root}: 1 problem in val, 0 in train")
 
 
 def test_every_recipe_parses_and_holds_the_papers_values():
