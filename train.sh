@@ -9,7 +9,8 @@
 #   NNODES=2 NODE_RANK=0|1 MASTER_ADDR=host0 NPROC=4 DATA_ROOT=... bash train.sh cityscapes27 vitb8   # 2 machines
 #
 # Recipes: every configs/train_<DATASET>_<ARCH>.yaml; `bash train.sh` lists them.
-# Outputs go to the config's output_dir (outputs/train_<dataset>_<arch>/) unless --output-dir is given;
+# Outputs go to the config's output_dir (outputs/train_<dataset>_<arch>/; outputs/train_coco27_<arch>/ for
+# the COCO-Stuff-27 recipes, as the paper's script always wrote) unless --output-dir is given;
 # add --resume to continue a run.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -37,7 +38,7 @@ data_args=()
 if [[ -n "${DATA_ROOT:-}" ]]; then
   data_args=(--data-root "$DATA_ROOT")
 elif [[ " $* " != *" --data-root"* ]]; then
-  echo "train.sh: set DATA_ROOT=/path/to/data or pass --data-root DIR (see README, 'Datasets')" >&2
+  echo "train.sh: set DATA_ROOT=/path/to/data or pass --data-root DIR (see docs/datasets.md)" >&2
   exit 2
 fi
 

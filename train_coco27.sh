@@ -24,7 +24,7 @@ data_args=()
 if [[ -n "${DATA_ROOT:-}" ]]; then
   data_args=(--data-root "$DATA_ROOT")
 elif [[ " $* " != *" --data-root"* ]]; then
-  echo "train_coco27.sh: set DATA_ROOT=/path/to/cocostuff or pass --data-root DIR (see README, 'Data')" >&2
+  echo "train_coco27.sh: set DATA_ROOT=/path/to/cocostuff or pass --data-root DIR (see docs/datasets.md)" >&2
   exit 2
 fi
 

@@ -28,7 +28,7 @@ data_args=()
 if [[ -n "${DATA_ROOT:-}" ]]; then
   data_args=(--data-root "$DATA_ROOT")
 elif [[ " $* " != *" --data-root"* ]]; then
-  echo "val.sh: set DATA_ROOT=/path/to/data or pass --data-root DIR (see README, 'Datasets')" >&2
+  echo "val.sh: set DATA_ROOT=/path/to/data or pass --data-root DIR (see docs/datasets.md)" >&2
   exit 2
 fi
 

@@ -98,7 +98,7 @@ def check_data_root(data_root, split):
         folder = root / sub / split_folder(split)
         if not folder.is_dir():
             raise DataError(
-                f"{folder}: missing; the data root must hold {sub}/{split_folder(split)}/ (see README, 'Data')"
+                f"{folder}: missing; the data root must hold {sub}/{split_folder(split)}/ (see docs/datasets.md)"
             )
 
 

@@ -13,7 +13,7 @@ if [[ "$nnodes" -gt 1 ]]; then
     launcher=("$python_bin" -m torch.distributed.run --nnodes "$nnodes" --node_rank "$NODE_RANK" --nproc_per_node "$nproc"
               --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}")
   else
-    echo "$caller: NNODES=$nnodes needs NODE_RANK and MASTER_ADDR (optionally MASTER_PORT), or RDZV_ENDPOINT (see README, 'Training')" >&2
+    echo "$caller: NNODES=$nnodes needs NODE_RANK and MASTER_ADDR (optionally MASTER_PORT), or RDZV_ENDPOINT (see docs/training.md)" >&2
     exit 2
   fi
 elif [[ "$nproc" -gt 1 ]]; then
