@@ -1,5 +1,6 @@
 """The benchmarks by ``--dataset`` name. Adding one: write data/NAME.py with a DatasetSpec subclass
-(see data/spec.py) and add its instance here; then a training config in configs/ (docs/datasets.md, 'Adding a dataset')."""
+(see data/spec.py) and add its instance here; then a training config in configs/
+(docs/datasets.md, 'Adding a dataset')."""
 
 from data.cityscapes import CITYSCAPES27
 from data.cocostuff import COCOSTUFF27
