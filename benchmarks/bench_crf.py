@@ -11,24 +11,22 @@ forwards (default workers), and CRF in this process after each forward (--crf-wo
 
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file, benchmarks/ is first on the path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.synthetic import make_scene, write_synthetic_cocostuff  # noqa: E402
-from data.transforms import to_normalized_tensor  # noqa: E402
-from engine.crf import CRFPool, crf_inputs, crf_maps, default_workers  # noqa: E402
-from engine.evaluation import evaluate, make_protocol  # noqa: E402
-from modules.model import IDDCModel  # noqa: E402
-from modules.vit import VisionTransformer  # noqa: E402
-from utils.cli import ArgumentParser
+from benchmarks.common import check_counts, random_model, synthetic_dataset
+from data.synthetic import make_scene
+from data.transforms import to_normalized_tensor
+from engine.crf import CRFPool, crf_inputs, crf_maps, default_workers
+from engine.evaluation import evaluate, make_protocol
+from utils.cli import ArgumentParser, check_at_least, entry_point, resolve_device
 
 
 def smooth_probabilities(num_classes, height, width, generator):
@@ -55,15 +53,23 @@ def time_single_crf(height, width, repeats, generator):
     return statistics.median(prepare), statistics.median(refine)
 
 
-def main():
+def build_parser():
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--protocol", default="center320", choices=("center320", "sliding"))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=2)
-    args = parser.parse_args()
+    return parser
+
+
+@entry_point
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    args.device = resolve_device(args.device)
+    check_counts(args, {"--images": 1, "--repeats": 1, "--batch-size": 1})
+    check_at_least(args.num_workers, "--num-workers", 0)
     generator = torch.Generator().manual_seed(0)
     print(
         f"device {args.device} ({torch.get_num_threads()} torch threads), CRF workers by default: {default_workers()}"
@@ -72,7 +78,8 @@ def main():
     for height, width in ((320, 320), (480, 640)):
         prepare, refine = time_single_crf(height, width, args.repeats, generator)
         print(
-            f"one CRF, 27 classes, {height}x{width}: {refine:.3f} s (+ {prepare:.3f} s to prepare the inputs), median of {args.repeats}"
+            f"one CRF, 27 classes, {height}x{width}: {refine:.3f} s (+ {prepare:.3f} s to prepare the inputs), "
+            f"median of {args.repeats}"
         )
 
     start = time.perf_counter()
@@ -81,9 +88,25 @@ def main():
         pool.finished(wait_all=True)
     print(f"worker pool start-up ({default_workers()} workers, first result): {time.perf_counter() - start:.2f} s")
 
-    root = Path(tempfile.mkdtemp(prefix="bench_crf_"))
-    write_synthetic_cocostuff(root, num_train=0, num_val=args.images, sizes=((640, 480),))
-    model = IDDCModel(VisionTransformer(patch_size=16)).to(args.device).eval()
+    with synthetic_dataset("cocostuff27", "val", args.images, ((640, 480),)) as (root, _):
+        times = time_evaluations(args, root)
+    baseline = statistics.median(times["no CRF"])
+    print(
+        f"evaluate(), {args.protocol} + flip, {args.images} images of 640x480, ViT-S/16 fp32, batch {args.batch_size}, "
+        f"median of {args.repeats} (pool start-up included)"
+    )
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        print(
+            f"  {name:45s} {median:7.2f} s  ({args.images / median:.2f} images/s, {median / baseline:.2f}x no CRF)  "
+            f"all: {[round(s, 2) for s in seconds]}"
+        )
+    return 0
+
+
+def time_evaluations(args, root):
+    """Seconds of each repeat of evaluate() without CRF, with the CRF pool, and with the CRF in this process."""
+    model = random_model(16, args.device)
     common = dict(device=args.device, batch_size=args.batch_size, num_workers=args.num_workers, progress=False)
     evaluate(model, root, make_protocol(args.protocol, flip=True), limit=1, **common)  # warm-up
     runs = {
@@ -98,18 +121,8 @@ def main():
                 model, root, make_protocol(args.protocol, flip=True, crf=crf), crf_workers=workers, **common
             )
             times[name].append(result.seconds)
-    baseline = statistics.median(times["no CRF"])
-    print(
-        f"evaluate(), {args.protocol} + flip, {args.images} images of 640x480, ViT-S/16 fp32, batch {args.batch_size}, "
-        f"median of {args.repeats} (pool start-up included)"
-    )
-    for name, seconds in times.items():
-        median = statistics.median(seconds)
-        print(
-            f"  {name:45s} {median:7.2f} s  ({args.images / median:.2f} images/s, {median / baseline:.2f}x no CRF)  "
-            f"all: {[round(s, 2) for s in seconds]}"
-        )
+    return times
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

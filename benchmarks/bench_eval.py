@@ -8,79 +8,28 @@ cityscapes``: 2048x1024 in the Cityscapes layout, scored on its 320x640 grid) wi
 initialised full-size ViT-S (speed does not depend on the weights) and, in the same process, the
 bare backbone forwards of the same windows and flips in the same batches, before and after each
 evaluation. Goal: evaluate() at most
-1.3x the bare forwards. Peak memory: on CUDA the most allocated during evaluate(); on CPU the
-highest resident memory of this process during evaluate() above what it held before (sampled every
-5 ms; data-loading workers are separate processes and not included).
+1.3x the bare forwards. Peak memory during evaluate(), above what was in use before it
+(benchmarks/common.py's PeakMemory): on CUDA the most allocated; on the CPU the resident high-water
+mark of this process (data-loading workers are separate processes and not included).
 """
 
-import os
-import resource
 import statistics
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file, benchmarks/ is first on the path
+
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import TimedBackbone, sync  # noqa: E402
-from data.synthetic import write_synthetic_cityscapes, write_synthetic_cocostuff  # noqa: E402
-from engine.evaluation import evaluate, make_protocol, window_boxes  # noqa: E402
-from modules.model import IDDCModel  # noqa: E402
-from modules.vit import VisionTransformer  # noqa: E402
-from utils.cli import ArgumentParser
-from utils.precision import autocast_context  # noqa: E402
+from benchmarks.common import PeakMemory, TimedBackbone, check_counts, random_vit, sync, synthetic_dataset
+from engine.evaluation import evaluate, make_protocol, window_boxes
+from modules.model import IDDCModel
+from utils.cli import ArgumentParser, check_at_least, entry_point, resolve_device
+from utils.precision import autocast_context
 
 # case -> (dataset, (width, height) of the images, sliding score grid (H, W))
 CASES = {"coco": ("cocostuff27", (640, 480), (320, 320)), "cityscapes": ("cityscapes27", (2048, 1024), (320, 640))}
-
-
-def resident_bytes():
-    """Resident memory of this process (Linux /proc; elsewhere the peak so far, from getrusage)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class PeakMemory:
-    """Peak memory used during a ``with`` block, above what was in use when it began (bytes)."""
-
-    def __init__(self, device):
-        self.device = torch.device(device)
-        self.peak = 0
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.start = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return self
-        self.start = resident_bytes()
-        self.highest = self.start
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self):
-        while self.running:
-            self.highest = max(self.highest, resident_bytes())
-            time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device) - self.start
-        else:
-            self.running = False
-            self.thread.join()
-            self.peak = max(self.highest, resident_bytes()) - self.start
-        return False
 
 
 def bare_forwards(vit, window_counts, args, device):
@@ -101,7 +50,7 @@ def bare_forwards(vit, window_counts, args, device):
     return time.perf_counter() - start, time.process_time() - start_cpu
 
 
-def main():
+def build_parser():
     parser = ArgumentParser(description=__doc__)
     parser.add_argument(
         "--case", choices=sorted(CASES), default="coco", help="coco: 640x480 images; cityscapes: 2048x1024"
@@ -109,20 +58,28 @@ def main():
     parser.add_argument("--images", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--patch-size", type=int, default=16, choices=(16, 8))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=None, help="default: evaluate()'s (0 on CPU, 2 on CUDA)")
-    args = parser.parse_args()
-    device = torch.device(args.device)
+    return parser
 
+
+@entry_point
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    device = torch.device(resolve_device(args.device))
+    check_counts(args, {"--images": 1, "--repeats": 1, "--batch-size": 1})
+    check_at_least(args.num_workers, "--num-workers", 0)
+    dataset, size, _ = CASES[args.case]
+    with synthetic_dataset(dataset, "val", args.images, (size,)) as (root, _):
+        measure(args, device, root)
+    return 0
+
+
+def measure(args, device, root):
     dataset, (width, height), score_size = CASES[args.case]
-    root = Path(tempfile.mkdtemp(prefix="bench_eval_"))
-    if args.case == "coco":
-        write_synthetic_cocostuff(root, num_train=0, num_val=args.images, sizes=((width, height),))
-    else:
-        write_synthetic_cityscapes(root, num_train=0, num_val=args.images, size=(width, height))
-    timed = TimedBackbone(VisionTransformer(patch_size=args.patch_size))
+    timed = TimedBackbone(random_vit(args.patch_size))
     model = IDDCModel(timed.inner).to(device).eval()
     model.backbone.model = timed
     window_counts = [len(window_boxes(height, width, 224, 75))] * args.images
@@ -171,11 +128,14 @@ def main():
         f"(medians of the per-repeat ratios; goal <= 1.3x)"
     )
     print("per-repeat ratios, wall:", [round(r, 2) for r in ratios], "CPU:", [round(r, 2) for r in cpu_ratios])
-    print(
-        f"peak memory during evaluate(): {statistics.median(peaks) / 2**20:.0f} MiB above its start "
-        f"({'allocated on ' + str(device) if device.type == 'cuda' else 'resident, main process'}; "
-        f"max over repeats {max(peaks) / 2**20:.0f} MiB)"
-    )
+    if None in peaks:
+        print("peak memory during evaluate(): not measured (the CPU measure needs Linux)")
+    else:
+        print(
+            f"peak memory during evaluate(): {statistics.median(peaks) / 2**20:.0f} MiB above its start "
+            f"({'allocated on ' + str(device) if device.type == 'cuda' else 'resident, main process'}; "
+            f"max over repeats {max(peaks) / 2**20:.0f} MiB)"
+        )
     print(
         "all repeats (eval, in-backbone, bare after):",
         [(round(a, 2), round(b, 2), round(c, 2)) for a, b, c in zip(eval_times, backbone_times, bare_times)],
@@ -183,4 +143,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,14 +1,13 @@
-"""Benchmark: ``modules.loss.IDDCLoss`` against the plain SPEC transcription (tests/reference_loss.py).
+"""Benchmark: ``modules.loss.IDDCLoss`` against the plain SPEC transcription (benchmarks/baselines.py).
 
 For each map size (B = 16, C = 384, K = 27 by default) it reports, for forward and forward+backward:
 
 * the median wall time over ``--repeats`` runs after one warm-up, both implementations in this process,
   alternating within each repeat;
-* the peak memory of one forward+backward: on CUDA ``max_memory_allocated`` over the inputs; on CPU
-  each (implementation, size) runs in a fresh subprocess and reports the growth of the resident
-  high-water mark (``VmHWM``, reset just before the run; ``ru_maxrss`` as a fallback) over a baseline
-  taken after the inputs are allocated and torch is warmed up on a tiny problem (tracemalloc does not
-  see torch's allocations).
+* the peak memory of one forward+backward above what the inputs already hold (benchmarks/common.py's
+  PeakMemory: on CUDA the most allocated; on the CPU the resident high-water mark). On the CPU each
+  (implementation, size) runs in a fresh subprocess, so that neither reuses the other's freed heap,
+  with torch first warmed up on a tiny problem.
 
 The shifts are fixed to (1, 5, 9): three distinct classes (s and B - s are the same term), so the
 implementation cannot skip a duplicate negative and the comparison is its worst case.
@@ -17,28 +16,30 @@ implementation cannot skip a duplicate negative and the comparison is its worst 
 """
 
 import argparse
-import ctypes
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file, benchmarks/ is first on the path
 
-import torch  # noqa: E402
+import torch
 
-from modules.loss import IDDCLoss  # noqa: E402
-from tests.reference_loss import reference_loss  # noqa: E402
-from utils.cli import ArgumentParser
+from benchmarks.baselines import reference_loss
+from benchmarks.common import PeakMemory, check_counts, mib, sync
+from modules.loss import IDDCLoss
+from utils.cli import ArgumentParser, check_at_least, entry_point, resolve_device
 
-SHIFTS = (1, 5, 9)  # for B >= 10; folded into 1..B-1 for smaller batches (see main)
+IMPLEMENTATIONS = ("iddc", "reference")
 KEYS = ("pos", "neg", "balance", "entropy", "total")
+
+
+def batch_shifts(batch):
+    """(1, 5, 9), folded into 1..B-1 for batches under 10."""
+    return tuple(1 + (s - 1) % (batch - 1) for s in (1, 5, 9))
 
 
 def make_inputs(batch, size, channels, clusters, device, seed=0):
@@ -58,16 +59,12 @@ def run_impl(impl, inputs):
     f0, f1, z0, z1 = inputs
     z0 = z0.detach().requires_grad_(True)
     z1 = z1.detach().requires_grad_(True)
+    shifts = batch_shifts(f0.shape[0])
     if impl == "iddc":
-        out = IDDCLoss()(f0, f1, z0, z1, neg_shifts=SHIFTS)
+        out = IDDCLoss()(f0, f1, z0, z1, neg_shifts=shifts)
     else:
-        out = reference_loss(f0, f1, z0, z1, SHIFTS)
+        out = reference_loss(f0, f1, z0, z1, shifts)
     return out, (z0, z1)
-
-
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def time_once(impl, inputs, device):
@@ -83,15 +80,15 @@ def time_once(impl, inputs, device):
     return t1 - t0, t2 - t0
 
 
-def time_impls(impls, inputs, repeats, device):
+def time_impls(inputs, repeats, device):
     """Median forward and forward+backward ms per implementation.
 
     The implementations alternate within each repeat (one warm-up round first), so that a burst of
     load from other processes on a shared machine hits both rather than one.
     """
-    times = {impl: ([], []) for impl in impls}
+    times = {impl: ([], []) for impl in IMPLEMENTATIONS}
     for i in range(repeats + 1):
-        order = impls if i % 2 == 0 else impls[::-1]
+        order = IMPLEMENTATIONS if i % 2 == 0 else IMPLEMENTATIONS[::-1]
         for impl in order:
             fwd, both = time_once(impl, inputs, device)
             if i > 0:  # round 0 is the warm-up
@@ -100,126 +97,71 @@ def time_impls(impls, inputs, repeats, device):
     return {impl: (statistics.median(f) * 1e3, statistics.median(b) * 1e3) for impl, (f, b) in times.items()}
 
 
-def _proc_status_bytes(field):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024  # reported in kB
-    raise KeyError(field)
-
-
-def reset_peak_rss():
-    """Start a new resident high-water mark; returns the baseline (bytes) to subtract from ``peak_rss``.
-
-    On Linux ``ru_maxrss`` is inherited from the parent across fork/exec (a child of a process that
-    once used 1 GB starts at 1 GB), so the per-process ``VmHWM`` of /proc/self/status is used and,
-    where allowed, reset to the current RSS by writing 5 to /proc/self/clear_refs. Freed heap memory
-    is first handed back to the system (glibc ``malloc_trim``) so that the run cannot reuse pages that
-    are already counted in the baseline.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return _proc_status_bytes("VmRSS")
-    except OSError:
-        pass
-    try:
-        return _proc_status_bytes("VmHWM")
-    except (OSError, KeyError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-
-def peak_rss():
-    try:
-        return _proc_status_bytes("VmHWM")
-    except (OSError, KeyError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-
 def measure_memory_here(impl, args, size):
-    """Peak extra memory (bytes) of one forward+backward; in this process (fresh on CPU)."""
-    device = args.device
-    # Warm torch up on a tiny problem so that one-time costs (kernels, thread pools) are in the baseline.
-    tiny = make_inputs(args.batch, 3, 8, 5, device)
-    for impl_ in ("iddc", "reference"):
-        out, _ = run_impl(impl_, tiny)
+    """Peak memory (bytes, None where not measurable) of one forward+backward in this process."""
+    # Warm torch up on a tiny problem so that one-time costs (kernels, thread pools) are not counted.
+    tiny = make_inputs(args.batch, 3, 8, 5, args.device)
+    for warm_up in IMPLEMENTATIONS:
+        out, _ = run_impl(warm_up, tiny)
         out["total"].backward()
-    inputs = make_inputs(args.batch, size, args.channels, args.clusters, device)
-    sync(device)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = reset_peak_rss()
-    out, _ = run_impl(impl, inputs)
-    out["total"].backward()
-    sync(device)
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() - base
-    return peak_rss() - base
+    inputs = make_inputs(args.batch, size, args.channels, args.clusters, args.device)
+    with PeakMemory(args.device) as memory:
+        out, _ = run_impl(impl, inputs)
+        out["total"].backward()
+    return memory.peak
 
 
 def measure_memory(impl, args, size):
-    if args.device.startswith("cuda"):
+    if torch.device(args.device).type == "cuda":
         return measure_memory_here(impl, args, size)
-    cmd = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--device",
-        args.device,
-        "--batch",
-        str(args.batch),
-        "--channels",
-        str(args.channels),
-        "--clusters",
-        str(args.clusters),
-        "--threads",
-        str(args.threads),
-        "--_memory",
-        impl,
-        str(size),
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"]
+    options = {"--device": args.device, "--batch": args.batch, "--channels": args.channels}
+    options.update({"--clusters": args.clusters, "--threads": args.threads})
+    command = [sys.executable, os.path.abspath(__file__), *(str(v) for item in options.items() for v in item)]
+    result = subprocess.run([*command, "--_memory", impl, str(size)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"the memory run of {impl} at {size}x{size} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"]
 
 
-def main():
-    ap = ArgumentParser(description=__doc__)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[14, 28])
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--channels", type=int, default=384)
-    ap.add_argument("--clusters", type=int, default=27)
-    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
-    ap.add_argument("--_memory", nargs=2, metavar=("IMPL", "SIZE"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
+def build_parser():
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[14, 28], help="feature map sides")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--channels", type=int, default=384)
+    parser.add_argument("--clusters", type=int, default=27)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--_memory", nargs=2, metavar=("IMPL", "SIZE"), help=argparse.SUPPRESS)
+    return parser
+
+
+@entry_point
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    args.device = resolve_device(args.device)
+    check_counts(args, {"--repeats": 1, "--batch": 2, "--channels": 1, "--clusters": 1, "--threads": 1})
+    for size in args.sizes:
+        check_at_least(size, "--sizes", 1)
     torch.set_num_threads(args.threads)
-    if args.batch < 2:
-        ap.error("--batch must be at least 2")
-    global SHIFTS
-    SHIFTS = tuple(1 + (s - 1) % (args.batch - 1) for s in SHIFTS)
 
     if args._memory:
         impl, size = args._memory[0], int(args._memory[1])
         print(json.dumps({"peak_bytes": measure_memory_here(impl, args, size)}))
-        return
+        return 0
 
     print(
         f"device={args.device} threads={torch.get_num_threads()} B={args.batch} C={args.channels} "
-        f"K={args.clusters} shifts={SHIFTS} repeats={args.repeats} (median after 1 warm-up), torch {torch.__version__}"
+        f"K={args.clusters} shifts={batch_shifts(args.batch)} repeats={args.repeats} (median after 1 warm-up), "
+        f"torch {torch.__version__}"
     )
     rows = []
     for size in args.sizes:
         inputs = make_inputs(args.batch, size, args.channels, args.clusters, args.device)
         # Agreement check (values and gradients) before timing.
         outs, grads = {}, {}
-        for impl in ("iddc", "reference"):
+        for impl in IMPLEMENTATIONS:
             out, (z0, z1) = run_impl(impl, inputs)
             out["total"].backward()
             outs[impl] = {k: out[k].item() for k in KEYS}
@@ -228,10 +170,10 @@ def main():
         gdiff = max(float((a - b).abs().max()) for a, b in zip(grads["iddc"], grads["reference"]))
         gmax = max(float(b.abs().max()) for b in grads["reference"])
         row = {"size": size, "max_rel_diff_values": rel, "max_abs_diff_grads": gdiff, "grad_absmax": gmax}
-        timings = time_impls(("iddc", "reference"), inputs, args.repeats, args.device)
-        for impl in ("iddc", "reference"):
+        timings = time_impls(inputs, args.repeats, args.device)
+        for impl in IMPLEMENTATIONS:
             row[impl + "_fwd_ms"], row[impl + "_fwdbwd_ms"] = timings[impl]
-            row[impl + "_peak_mib"] = None if args.no_memory else measure_memory(impl, args, size) / 2**20
+            row[impl + "_peak"] = None if args.no_memory else measure_memory(impl, args, size)
         rows.append(row)
         del inputs
 
@@ -240,25 +182,24 @@ def main():
     print("-" * len(hdr))
     for r in rows:
         for impl in ("reference", "iddc"):
-            peak = r[impl + "_peak_mib"]
-            peak_s = f"{peak:9.1f}" if peak is not None else f"{'-':>9}"
             print(
                 f"{r['size']:>3}x{r['size']:<2} | {impl:>9} | {r[impl + '_fwd_ms']:9.1f} | "
-                f"{r[impl + '_fwdbwd_ms']:10.1f} | {peak_s}"
+                f"{r[impl + '_fwdbwd_ms']:10.1f} | {mib(r[impl + '_peak'], 9)}"
             )
     print()
     for r in rows:
         sp_f = r["reference_fwd_ms"] / r["iddc_fwd_ms"]
         sp_b = r["reference_fwdbwd_ms"] / r["iddc_fwdbwd_ms"]
         line = f"{r['size']}x{r['size']}: speed-up fwd {sp_f:.2f}x, fwd+bwd {sp_b:.2f}x"
-        if r["iddc_peak_mib"] is not None:
-            line += f"; peak memory iddc/reference = {r['iddc_peak_mib'] / max(r['reference_peak_mib'], 1e-9):.3f}"
+        if r["iddc_peak"] is not None and r["reference_peak"] is not None:
+            line += f"; peak memory iddc/reference = {r['iddc_peak'] / max(r['reference_peak'], 1):.3f}"
         line += (
             f"; agreement: values max rel diff {r['max_rel_diff_values']:.1e}, "
             f"grads max abs diff {r['max_abs_diff_grads']:.1e} (grad abs max {r['grad_absmax']:.1e})"
         )
         print(line)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,31 +6,29 @@ backbone), and the training-pair loader's rate per process and with the configs'
 
 Uses synthetic 640x480 scenes and a randomly initialised full-size ViT-S (speed does not depend on
 the weights). The loader is compared with the whole-image pipeline it replaced
-(tests/reference_pairs.py: flip, resize and normalise the whole image, then crop) in the same
+(benchmarks/baselines.py: flip, resize and normalise the whole image, then crop) in the same
 process, one thread, on the same images.
 """
 
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file, benchmarks/ is first on the path
+
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import sync  # noqa: E402
-from data.pairs import CocoStuffPairs  # noqa: E402
-from data.synthetic import write_synthetic_cocostuff  # noqa: E402
-from data.transforms import normalize_uint8  # noqa: E402
-from engine.training import TrainableHead, negative_shifts, probe_loss, train_loader  # noqa: E402
-from modules.loss import IDDCLoss  # noqa: E402
-from modules.model import IDDCModel, LinearProbe  # noqa: E402
-from modules.vit import VisionTransformer  # noqa: E402
-from tests.reference_pairs import reference_pair  # noqa: E402
-from utils.cli import ArgumentParser
-from utils.precision import autocast_context  # noqa: E402
+from benchmarks.baselines import whole_image_pair
+from benchmarks.common import check_counts, random_model, synthetic_dataset, timed
+from data.pairs import TrainingPairs
+from data.registry import get_dataset
+from data.transforms import normalize_uint8
+from engine.training import TrainableHead, negative_shifts, probe_loss, train_loader
+from modules.loss import IDDCLoss
+from modules.model import LinearProbe
+from utils.cli import ArgumentParser, entry_point, resolve_device
+from utils.precision import autocast_context
 
 CONFIG_WORKERS = 8  # configs/train_cocostuff27_*.yaml
 
@@ -67,14 +65,6 @@ def bare_forwards(model, batch, device, precision):
         model.vit(torch.cat((images, images_aug)))
 
 
-def timed(fn, device):
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
 def loader_rate(loader, epoch, batches):
     """Samples/s the loader delivers (decode, flip, resize, crop, collate; workers included)."""
     loader.batch_sampler.set_epoch(epoch)
@@ -88,38 +78,47 @@ def loader_rate(loader, epoch, batches):
 
 
 def pairs_per_second(root, ids, items, epoch):
-    """(ours, reference) items/s in this process, one thread, interleaved so both see the same load."""
-    dataset = CocoStuffPairs(root, "train", seed=0)
+    """(ours, whole-image pipeline) items/s in this process, one thread, interleaved so both see the same load."""
+    dataset = TrainingPairs(get_dataset("cocostuff27"), root, "train", seed=0)
     ours = timed(lambda: [dataset[(epoch, i)] for i in range(items)], "cpu")
-    reference = timed(lambda: [reference_pair(root, "train", ids[i], 0, epoch, i) for i in range(items)], "cpu")
-    return items / ours, items / reference
+    whole = timed(
+        lambda: [whole_image_pair(dataset.spec, root, "train", ids[i], 0, epoch, i) for i in range(items)], "cpu"
+    )
+    return items / ours, items / whole
 
 
-def main():
+def build_parser():
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--batch-size", type=int, default=None, help="default: 64 on CUDA, 16 on CPU")
     parser.add_argument("--steps", type=int, default=4, help="timed steps a repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--patch-size", type=int, default=16, choices=(16, 8))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
         "--precision", default=None, choices=("fp32", "bf16"), help="default: bf16 on CUDA, fp32 on CPU"
     )
     parser.add_argument(
         "--loader-items", type=int, default=48, help="items a repeat of the per-process loader comparison"
     )
-    args = parser.parse_args()
-    device = torch.device(args.device)
+    return parser
+
+
+@entry_point
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    device = torch.device(resolve_device(args.device))
+    check_counts(args, {"--batch-size": 2, "--steps": 1, "--repeats": 1, "--loader-items": 1})
     batch_size = args.batch_size or (64 if device.type == "cuda" else 16)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
-
-    root = Path(tempfile.mkdtemp(prefix="bench_train_"))
     num_images = max(batch_size * args.steps, args.loader_items)
-    ids = write_synthetic_cocostuff(root, num_train=num_images, num_val=0, sizes=((640, 480), (480, 640), (500, 375)))[
-        "train"
-    ]
-    model = IDDCModel(VisionTransformer(patch_size=args.patch_size)).to(device)
-    head, probe = TrainableHead(model), LinearProbe().to(device)
+    with synthetic_dataset("cocostuff27", "train", num_images, ((640, 480), (480, 640), (500, 375))) as (root, ids):
+        measure(args, device, batch_size, precision, root, ids)
+    return 0
+
+
+def measure(args, device, batch_size, precision, root, ids):
+    model = random_model(args.patch_size, device)
+    head, probe = TrainableHead(model).train(), LinearProbe().to(device).train()
     optimizers = (torch.optim.Adam(head.parameters(), lr=5e-4), torch.optim.Adam(probe.parameters(), lr=1e-3))
     loss_fn = IDDCLoss()
     batches = list(train_loader(root, batch_size, 0, 0, device))[: args.steps]
@@ -155,15 +154,17 @@ def main():
     pair_ratios = [r[0] / r[1] for r in pair_rates]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({threads} threads)"
     print(
-        f"{name}, ViT-S/{args.patch_size}, {precision}, batch {batch_size}, {args.steps} steps a repeat, median of {args.repeats}"
+        f"{name}, ViT-S/{args.patch_size}, {precision}, batch {batch_size}, {args.steps} steps a repeat, "
+        f"median of {args.repeats}"
     )
     print(f"training step (loader excluded): {step_s:.3f} s  ({batch_size / step_s:.1f} images/s)")
     print(
-        f"its two backbone forwards alone: {forward_s:.3f} s  -> step / forwards = {statistics.median(ratios):.2f}x (goal <= 1.2x)"
+        f"its two backbone forwards alone: {forward_s:.3f} s  -> step / forwards = "
+        f"{statistics.median(ratios):.2f}x (goal <= 1.2x)"
     )
     print(
-        f"training pairs, one process, 1 thread: {ours:.1f} items/s = {statistics.median(pair_ratios):.2f}x the whole-image "
-        f"pipeline ({statistics.median(r[1] for r in pair_rates):.1f} items/s)"
+        f"training pairs, one process, 1 thread: {ours:.1f} items/s = {statistics.median(pair_ratios):.2f}x the "
+        f"whole-image pipeline ({statistics.median(r[1] for r in pair_rates):.1f} items/s)"
     )
     print(
         f"loader with {CONFIG_WORKERS} workers (the configs'): {statistics.median(workers_rates):.1f} samples/s "
@@ -179,4 +180,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

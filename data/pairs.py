@@ -32,8 +32,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.cocostuff import COCOSTUFF27
-
 
 def random_resize_size(width, height, rng, low=0.8, high=1.2, min_side=224):
     """Width and height scaled independently by factors in [low, high], as the original's
@@ -135,10 +133,3 @@ class TrainingPairs(torch.utils.data.Dataset):
             ),  # (c, c) uint8
             "crops": torch.tensor([top0, left0, top1, left1]),
         }
-
-
-class CocoStuffPairs(TrainingPairs):
-    """COCO-Stuff-27's training pairs."""
-
-    def __init__(self, data_root, split="train", crop=224, seed=0, limit=None):
-        super().__init__(COCOSTUFF27, data_root, split=split, crop=crop, seed=seed, limit=limit)

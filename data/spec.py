@@ -258,11 +258,6 @@ class DatasetSpec:
             )
         return image, raw, str(path)
 
-    def read_train_pair(self, data_root, split, item):
-        """(image, PIL label of class ids) of one training item."""
-        image, raw, source = self.read_train_raw(data_root, split, item)
-        return image, Image.fromarray(self.map_label(raw, source))
-
 
 class SegmentationEval(torch.utils.data.Dataset):
     """An evaluation split: (normalised image, class-id label, id) with a protocol's resizing.

@@ -58,7 +58,8 @@ def dense_crf(image_bgr, probs):
     num_classes, height, width = probs.shape
     if image_bgr.shape != (height, width, 3) or image_bgr.dtype != np.uint8:
         raise ValueError(
-            f"CRF image must be ({height}, {width}, 3) uint8 to match the probabilities, got {image_bgr.shape} {image_bgr.dtype}"
+            f"CRF image must be ({height}, {width}, 3) uint8 to match the probabilities, "
+            f"got {image_bgr.shape} {image_bgr.dtype}"
         )
     crf = dcrf.DenseCRF2D(width, height, num_classes)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))  # (K, H*W) float32

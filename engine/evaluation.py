@@ -310,11 +310,6 @@ def predict_head_clusters(model, images, protocol, precision="fp32", batch_size=
     return [argmax_per_head(prob, num_heads(model)) for prob in probs]
 
 
-def predict_clusters(model, images, protocol, precision="fp32", batch_size=32):
-    """Cluster maps (of the first head) for a list of normalised images: list of (H, W)."""
-    return [pred[0] for pred in predict_head_clusters(model, images, protocol, precision, batch_size)]
-
-
 def resize_nearest(mask, size):
     """torch's legacy 'nearest' (not 'nearest-exact', not PIL), as the original scores at 320x320."""
     return F.interpolate(mask[None, None].float(), size=tuple(size), mode="nearest")[0, 0].long()

@@ -22,16 +22,18 @@ from utils.precision import autocast_context
 
 
 class TrainableHead(nn.Module):
-    """Projection head + classifier as one module, so DDP sees exactly the trained parameters."""
+    """The model's projection head and classifier as one module of their own, so that the optimiser,
+    the parameter broadcast and the gradient all-reduce see exactly the trained parameters (the
+    frozen backbone stays out). Its forward is the model's own ``head``, on the same modules."""
 
     def __init__(self, model):
         super().__init__()
         self.head_nonlinear = model.head_nonlinear
         self.classifier = model.classifier
+        self._model_head = model.head  # a bound method, not a module: the backbone is not registered here
 
     def forward(self, features):
-        codes_inter = self.head_nonlinear(features)  # (B, C, h, w)
-        return codes_inter, self.classifier(codes_inter)  # (B, K, h, w)
+        return self._model_head(features)  # (B, C, h, w) codes, (B, K, h, w) cluster logits
 
 
 class ClustersAndProbe(nn.Module):
@@ -234,9 +236,10 @@ def train_one_epoch(
         shifts = negative_shifts(seed, step, local_batch * world, loss_fn.num_negatives)
         out = loss_fn(feats, feats_aug, view0, view1, neg_shifts=shifts, across_processes=True)
         if not torch.isfinite(out["total"]):
-            raise FloatingPointError(
-                f"non-finite IDDC loss at epoch {epoch} step {step}: {[(k, float(v)) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1]}"
-            )
+            scalars = [
+                (name, float(value)) for name, value in out.items() if torch.is_tensor(value) and value.numel() == 1
+            ]
+            raise FloatingPointError(f"non-finite IDDC loss at epoch {epoch} step {step}: {scalars}")
         optimizer.zero_grad(set_to_none=True)
         probe_optimizer.zero_grad(set_to_none=True)
         (out["objective"] + probe_objective).backward()  # the probe sees detached features: the two do not mix

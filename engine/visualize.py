@@ -72,7 +72,8 @@ def map_clusters(pred, cluster_to_class):
     cluster_to_class = np.asarray(cluster_to_class, dtype=np.int64)
     if pred.size and (pred.min() < 0 or pred.max() >= len(cluster_to_class)):
         raise ValueError(
-            f"cluster ids must lie in 0..{len(cluster_to_class) - 1} (the assignment's size), found {pred.min()}..{pred.max()}"
+            f"cluster ids must lie in 0..{len(cluster_to_class) - 1} (the assignment's size), "
+            f"found {pred.min()}..{pred.max()}"
         )
     lookup = np.where(cluster_to_class >= 0, cluster_to_class, IGNORE_INDEX)
     return lookup[pred]  # (H, W)

@@ -164,7 +164,8 @@ def release_state_dict(name, weights_file=None, *, download=True, base_url=None)
         url = release_url(name, base_url)
         if not download:
             raise CheckpointError(
-                f"{spec.title} weights not found at {cached}; download {url} and put it there, or pass --backbone-weights FILE"
+                f"{spec.title} weights not found at {cached}; download {url} and put it there, "
+                f"or pass --backbone-weights FILE"
             )
         try:
             download_file(url, cached, desc=cached.name)
@@ -259,7 +260,8 @@ def backbone_from_state_dict(name, state, source="weights", num_heads=None):
         found = infer_backbone_name(state, source)
         raise CheckpointError(
             f"{source} holds a {SPECS[found].title}-like ViT (patch {arch.patch_size}, {arch.num_registers} registers, "
-            f"{'' if arch.layer_scale else 'no '}LayerScale), not a {spec.title}; use --backbone {found} or the {spec.title} file"
+            f"{'' if arch.layer_scale else 'no '}LayerScale), not a {spec.title}; "
+            f"use --backbone {found} or the {spec.title} file"
         )
     other_width = [other for other in _candidates(arch) if other.embed_dim == arch.embed_dim != spec.embed_dim]
     if other_width:

@@ -23,7 +23,8 @@ The values equal the original definition. What differs from the original code, o
   buffers; nothing of size (h*w)^2 is kept for backward.
 * masked means are ``sum(where(mask, value, 0)) / count``: an empty mask gives 0 (not NaN) and the
   counts are returned for logging.
-* B = 2 works (the only shift is 1), B = 1 is an error; shifts can be given explicitly.
+* B = 2 works (the only shift is 1), B = 1 is an error; the shifts are the caller's (seeded by
+  the training step rather than drawn from numpy's global generator).
 * the loss is always computed in float32, also under bf16 autocast (bf16 cosines can flip the
   0.2 / 0.12 masks).
 """
@@ -240,19 +241,6 @@ class IDDCLoss(nn.Module):
         )
 
     # ------------------------------------------------------------------ shifts
-    def draw_shifts(self, batch_size: int) -> List[int]:
-        """Random negative shifts for a batch.
-
-        Follows the original: ``np.random.randint(1, B - 1, size=num_negatives)``, i.e. uniform over
-        1..B-2 from numpy's global generator, so seeding numpy reproduces the original draw. (Shift
-        B-1 is never drawn, as in the original.) With B = 2 the only possible shift, 1, is used.
-        """
-        if batch_size < 2:
-            raise ValueError(f"IDDCLoss needs a batch of at least 2 images for the negatives, got B={batch_size}")
-        if batch_size == 2:
-            return [1] * self.num_negatives
-        return [int(s) for s in np.random.randint(1, batch_size - 1, size=self.num_negatives)]
-
     def _check_shifts(self, neg_shifts: ShiftsLike, batch_size: int) -> List[int]:
         if isinstance(neg_shifts, torch.Tensor):
             neg_shifts = neg_shifts.tolist()
@@ -316,7 +304,7 @@ class IDDCLoss(nn.Module):
         feats_aug: torch.Tensor,
         logits: torch.Tensor,
         logits_aug: torch.Tensor,
-        neg_shifts: Optional[ShiftsLike] = None,
+        neg_shifts: ShiftsLike,
         across_processes: bool = False,
     ) -> Dict[str, object]:
         """Loss terms for one step.
@@ -325,8 +313,10 @@ class IDDCLoss(nn.Module):
             feats, feats_aug: (B, C, h, w) backbone features of the two crops (no gradient flows
                 into them: the feature side only selects and weights pairs).
             logits, logits_aug: (B, K, h, w) classifier outputs before softmax.
-            neg_shifts: ``num_negatives`` ints in 1..B-1 replacing the random draw (partner of image
-                b is image (b + s) mod B of view 0). B is the global batch with ``across_processes``.
+            neg_shifts: ``num_negatives`` ints in 1..B-1: the partner of image b is image (b + s) mod B
+                of view 0; B is the global batch with ``across_processes``. The caller draws them
+                (training: ``engine.training.negative_shifts``, uniform over 1..B-2 as the original's
+                ``randint(1, B - 1)``, seeded by the step so that resumed and multi-process runs agree).
             across_processes: the inputs are this process's contiguous share (rank order) of a global
                 batch split equally over a torch.distributed process group; the loss is the one of the
                 global batch (see ``_forward_global``). Without a process group of 2 or more it is the
@@ -344,7 +334,7 @@ class IDDCLoss(nn.Module):
         batch = feats.shape[0] * world
         if batch < 2:
             raise ValueError(f"IDDCLoss needs a batch of at least 2 images for the negatives, got B={batch}")
-        shifts = self.draw_shifts(batch) if neg_shifts is None else self._check_shifts(neg_shifts, batch)
+        shifts = self._check_shifts(neg_shifts, batch)
 
         dev_type = feats.device.type
         no_autocast = (

@@ -135,7 +135,8 @@ def test_cityscapes_training_items_are_stegos_five_crops(cityscapes_root):
     assert len(items) == 15 and items[:5] == [(items[0][0], k) for k in range(5)]
     image, label = spec.read_pair(cityscapes_root, "train", items[0][0])
     for (image_id, crop), box in zip(items[:5], five_crop_boxes(*image.size)):
-        part, part_label = spec.read_train_pair(cityscapes_root, "train", (image_id, crop))
+        part, raw, source = spec.read_train_raw(cityscapes_root, "train", (image_id, crop))
+        part_label = spec.map_label(raw, source)
         assert part.size == (224, 112)
         np.testing.assert_array_equal(np.array(part), np.array(image.crop(box)))
         np.testing.assert_array_equal(np.array(part_label), np.array(label.crop(box)))

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from reference_pairs import reference_pair
 
-from data.pairs import CocoStuffPairs, overlapping_crops, random_resize_size
+from benchmarks.baselines import whole_image_pair
+from data.pairs import TrainingPairs, overlapping_crops, random_resize_size
+from data.registry import get_dataset
 from data.sampler import GlobalBatchSampler
 from data.synthetic import write_synthetic_cocostuff
 from data.transforms import normalize_uint8
@@ -37,10 +38,8 @@ def test_resize_factors_and_small_images():
 
 
 def test_sample_content_and_label_mapping(tmp_path):
-    ids = write_synthetic_cocostuff(tmp_path, num_train=3, num_val=0, sizes=((320, 256), (180, 200), (240, 240)))[
-        "train"
-    ]
-    dataset = CocoStuffPairs(tmp_path, seed=5)
+    write_synthetic_cocostuff(tmp_path, num_train=3, num_val=0, sizes=((320, 256), (180, 200), (240, 240)))
+    dataset = TrainingPairs(get_dataset("cocostuff27"), tmp_path, seed=5)
     for index in range(3):
         sample = dataset[(0, index)]
         assert sample["image"].shape == sample["image_aug"].shape == (3, 224, 224)
@@ -65,7 +64,7 @@ def test_label_follows_pixels_through_flip_resize_crop(tmp_path):
     (tmp_path / "images/train2017/000000000001.png").rename(tmp_path / "images/train2017/000000000001.jpg")
     Image.fromarray(label).save(tmp_path / "annotations/train2017/000000000001.png")
     (tmp_path / "curated/train2017/Coco164kFull_Stuff_Coarse_7.txt").write_text("000000000001\n")
-    dataset = CocoStuffPairs(tmp_path, seed=0)
+    dataset = TrainingPairs(get_dataset("cocostuff27"), tmp_path, seed=0)
     for epoch in range(6):
         sample = dataset[(epoch, 0)]
         red = sample["image"][0] > sample["image"][2]  # (224, 224)
@@ -83,13 +82,13 @@ def test_crops_match_the_whole_image_pipeline(tmp_path):
         num_val=0,
         sizes=((640, 480), (480, 640), (500, 375), (180, 200), (224, 224), (1000, 300)),
     )["train"]
-    dataset = CocoStuffPairs(tmp_path, seed=3)
+    dataset = TrainingPairs(get_dataset("cocostuff27"), tmp_path, seed=3)
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     differing = []
     for epoch in range(4):
         for index, image_id in enumerate(ids):
             ours = dataset[(epoch, index)]
-            ref = reference_pair(tmp_path, "train", image_id, 3, epoch, index)
+            ref = whole_image_pair(dataset.spec, tmp_path, "train", image_id, 3, epoch, index)
             assert tuple(ours["crops"].tolist()) == ref["crops"]
             assert torch.equal(ours["label"].long(), ref["label"])
             for view in ("image", "image_aug"):

@@ -70,7 +70,8 @@ def test_cityscapes_from_the_official_zips(tmp_path, cityscapes_zips, capsys):
     image, label = spec.read_pair(root, "train", first)
     spec.image_path(root, "train", first).write_bytes(b"gone")  # from now on only the crop files can serve it
     for crop, box in enumerate(five_crop_boxes(*image.size)):
-        part, part_label = spec.read_train_pair(root, "train", (first, crop))
+        part, raw, source = spec.read_train_raw(root, "train", (first, crop))
+        part_label = spec.map_label(raw, source)
         np.testing.assert_array_equal(np.array(part), np.array(image.crop(box)))
         np.testing.assert_array_equal(np.array(part_label), np.array(label.crop(box)))
     assert main(["cityscapes27", "--data-root", str(root), "--zips-dir", str(zips), "--splits", "val"]) == 0

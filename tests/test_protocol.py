@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from helpers import small_model
 
-from engine.evaluation import make_protocol, predict_clusters, resize_nearest, sliding_probabilities, window_boxes
+from engine.evaluation import make_protocol, predict_head_clusters, resize_nearest, sliding_probabilities, window_boxes
 
 
 def spec_windows(height, width, crop=224, overlap=75):
@@ -87,8 +87,8 @@ def test_single_forward_protocols_shapes():
     model = small_model()
     images = [torch.randn(3, 320, 320) for _ in range(3)]
     for name in ("resize320", "center320"):
-        preds = predict_clusters(model, images, make_protocol(name), "fp32", 2)
-        assert [tuple(p.shape) for p in preds] == [(320, 320)] * 3
+        preds = predict_head_clusters(model, images, make_protocol(name), "fp32", 2)
+        assert [tuple(p.shape) for p in preds] == [(1, 320, 320)] * 3  # (heads, H, W)
 
 
 def test_unknown_protocol():
