@@ -70,9 +70,21 @@ def read_log(output_dir):
     return [json.loads(line) for line in (Path(output_dir) / "log.jsonl").read_text().splitlines()]
 
 
-def test_two_epochs_end_to_end(tmp_path, data_root, dino_file):
-    out = tmp_path / "run"
-    assert train_cli.main(train_args(data_root, dino_file, out, "--epochs", "2")) == 0
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, data_root, dino_file):
+    """Two uninterrupted epochs with train.py's default loader workers: the reference of the resume tests."""
+    out = tmp_path_factory.mktemp("straight")
+    assert (
+        train_cli.main(train_args(data_root, dino_file, out, "--epochs", "2", "--val-limit", "2", num_workers=None))
+        == 0
+    )
+    return out
+
+
+def test_two_epochs_end_to_end(tmp_path, data_root, straight_run):
+    """The straight run of the resume tests: losses fall, checkpoints load as the original's do, and
+    eval.py on the last model gives the last validation's numbers."""
+    out = straight_run
     epochs = [row for row in read_log(out) if row["kind"] == "val"]
     assert [row["epoch"] for row in epochs] == [0, 1]
     assert epochs[1]["train"]["total"] < epochs[0]["train"]["total"]
@@ -85,38 +97,11 @@ def test_two_epochs_end_to_end(tmp_path, data_root, dino_file):
         assert state["config"]["lr"] == 5e-3 and state["metrics"]["protocol"] == "resize320"
     assert (out / "config.yaml").is_file() and (out / "train.log").is_file()
     json_out = tmp_path / "eval.json"
-    assert (
-        eval_cli.main(
-            [
-                "--data-root",
-                str(data_root),
-                "--checkpoint",
-                str(out / "last_model.pth"),
-                "--device",
-                "cpu",
-                "--num-workers",
-                "0",
-                "--protocol",
-                "resize320",
-                "--output-json",
-                str(json_out),
-            ]
-        )
-        == 0
-    )
-    # The same protocol and weights as the last validation during training give the same numbers.
+    eval_args = ["--data-root", str(data_root), "--checkpoint", str(out / "last_model.pth"), "--device", "cpu"]
+    eval_args += ["--num-workers", "0", "--protocol", "resize320", "--limit", "2", "--output-json", str(json_out)]
+    assert eval_cli.main(eval_args) == 0
+    # The same protocol, images and weights as the last validation during training give the same numbers.
     assert json.loads(json_out.read_text())["miou"] == pytest.approx(epochs[1]["miou"])
-
-
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory, data_root, dino_file):
-    """Two uninterrupted epochs with train.py's default loader workers: the reference of the resume tests."""
-    out = tmp_path_factory.mktemp("straight")
-    assert (
-        train_cli.main(train_args(data_root, dino_file, out, "--epochs", "2", "--val-limit", "2", num_workers=None))
-        == 0
-    )
-    return out
 
 
 def test_resume_continues_exactly(tmp_path, data_root, dino_file, straight_run):
