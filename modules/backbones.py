@@ -1,5 +1,6 @@
-"""The frozen backbones IDDC runs on: DINO ViT-S/16, S/8, B/16, B/8 and DINOv2 ViT-S/14, B/14 (with
-and without registers), each built with timm and loaded from its official release file.
+"""The frozen backbones IDDC runs on: DINO ViT-S/16, S/8, B/16, B/8, DINOv2 ViT-S/14, B/14 (with
+and without registers) and DINOv3 ViT-S/16, S+/16, B/16, L/16, each built with timm and loaded
+from its official release file.
 
     from modules.backbones import BACKBONES, build_backbone
     vit = build_backbone("dinov2_vits14")                # hub cache, else downloaded there
@@ -7,10 +8,16 @@ and without registers), each built with timm and loaded from its official releas
     features = vit(images)                               # (B, vit.embed_dim, H / vit.patch_size, W / vit.patch_size)
 
 Release files keep their projects' key layouts (DINO: timm's names already; DINOv2: ``pos_embed``
-with the class token's row, ``register_tokens``, ``mask_token``, LayerScale ``ls1.gamma``) and are
-converted to timm's layout on loading. The name fixes the family, patch size, registers and
-positional interpolation; depth and width are read off the weights, so reduced test models load
-too, but a ViT-B file given for a ViT-S name (or the reverse) is an error that names the right one.
+with the class token's row, ``register_tokens``, ``mask_token``, LayerScale ``ls1.gamma``;
+DINOv3: ``storage_tokens``, ``rope_embed.periods``, the masked k bias of ``qkv``, SwiGLU's
+``w1``/``w2``/``w3``) and are converted to timm's layout on loading. DINO and DINOv2 are timm
+``VisionTransformer`` models (``modules/vit.py``), DINOv3 an ``Eva`` (``modules/eva.py``). The name
+fixes the family, patch size, registers, MLP and positional rule; depth and width are read off the
+weights, so reduced test models load too, but a ViT-B file given for a ViT-S name (or the reverse)
+is an error that names the right one.
+
+Meta hands the DINOv3 files out after a licence form, so they are never downloaded: they are
+read from ``--backbone-weights FILE`` or from the torch hub cache under their release names.
 """
 
 import math
@@ -19,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from modules.eva import DinoV3VisionTransformer
 from modules.vit import DINO_INTERPOLATION, PositionalInterpolation, VisionTransformer
 from modules.weights import CheckpointError, WeightsDownloadError, load_file, load_strict
 from utils.download import DownloadError, download_file
@@ -28,27 +36,39 @@ DINOV2_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2/"
 # The register models of DINOv2's hub (dinov2/hub/backbones.py) resize the positional embedding
 # to the grid with antialias and no offset; the models without registers use DINO's rule.
 DINOV2_REG_INTERPOLATION = PositionalInterpolation(offset=0.0, antialias=True)
+# Where Meta hands out the DINOv3 download addresses, after its licence form.
+DINOV3_DOWNLOADS_PAGE = "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/"
+# The input statistics of DINOv3's SAT-493M satellite weights (dinov3/hub and timm's configs), not ImageNet's.
+DINOV3_SAT_MEAN = (0.430, 0.411, 0.296)
+DINOV3_SAT_STD = (0.213, 0.156, 0.143)
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
     title: str
-    family: str  # "dino" or "dinov2"
+    family: str  # "dino", "dinov2" or "dinov3"
     patch_size: int
     embed_dim: int
     num_heads: int
-    release_file: str  # path below the family's base URL
-    num_registers: int = 0
-    interpolation: PositionalInterpolation = DINO_INTERPOLATION
+    release_file: str  # path below the family's base URL (DINOv3: the file name Meta gives it)
+    num_registers: int = 0  # DINOv3: its storage tokens
+    interpolation: PositionalInterpolation = DINO_INTERPOLATION  # of the learned table; DINOv3 has none
+    swiglu: bool = False  # DINOv3 ViT-S+: a SwiGLU MLP
 
     @property
     def layer_scale(self):
-        return self.family == "dinov2"
+        return self.family in ("dinov2", "dinov3")
+
+    @property
+    def rope(self):
+        """RoPE positions (DINOv3) instead of a learned positional table."""
+        return self.family == "dinov3"
 
     @property
     def base_url(self):
-        return DINO_BASE_URL if self.family == "dino" else DINOV2_BASE_URL
+        """None for DINOv3: Meta gives its download addresses only after a licence form."""
+        return {"dino": DINO_BASE_URL, "dinov2": DINOV2_BASE_URL}.get(self.family)
 
 
 _SPECS = (
@@ -93,6 +113,27 @@ _SPECS = (
         num_registers=4,
         interpolation=DINOV2_REG_INTERPOLATION,
     ),
+    # DINOv3 LVD-1689M web-image weights; file names and sizes from Meta's dinov3/hub/backbones.py.
+    BackboneSpec(
+        "dinov3_vits16", "DINOv3 ViT-S/16", "dinov3", 16, 384, 6, "dinov3_vits16_pretrain_lvd1689m-08c60483.pth", 4
+    ),
+    BackboneSpec(
+        "dinov3_vits16plus",
+        "DINOv3 ViT-S+/16",
+        "dinov3",
+        16,
+        384,
+        6,
+        "dinov3_vits16plus_pretrain_lvd1689m-4057cbaa.pth",
+        4,
+        swiglu=True,
+    ),
+    BackboneSpec(
+        "dinov3_vitb16", "DINOv3 ViT-B/16", "dinov3", 16, 768, 12, "dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth", 4
+    ),
+    BackboneSpec(
+        "dinov3_vitl16", "DINOv3 ViT-L/16", "dinov3", 16, 1024, 16, "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth", 4
+    ),
 )
 SPECS = {spec.name: spec for spec in _SPECS}
 BACKBONES = tuple(SPECS)
@@ -130,6 +171,8 @@ def resolve_backbone_name(backbone=None, patch_size=None):
 
 def release_url(name, base_url=None):
     spec = backbone_spec(name)
+    if spec.base_url is None:
+        raise ValueError(f"{spec.title} has no public download address; Meta hands it out at {DINOV3_DOWNLOADS_PAGE}")
     return (base_url or spec.base_url) + spec.release_file
 
 
@@ -155,17 +198,26 @@ def unwrap_state_dict(obj, source):
 
 
 def release_state_dict(name, weights_file=None, *, download=True, base_url=None):
-    """(state_dict, source) of a backbone's release: ``weights_file``, the hub cache, or the official URL."""
+    """(state_dict, source) of a backbone's release: ``weights_file``, the hub cache, or the official URL.
+
+    DINOv3 files are never downloaded (Meta hands the address out after a licence form): a file
+    missing from the hub cache is an error that names it, the folder and where to request it.
+    """
     spec = backbone_spec(name)
     if weights_file is not None:
         return unwrap_state_dict(load_file(weights_file), weights_file), Path(weights_file)
     cached = release_cache_path(name)
+    if not cached.is_file() and spec.base_url is None:
+        raise CheckpointError(
+            f"{spec.title} weights not found at {cached}; download {spec.release_file} (Meta gives the address "
+            f"after its licence form at {DINOV3_DOWNLOADS_PAGE}) and put it there, or pass --backbone-weights FILE"
+        )
     if not cached.is_file():
         url = release_url(name, base_url)
         if not download:
             raise CheckpointError(
                 f"{spec.title} weights not found at {cached}; download {url} and put it there, "
-                f"or pass --backbone-weights FILE"
+                "or pass --backbone-weights FILE"
             )
         try:
             download_file(url, cached, desc=cached.name)
@@ -176,14 +228,27 @@ def release_state_dict(name, weights_file=None, *, download=True, base_url=None)
     return unwrap_state_dict(load_file(cached), cached), cached
 
 
-def to_timm_layout(state):
+# Meta's DINOv3 block names -> timm's Eva names (as timm.models.eva.checkpoint_filter_fn renames them).
+_DINOV3_RENAMES = (
+    ("ls1.gamma", "gamma_1"),
+    ("ls2.gamma", "gamma_2"),
+    ("mlp.w1.", "mlp.fc1_g."),
+    ("mlp.w2.", "mlp.fc1_x."),
+    ("mlp.w3.", "mlp.fc2."),
+)
+
+
+def to_timm_layout(state, source="weights"):
     """A release state_dict in timm's names; a state already in timm's layout is returned as is.
 
     DINO's names are timm's. DINOv2's ``mask_token`` (only used to mask patches in training) is
     dropped; with registers, ``register_tokens`` becomes ``reg_token`` and the positional
     embedding's class row is folded into ``cls_token`` (timm's register models keep no class row;
     DINOv2 adds that row to the class token and gives the registers none, so the sum is the same).
+    DINOv3 files (``storage_tokens``) go through :func:`dinov3_to_timm_layout`.
     """
+    if "storage_tokens" in state:
+        return dinov3_to_timm_layout(state, source)
     state = dict(state)
     state.pop("mask_token", None)
     if "register_tokens" in state:
@@ -193,58 +258,119 @@ def to_timm_layout(state):
     return state
 
 
+def dinov3_to_timm_layout(state, source="weights"):
+    """Meta's DINOv3 layout in the names of timm's ``vit_*_patch16_dinov3_qkvb`` (modules/eva.py).
+
+    The renaming is timm's ``checkpoint_filter_fn`` (tests/test_dinov3.py checks it against it):
+    ``storage_tokens`` -> ``reg_token``, ``ls1/ls2.gamma`` -> ``gamma_1/gamma_2``, SwiGLU's
+    ``w1/w2/w3`` -> ``fc1_g/fc1_x/fc2``; ``mask_token`` (training only) is dropped. Two things go
+    beyond it, so that the features are those of Meta's model on the file: the qkv bias is taken
+    as Meta's ``LinearKMaskedBias`` applies it, multiplied by the file's ``bias_mask`` (its k third
+    must then be zero, as timm's model has no k bias), and ``rope_embed.periods`` is kept as
+    ``rope.periods`` (the files hold them rounded to bfloat16, and Meta's model uses those).
+    """
+    if any(key.startswith("local_cls_norm.") for key in state):
+        raise CheckpointError(
+            f"{source} holds DINOv3's SAT-493M satellite ViT-L/16 weights (it has local_cls_norm), which take other "
+            f"input statistics (mean {DINOV3_SAT_MEAN}, std {DINOV3_SAT_STD}) than the ImageNet normalisation IDDC "
+            f"uses; use the LVD-1689M file {SPECS['dinov3_vitl16'].release_file} (--backbone dinov3_vitl16)"
+        )
+    converted = {}
+    for key, value in state.items():
+        if key == "mask_token" or key.endswith(".attn.qkv.bias_mask"):
+            continue
+        if key == "storage_tokens":
+            converted["reg_token"] = value
+        elif key == "rope_embed.periods":
+            converted["rope.periods"] = value.float()
+        elif key.endswith(".attn.qkv.bias"):
+            prefix = key.removesuffix("qkv.bias")
+            mask = state.get(key + "_mask")
+            bias = value if mask is None else value * mask.to(value.dtype)  # (3C,), what Meta's forward adds
+            q_bias, k_bias, v_bias = bias.chunk(3)
+            if bool(k_bias.any()):
+                raise CheckpointError(
+                    f"{source}: {key} has a nonzero k bias after its bias_mask; DINOv3 masks it to zero, and "
+                    f"timm's DINOv3 model has no k bias"
+                )
+            converted[prefix + "q_bias"] = q_bias
+            converted[prefix + "v_bias"] = v_bias
+        else:
+            for old, new in _DINOV3_RENAMES:
+                key = key.replace(old, new)
+            converted[key] = value
+    return converted
+
+
 @dataclass(frozen=True)
 class Architecture:
     patch_size: int
     embed_dim: int
     depth: int
-    mlp_ratio: float
-    num_registers: int
+    mlp_ratio: float  # hidden width / embed_dim, as timm counts it (SwiGLU: each input projection)
+    num_registers: int  # DINOv3: storage tokens
     layer_scale: bool
-    img_size: int
+    img_size: int  # the learned positional table's training size; 0 with RoPE
+    rope: bool = False
+    swiglu: bool = False
+
+    def describe(self):
+        if self.rope:
+            return (
+                f"patch {self.patch_size}, {self.num_registers} storage tokens, RoPE, "
+                f"{'SwiGLU' if self.swiglu else 'GELU'} MLP"
+            )
+        return f"patch {self.patch_size}, {self.num_registers} registers, {'' if self.layer_scale else 'no '}LayerScale"
 
 
 def architecture(state, source):
-    """The architecture written in a timm-layout ViT state_dict's tensor shapes."""
+    """The architecture written in a timm-layout state_dict's tensor shapes: a ViT with a learned
+    positional table (DINO, DINOv2) or, with no table and timm's Eva names, DINOv3's RoPE ViT."""
+    rope = "pos_embed" not in state and ("rope.periods" in state or "blocks.0.gamma_1" in state)
+    swiglu = "blocks.0.mlp.fc1_g.weight" in state
     try:
         embed_dim, _, patch_size, _ = state["patch_embed.proj.weight"].shape
-        pos_rows = state["pos_embed"].shape[1]
-        mlp_hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
+        pos_rows = 0 if rope else state["pos_embed"].shape[1]
+        mlp_hidden = state["blocks.0.mlp.fc1_g.weight" if swiglu else "blocks.0.mlp.fc1.weight"].shape[0]
     except KeyError as err:
         raise CheckpointError(f"{source}: not a ViT state_dict: key {err} is missing") from err
     num_registers = state["reg_token"].shape[1] if "reg_token" in state else 0
-    grid = math.isqrt(pos_rows - (0 if num_registers else 1))
+    grid = 0 if rope else math.isqrt(pos_rows - (0 if num_registers else 1))
     return Architecture(
         patch_size=int(patch_size),
         embed_dim=int(embed_dim),
         depth=len({key.split(".")[1] for key in state if key.startswith("blocks.")}),
         mlp_ratio=mlp_hidden / embed_dim,
         num_registers=int(num_registers),
-        layer_scale="blocks.0.ls1.gamma" in state,
+        layer_scale="blocks.0.ls1.gamma" in state or "blocks.0.gamma_1" in state,
         img_size=grid * int(patch_size),
+        rope=rope,
+        swiglu=swiglu,
     )
 
 
 def _candidates(arch):
-    """Registered backbones whose family, patch and registers fit ``arch`` (any width)."""
+    """Registered backbones whose family, patch, registers and MLP fit ``arch`` (any width)."""
     return [
         spec
         for spec in _SPECS
-        if spec.patch_size == arch.patch_size
+        if spec.rope == arch.rope
+        and spec.patch_size == arch.patch_size
         and spec.num_registers == arch.num_registers
         and spec.layer_scale == arch.layer_scale
+        and spec.swiglu == arch.swiglu
     ]
 
 
 def infer_backbone_name(state, source="weights"):
     """The backbone a timm-layout state_dict belongs to, from its shapes alone (the released IDDC
-    files carry no name). A width no release has (a reduced test model) gets the ViT-S name."""
+    files carry no name). A width no release has (a reduced test model) gets the first (smallest)
+    name of its family."""
     arch = architecture(state, source)
     candidates = _candidates(arch)
     if not candidates:
         raise CheckpointError(
-            f"{source}: a ViT with patch {arch.patch_size}, {arch.num_registers} registers and "
-            f"{'' if arch.layer_scale else 'no '}LayerScale matches none of the backbones {', '.join(BACKBONES)}"
+            f"{source}: a ViT with {arch.describe()} matches none of the backbones {', '.join(BACKBONES)}"
         )
     same_width = [spec for spec in candidates if spec.embed_dim == arch.embed_dim]
     return (same_width or candidates)[0].name
@@ -254,13 +380,12 @@ def backbone_from_state_dict(name, state, source="weights", num_heads=None):
     """Backbone ``name`` with the weights of ``state`` (release or timm layout), loaded strictly,
     frozen and in eval mode; ``num_heads`` defaults to the release's (64 channels a head)."""
     spec = backbone_spec(name)
-    state = to_timm_layout(state)
+    state = to_timm_layout(state, source)
     arch = architecture(state, source)
     if spec not in _candidates(arch):
         found = infer_backbone_name(state, source)
         raise CheckpointError(
-            f"{source} holds a {SPECS[found].title}-like ViT (patch {arch.patch_size}, {arch.num_registers} registers, "
-            f"{'' if arch.layer_scale else 'no '}LayerScale), not a {spec.title}; "
+            f"{source} holds a {SPECS[found].title}-like ViT ({arch.describe()}), not a {spec.title}; "
             f"use --backbone {found} or the {spec.title} file"
         )
     other_width = [other for other in _candidates(arch) if other.embed_dim == arch.embed_dim != spec.embed_dim]
@@ -270,18 +395,30 @@ def backbone_from_state_dict(name, state, source="weights", num_heads=None):
             f"(width {spec.embed_dim}); use --backbone {other_width[0].name}"
         )
     heads = num_heads or (spec.num_heads if arch.embed_dim == spec.embed_dim else max(1, arch.embed_dim // 64))
-    vit = VisionTransformer(
-        patch_size=arch.patch_size,
-        embed_dim=arch.embed_dim,
-        depth=arch.depth,
-        num_heads=heads,
-        mlp_ratio=arch.mlp_ratio,
-        img_size=arch.img_size,
-        layer_scale=arch.layer_scale,
-        num_registers=arch.num_registers,
-        interpolation=spec.interpolation,
-        random_init=False,
-    )
+    if arch.rope:
+        vit = DinoV3VisionTransformer(
+            patch_size=arch.patch_size,
+            embed_dim=arch.embed_dim,
+            depth=arch.depth,
+            num_heads=heads,
+            mlp_ratio=arch.mlp_ratio,
+            swiglu=arch.swiglu,
+            num_storage_tokens=arch.num_registers,
+            random_init=False,
+        )
+    else:
+        vit = VisionTransformer(
+            patch_size=arch.patch_size,
+            embed_dim=arch.embed_dim,
+            depth=arch.depth,
+            num_heads=heads,
+            mlp_ratio=arch.mlp_ratio,
+            img_size=arch.img_size,
+            layer_scale=arch.layer_scale,
+            num_registers=arch.num_registers,
+            interpolation=spec.interpolation,
+            random_init=False,
+        )
     load_strict(vit, state, "backbone", source)
     vit.name = name
     vit.requires_grad_(False)
@@ -292,9 +429,9 @@ def build_backbone(name, weights_file=None, *, download=True, base_url=None, num
     """The frozen backbone ``name`` (one of BACKBONES) with its release weights.
 
     Weights come from ``weights_file`` when given, else from the torch hub cache, else they are
-    downloaded there from the release URL (``download=False``: an error naming the file and where
-    to put it). The module's forward gives (B, C, H/p, W/p) patch features for inputs whose sides
-    are multiples of ``.patch_size``; ``.embed_dim`` is C.
+    downloaded there from the release URL (``download=False``, and always for DINOv3: an error
+    naming the file and where to put it). The module's forward gives (B, C, H/p, W/p) patch
+    features for inputs whose sides are multiples of ``.patch_size``; ``.embed_dim`` is C.
     """
     state, source = release_state_dict(name, weights_file, download=download, base_url=base_url)
     return backbone_from_state_dict(name, state, source, num_heads)

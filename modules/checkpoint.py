@@ -8,7 +8,10 @@ Extra top-level keys (``config``, ``epoch``, ``backbone_name``, ...) hold only p
 so files load with ``torch.load(weights_only=True)``. ``backbone_name`` (one of
 ``modules.backbones.BACKBONES``) is what the project's files add so that evaluation needs no flag;
 the released files have none and their backbone is read off the tensor shapes. Backbone release
-files (DINO, DINOv2) are read by ``modules/backbones.py``; both use ``modules/weights.py``.
+files (DINO, DINOv2, DINOv3) are read by ``modules/backbones.py``; both use ``modules/weights.py``.
+The ViT under ``backbone`` is a timm ``VisionTransformer`` (DINO, DINOv2) or, for DINOv3, an
+``Eva`` (``modules/eva.py``, with its RoPE ``rope.periods``); a file holding DINOv3 weights falls
+under Meta's DINOv3 licence.
 """
 
 from modules.backbones import (
@@ -48,7 +51,11 @@ def load_iddc_model(path, patch_size=None, num_heads=None):
     obj = load_file(path)
     kind = detect_format(obj)
     if kind != "iddc":
-        hint = " It looks like a DINO backbone file: it has no trained head." if kind.startswith("dino") else ""
+        hint = (
+            " It looks like a DINO backbone file (a release of DINO, DINOv2 or DINOv3): it has no trained head."
+            if kind.startswith("dino")
+            else ""
+        )
         raise CheckpointError(f"{path}: not an IDDC checkpoint (expected top-level keys {list(IDDC_PARTS)}).{hint}")
     model = model_from_iddc_state(obj, path, patch_size, num_heads)
     return model, {key: value for key, value in obj.items() if key not in IDDC_PARTS}
@@ -60,7 +67,7 @@ def model_from_iddc_state(state, source, patch_size=None, num_heads=None, backbo
     ``patch_size`` and ``backbone`` (a name), when given, are what the caller expects the file
     to hold; a file holding something else is an error that says so.
     """
-    vit_state = to_timm_layout(strip_prefix(state["backbone"], BACKBONE_PREFIX, source))
+    vit_state = to_timm_layout(strip_prefix(state["backbone"], BACKBONE_PREFIX, source), source)
     patch_weight = vit_state.get("patch_embed.proj.weight")
     if patch_size is not None and patch_weight is not None and patch_weight.shape[-1] != patch_size:
         raise CheckpointError(

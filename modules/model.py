@@ -3,17 +3,18 @@
 import torch
 import torch.nn as nn
 
-from modules.vit import VisionTransformer
-
 
 class IDDCModel(nn.Module):
     """Frozen backbone + trainable head; attribute names follow the released checkpoints.
 
     ``backbone.model`` holds the ViT so that ``backbone.state_dict()`` carries the ``model.``
     prefix of the released files, and ``head_nonlinear``/``classifier`` keep the original names.
+    The ViT is any backbone of ``modules/backbones.py``: a ``modules.vit.VisionTransformer``
+    (DINO, DINOv2) or a ``modules.eva.DinoV3VisionTransformer`` (DINOv3); both map images to
+    (B, .embed_dim, H / .patch_size, W / .patch_size) features.
     """
 
-    def __init__(self, vit: VisionTransformer, num_classes=27):
+    def __init__(self, vit: nn.Module, num_classes=27):
         super().__init__()
         self.backbone = nn.Module()
         self.backbone.model = vit
