@@ -118,7 +118,9 @@ def test_golden_evaluation_on_device(test_device, fake_checkpoint, golden_dir, p
     settings = tf32_settings()
     result, maps = evaluate_with_maps(model.to(test_device), golden_dir / "cocostuff", protocol, test_device, limit)
     assert tf32_settings() == settings, "fp32 evaluation must restore the TF32 settings it changed"
-    assert np.abs(result.confusion - expected).sum() <= 200
+    # The CPU is within 200 counts of the goldens; each pixel the GPU may change moves two more.
+    allowed = 200 + (2 * MAX_CHANGED_FRACTION * expected.sum() if gpu else 0)
+    assert np.abs(result.confusion - expected).sum() <= allowed
     golden_metrics = segmentation_metrics(expected)
     assert result.metrics["acc"] == pytest.approx(golden_metrics["acc"], abs=MAX_METRIC_DIFFERENCE)
     assert result.metrics["miou"] == pytest.approx(golden_metrics["miou"], abs=MAX_METRIC_DIFFERENCE)
