@@ -55,7 +55,9 @@ OVERWRITTEN_FILES = (*RUN_FILES, "config.yaml", "log.jsonl", "train.log")
 
 def build_parser():
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default=None, help="YAML file of defaults, e.g. configs/train_cocostuff27_vits16.yaml")
+    parser.add_argument(
+        "--config", default=None, help="YAML file of defaults, e.g. configs/train_cocostuff27_vits16.yaml"
+    )
     parser.add_argument(
         "--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="benchmark (README, 'Datasets')"
     )
@@ -95,6 +97,12 @@ def build_parser():
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
         "--precision", choices=("fp32", "bf16"), default=None, help="default: bf16 on CUDA, fp32 on CPU"
+    )
+    parser.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="let cuDNN time its algorithms and keep the fastest (may be faster; runs are then not "
+        "reproducible bit for bit; docs/gpu.md)",
     )
     parser.add_argument("--num-workers", type=int, default=8)
     parser.add_argument("--val-protocol", choices=PROTOCOLS, default="resize320", help="validation after every epoch")
@@ -221,6 +229,7 @@ def main(argv=None):
     check_options(args)
     output_dir = check_output_dir(args)
     check_data(args)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     device = distributed.init_from_env(args.device)
     if args.overwrite and distributed.is_main():
         for name in OVERWRITTEN_FILES:

@@ -6,6 +6,9 @@ scoring size are explicit arguments, and the named protocols only choose their v
 A model may stack several heads' logits along the channels (``num_heads`` groups of
 ``num_classes``), so that training scores the clusters and the linear probe from one backbone pass;
 softmax and argmax then work within each group.
+
+``precision`` "fp32" runs the forwards in IEEE float32, TF32 off on GPUs (utils/precision.py), so
+that fp32 results do not depend on the GPU generation.
 """
 
 import contextlib
@@ -25,7 +28,7 @@ from engine.crf import CRFPool
 from engine.metrics import confusion_matrix, segmentation_metrics
 from utils import distributed
 from utils.cli import sigint_held
-from utils.precision import autocast_context
+from utils.precision import inference_context
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ def window_boxes(height, width, window, overlap):
 def cluster_logits(model, images, precision, batch_size):
     """Classifier logits in fp32, with the batch cut into forwards of at most ``batch_size`` images."""
     outputs = []
-    with autocast_context(images.device, precision):
+    with inference_context(images.device, precision):
         for chunk in images.split(batch_size):
             outputs.append(model(chunk)[2].float())  # (b, K, h, w)
     return torch.cat(outputs)
@@ -200,7 +203,7 @@ def window_logits(model, images, boxes, window, flip, precision, batch_size):
     copies = (False, True) if flip else (False,)
     order = [(place, flipped) for flipped in copies for place in places]
     outputs = []
-    with autocast_context(images[0].device, precision):
+    with inference_context(images[0].device, precision):
         for start in range(0, len(order), batch_size):
             crops = torch.stack(
                 [

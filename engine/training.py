@@ -103,14 +103,44 @@ def negative_shifts(seed, step, batch, count=3):
     return np.random.default_rng([seed, step, 7]).integers(1, batch - 1, size=count).tolist()
 
 
+def bilinear_weights(out_size, in_size, device, dtype=torch.float32):
+    """(out_size, in_size) matrix of 1-D bilinear interpolation with align_corners=True.
+
+    Output position i samples input position s = i (in - 1) / (out - 1); its weights are the hat
+    function max(0, 1 - |s - j|) over the input positions j, i.e. 1 - frac and frac on the two
+    neighbours, as ``F.interpolate`` weighs them.
+    """
+    scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+    source = torch.arange(out_size, device=device, dtype=torch.float64) * scale  # (out,)
+    inputs = torch.arange(in_size, device=device, dtype=torch.float64)  # (in,)
+    return (1 - (source[:, None] - inputs[None, :]).abs()).clamp(min=0).to(dtype)  # (out, in)
+
+
+def upsample_probe_logits(logits, size):
+    """Bilinear upsampling (align_corners=True) of (B, K, h, w) logits to ``size``, as two matmuls.
+
+    The same values as ``F.interpolate(..., mode="bilinear", align_corners=True)`` up to float
+    rounding, but with a deterministic backward on CUDA: interpolate's CUDA backward adds with
+    atomics and raises under ``torch.use_deterministic_algorithms(True)``.
+    """
+    rows = bilinear_weights(size[0], logits.shape[-2], logits.device, logits.dtype)  # (H, h)
+    cols = bilinear_weights(size[1], logits.shape[-1], logits.device, logits.dtype)  # (W, w)
+    return rows @ logits @ cols.T  # (B, K, H, W)
+
+
 def probe_loss(probe_logits, labels):
     """Cross-entropy of the linear probe, averaged over the labelled pixels of the global batch.
 
     Returns (value, objective): the global mean, and this process's sum over the global count,
     whose gradients summed over the processes are the global mean's. No labelled pixel gives 0.
+    The cross-entropy is a log-softmax and a gather rather than ``F.cross_entropy``, whose CUDA
+    kernel for (B, K, H, W) inputs sums with atomics and raises under deterministic algorithms.
     """
-    pixel_sum = F.cross_entropy(probe_logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    local = torch.stack([pixel_sum.detach().double(), (labels != IGNORE_INDEX).sum().double()])
+    labelled = labels != IGNORE_INDEX  # (b, H, W)
+    log_probs = F.log_softmax(probe_logits, dim=1)  # (b, K, H, W)
+    picked = log_probs.gather(1, labels.masked_fill(~labelled, 0).unsqueeze(1)).squeeze(1)  # (b, H, W)
+    pixel_sum = -torch.where(labelled, picked, torch.zeros_like(picked)).sum()
+    local = torch.stack([pixel_sum.detach().double(), labelled.sum().double()])
     total_sum, count = distributed.all_reduce_sum(local).unbind()
     count = count.clamp(min=1)
     return (total_sum / count).float(), pixel_sum / count.float()
@@ -229,7 +259,7 @@ def train_one_epoch(
                 features = model.vit(torch.cat((images, images_aug)))  # (2b, C, h, w)
             codes_inter, logits = head(features)  # (2b, C, h, w), (2b, K, h, w)
             probe_logits = probe(codes_inter[:local_batch])  # (b, K, h, w)
-        probe_logits = F.interpolate(probe_logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=True)
+        probe_logits = upsample_probe_logits(probe_logits.float(), labels.shape[-2:])  # (b, K, H, W)
         probe_value, probe_objective = probe_loss(probe_logits, labels)
         feats, feats_aug = features.float().split(local_batch)
         view0, view1 = logits.split(local_batch)

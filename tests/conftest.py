@@ -1,4 +1,10 @@
-"""Shared fixtures: paths to the golden reference data of the original IDDC code."""
+"""Shared fixtures: paths to the golden reference data of the original IDDC code, and the device of
+the device-dependent tests.
+
+``IDDC_TEST_DEVICE`` (cpu, cuda or cuda:N; default cpu) is the one switch that makes the tests
+marked ``device`` (tests/test_device.py) run on a GPU: ``IDDC_TEST_DEVICE=cuda python3 -m pytest
+-m device tests/test_device.py``, which is what scripts/gpu_check.sh runs.
+"""
 
 import os
 import subprocess
@@ -14,6 +20,40 @@ if str(ROOT) not in sys.path:
 from http_server import closed_port_url, drive_certificates, drive_proxy, http_server  # noqa: E402, F401  (fixtures)
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
+TEST_DEVICE_ENV = "IDDC_TEST_DEVICE"
+if os.environ.get(TEST_DEVICE_ENV, "cpu").startswith("cuda"):
+    # cuBLAS reads it once, when it starts: deterministic matmuls (the resume test) need it set first.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", f"device: runs on the device named by {TEST_DEVICE_ENV} (cpu by default; scripts/gpu_check.sh)"
+    )
+
+
+@pytest.fixture(scope="session")
+def test_device():
+    """The torch.device of the device-dependent tests, from IDDC_TEST_DEVICE (default cpu).
+
+    A GPU asked for but not visible fails the tests that use it rather than skipping them.
+    """
+    import torch
+
+    name = os.environ.get(TEST_DEVICE_ENV, "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        pytest.fail(f"{TEST_DEVICE_ENV}={name}: expected cpu, cuda or cuda:N")
+    if device.type not in ("cpu", "cuda"):
+        pytest.fail(f"{TEST_DEVICE_ENV}={name}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            pytest.fail(f"{TEST_DEVICE_ENV}={name}: no CUDA GPU is visible to torch")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)
+    return device
 
 
 @pytest.fixture(scope="session")

@@ -41,17 +41,24 @@ def init_from_env(device):
 
 def all_reduce_sum(tensor):
     """Sum over processes (confusion matrices are summed, never averaged metrics)."""
-    if is_initialized():
-        tensor = tensor.clone()
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
+    return _all_reduce(tensor, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(tensor):
-    if is_initialized():
-        tensor = tensor.clone()
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor
+    return _all_reduce(tensor, dist.ReduceOp.MAX)
+
+
+def _all_reduce(tensor, op):
+    """A reduced copy of ``tensor``, on its own device; NCCL reduces only CUDA tensors, so a CPU
+    tensor (e.g. the stop-request flag) goes through this process's GPU there."""
+    if not is_initialized():
+        return tensor
+    device = tensor.device
+    if dist.get_backend() == dist.Backend.NCCL and device.type != "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    reduced = tensor.to(device, copy=True)
+    dist.all_reduce(reduced, op=op)
+    return reduced.to(tensor.device)
 
 
 def gather_batch(tensor):
