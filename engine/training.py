@@ -117,12 +117,15 @@ def bilinear_weights(out_size, in_size, device, dtype=torch.float32):
 
 
 def upsample_probe_logits(logits, size):
-    """Bilinear upsampling (align_corners=True) of (B, K, h, w) logits to ``size``, as two matmuls.
+    """Bilinear upsampling (align_corners=True, as the original) of (B, K, h, w) logits to ``size``.
 
-    The same values as ``F.interpolate(..., mode="bilinear", align_corners=True)`` up to float
-    rounding, but with a deterministic backward on CUDA: interpolate's CUDA backward adds with
-    atomics and raises under ``torch.use_deterministic_algorithms(True)``.
+    Under ``torch.use_deterministic_algorithms(True)`` it is two matmuls: the same values up to
+    float rounding, but interpolate's CUDA backward adds with atomics and raises in that mode.
+    Otherwise ``F.interpolate`` itself, so that every run outside that mode stays bit for bit the
+    original's.
     """
+    if not torch.are_deterministic_algorithms_enabled():
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
     rows = bilinear_weights(size[0], logits.shape[-2], logits.device, logits.dtype)  # (H, h)
     cols = bilinear_weights(size[1], logits.shape[-1], logits.device, logits.dtype)  # (W, w)
     return rows @ logits @ cols.T  # (B, K, H, W)
@@ -133,13 +136,16 @@ def probe_loss(probe_logits, labels):
 
     Returns (value, objective): the global mean, and this process's sum over the global count,
     whose gradients summed over the processes are the global mean's. No labelled pixel gives 0.
-    The cross-entropy is a log-softmax and a gather rather than ``F.cross_entropy``, whose CUDA
-    kernel for (B, K, H, W) inputs sums with atomics and raises under deterministic algorithms.
+    Under deterministic algorithms the cross-entropy is a log-softmax and a gather: the CUDA kernel
+    of ``F.cross_entropy`` for (B, K, H, W) inputs sums with atomics and raises in that mode.
     """
     labelled = labels != IGNORE_INDEX  # (b, H, W)
-    log_probs = F.log_softmax(probe_logits, dim=1)  # (b, K, H, W)
-    picked = log_probs.gather(1, labels.masked_fill(~labelled, 0).unsqueeze(1)).squeeze(1)  # (b, H, W)
-    pixel_sum = -torch.where(labelled, picked, torch.zeros_like(picked)).sum()
+    if torch.are_deterministic_algorithms_enabled():
+        log_probs = F.log_softmax(probe_logits, dim=1)  # (b, K, H, W)
+        picked = log_probs.gather(1, labels.masked_fill(~labelled, 0).unsqueeze(1)).squeeze(1)  # (b, H, W)
+        pixel_sum = -torch.where(labelled, picked, torch.zeros_like(picked)).sum()
+    else:
+        pixel_sum = F.cross_entropy(probe_logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
     local = torch.stack([pixel_sum.detach().double(), labelled.sum().double()])
     total_sum, count = distributed.all_reduce_sum(local).unbind()
     count = count.clamp(min=1)

@@ -408,7 +408,17 @@ def test_crf_pool_beside_device_forwards(test_device, tmp_path):
 # ---------------------------------------------------------------- building blocks (CPU only, not marked)
 
 
-def test_probe_upsampling_matches_interpolate():
+@pytest.fixture(params=[False, True], ids=["default", "deterministic"])
+def deterministic_mode(request):
+    """Both forms of the probe's upsampling and loss: the default one (F.interpolate, F.cross_entropy,
+    bit for bit the original's) and the one taken under torch.use_deterministic_algorithms(True)."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(request.param)
+    yield request.param
+    torch.use_deterministic_algorithms(before)
+
+
+def test_probe_upsampling_matches_interpolate(deterministic_mode):
     """The matmul form of the probe's bilinear upsampling (deterministic backward on CUDA) gives
     F.interpolate's values and gradients."""
     generator = torch.Generator().manual_seed(0)
@@ -422,7 +432,7 @@ def test_probe_upsampling_matches_interpolate():
     torch.testing.assert_close(ours_grad, reference_grad, rtol=0, atol=1e-10)
 
 
-def test_probe_loss_is_the_cross_entropy_over_labelled_pixels():
+def test_probe_loss_is_the_cross_entropy_over_labelled_pixels(deterministic_mode):
     generator = torch.Generator().manual_seed(1)
     logits = torch.randn(3, NUM_CLASSES, 20, 16, generator=generator, requires_grad=True)
     labels = torch.randint(0, NUM_CLASSES, (3, 20, 16), generator=generator)
