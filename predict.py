@@ -41,7 +41,7 @@ from engine.visualize import colorize, indexed_png, legend, map_clusters, overla
 from modules.checkpoint import load_iddc_model
 from modules.weights import CheckpointError
 from utils.cli import ArgumentParser, check_at_least, entry_point, resolve_device
-from utils.errors import EXIT_OK, EXIT_PROBLEMS, OutputError, ReportedError
+from utils.errors import EXIT_OK, EXIT_PROBLEMS, OptionError, OutputError, ReportedError
 from utils.files import check_writable_dir, save_image_atomic
 from utils.log import setup_logger
 
@@ -333,12 +333,12 @@ def write_refined(finished, out_dir, cluster_to_class, palette):
 
 @entry_point
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not 0 <= args.overlap < args.window:
-        parser.error(f"--overlap must lie in 0..{args.window - 1} (below --window {args.window}), got {args.overlap}")
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    args = build_parser().parse_args(argv)
+    if not 0 <= args.overlap < args.window:  # as eval.py checks them
+        raise OptionError(
+            f"--overlap must lie in 0..{args.window - 1} (below --window {args.window}), got {args.overlap}"
+        )
+    check_at_least(args.batch_size, "--batch-size", 1)
     check_at_least(args.crf_workers, "--crf-workers", 0)
     device = torch.device(resolve_device(args.device))
     if args.crf:
