@@ -1,7 +1,8 @@
 """The "backbone + k-means" baseline row of the peers' tables, evaluated like IDDC.
 
     python baseline_kmeans.py --data-root DIR --backbone dino_vits16 --output-json outputs/kmeans_vits16.json
-    python baseline_kmeans.py --data-root DIR --backbone dino_vits8 --protocol center320 --flip --crf --output-json out.json
+    python baseline_kmeans.py --data-root DIR --backbone dino_vits8 --protocol center320 --flip --crf \
+        --output-json out.json
 
 Frozen backbone features of patches sampled from the training split are L2-normalised and
 clustered with faiss k-means (K = the dataset's number of classes, as the one-to-one Hungarian
@@ -20,14 +21,16 @@ from pathlib import Path
 import torch
 
 from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
-from data.spec import DataError, SegmentationEval
+from data.spec import SegmentationEval
 from data.transforms import CenterCropTransform
+from engine.crf import require_pydensecrf
 from engine.evaluation import PROTOCOLS, evaluate, make_protocol
 from modules.backbones import BACKBONES, build_backbone
-from modules.kmeans import DEFAULT_LOGIT_SCALE, KMeansSegmenter, fit_kmeans, sample_features
-from modules.weights import CheckpointError
-from utils.cli import ArgumentParser
+from modules.kmeans import DEFAULT_LOGIT_SCALE, KMeansSegmenter, fit_kmeans, require_faiss, sample_features
+from modules.weights import save_atomic
+from utils.cli import ArgumentParser, check_at_least, check_finite, entry_point, resolve_device
 from utils.config import parse_args_with_config, save_config
+from utils.files import check_writable_file, write_text_atomic
 from utils.log import git_commit, setup_logger
 
 
@@ -38,7 +41,7 @@ def build_parser():
     parser.add_argument(
         "--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="benchmark (README, 'Datasets')"
     )
-    parser.add_argument("--backbone", default="dino_vits16", help=f"one of {', '.join(sorted(BACKBONES))}")
+    parser.add_argument("--backbone", choices=BACKBONES, default="dino_vits16", help="frozen backbone")
     parser.add_argument(
         "--backbone-weights",
         default=None,
@@ -94,16 +97,28 @@ def build_parser():
     return parser
 
 
-def check_args(parser, args):
+def check_options(parser, args):
+    """Every option that can be wrong, and the output locations, before any model is built."""
     if args.data_root is None:
         parser.error("--data-root is required")
-    if args.backbone not in BACKBONES:
-        parser.error(f"--backbone must be one of {', '.join(sorted(BACKBONES))}, got {args.backbone!r}")
-    for option in ("num_samples", "fit_images", "iterations", "restarts", "batch_size"):
-        if getattr(args, option) < 1:
-            parser.error(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
-    if args.crf_workers is not None and args.crf_workers < 0:
-        parser.error(f"--crf-workers must be >= 0, got {args.crf_workers}")
+    for option in ("num_samples", "fit_images", "fit_size", "iterations", "restarts", "batch_size", "limit"):
+        check_at_least(getattr(args, option), "--" + option.replace("_", "-"), 1)
+    check_at_least(args.num_workers, "--num-workers", 0)
+    check_at_least(args.crf_workers, "--crf-workers", 0)
+    for side in args.score_size or ():
+        check_at_least(side, "--score-size", 1)
+    check_finite(args.logit_scale, "--logit-scale", positive=True)
+    args.device = resolve_device(args.device)
+    inputs = [args.backbone_weights, args.config]
+    if args.output_json:
+        output = Path(args.output_json)
+        for path in (output, output.with_suffix(".config.yaml")):
+            check_writable_file(path, "--output-json", inputs=inputs)
+    if args.save_centroids:
+        check_writable_file(args.save_centroids, "--save-centroids", inputs=[*inputs, args.output_json])
+    require_faiss()
+    if args.crf:
+        require_pydensecrf()
 
 
 def fitting_loader(args, spec):
@@ -117,56 +132,54 @@ def fitting_loader(args, spec):
     )
 
 
+@entry_point
 def main(argv=None):
     parser = build_parser()
     args = parse_args_with_config(parser, argv)
-    check_args(parser, args)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_options(parser, args)
+    spec = get_dataset(args.dataset)
+    spec.check_split_files(args.data_root, "train")  # fast scans, before the backbone is built
+    spec.check_split_files(args.data_root, "val", args.limit)
     logger = setup_logger()
     commit = git_commit()
     logger.info("baseline_kmeans.py at commit %s with %s", commit, json.dumps(vars(args), sort_keys=True))
-    try:
-        spec = get_dataset(args.dataset)
-        names = spec.class_names
-        num_clusters = len(names)  # one cluster a class: evaluate() matches one to one (Hungarian)
-        backbone = build_backbone(args.backbone, args.backbone_weights).to(args.device)
-        features = sample_features(
-            backbone, fitting_loader(args, spec), args.num_samples, args.seed, args.device, args.precision
-        )
-        logger.info(
-            "k-means: %d clusters on %d patch features (%d-d) from the training split", num_clusters, *features.shape
-        )
-        centroids, inertia = fit_kmeans(
-            features,
-            num_clusters,
-            args.iterations,
-            args.restarts,
-            args.seed,
-            use_gpu=None if args.device.startswith("cuda") else False,
-        )
-        model = KMeansSegmenter(backbone, centroids, args.logit_scale).to(args.device)
-        protocol = make_protocol(
-            args.protocol,
-            args.flip,
-            score_size=tuple(args.score_size or spec.score_size),
-            image_interpolation=args.image_interpolation,
-            crf=args.crf,
-        )
-        result = evaluate(
-            model,
-            args.data_root,
-            protocol,
-            device=args.device,
-            precision=args.precision,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            limit=args.limit,
-            crf_workers=args.crf_workers,
-            dataset=spec,
-        )
-    except (CheckpointError, DataError, ValueError) as err:
-        logger.error("error: %s", err)
-        return 2
+    names = spec.class_names
+    num_clusters = len(names)  # one cluster a class: evaluate() matches one to one (Hungarian)
+    backbone = build_backbone(args.backbone, args.backbone_weights).to(args.device)
+    features = sample_features(
+        backbone, fitting_loader(args, spec), args.num_samples, args.seed, args.device, args.precision
+    )
+    logger.info(
+        "k-means: %d clusters on %d patch features (%d-d) from the training split", num_clusters, *features.shape
+    )
+    centroids, inertia = fit_kmeans(
+        features,
+        num_clusters,
+        args.iterations,
+        args.restarts,
+        args.seed,
+        use_gpu=None if args.device.startswith("cuda") else False,
+    )
+    model = KMeansSegmenter(backbone, centroids, args.logit_scale).to(args.device)
+    protocol = make_protocol(
+        args.protocol,
+        args.flip,
+        score_size=tuple(args.score_size or spec.score_size),
+        image_interpolation=args.image_interpolation,
+        crf=args.crf,
+    )
+    result = evaluate(
+        model,
+        args.data_root,
+        protocol,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        limit=args.limit,
+        crf_workers=args.crf_workers,
+        dataset=spec,
+    )
     logger.info(
         "k-means (%s, K=%d) %s%s%s on %d images: pixel Acc %.2f  mIoU %.2f",
         args.backbone,
@@ -179,8 +192,7 @@ def main(argv=None):
         result.metrics["miou"],
     )
     if args.save_centroids:
-        Path(args.save_centroids).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(
+        save_atomic(
             {"centroids": centroids, "backbone": args.backbone, "logit_scale": args.logit_scale}, args.save_centroids
         )
     if args.output_json:
@@ -205,8 +217,7 @@ def main(argv=None):
             },
         )
         path = Path(args.output_json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(output, indent=1))
+        write_text_atomic(path, json.dumps(output, indent=1))
         save_config(args, path.with_suffix(".config.yaml"))
         logger.info("results written to %s", path)
     return 0

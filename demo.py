@@ -18,16 +18,20 @@ import torch
 import eval as eval_cli
 import train as train_cli
 from data.synthetic import write_synthetic_cocostuff
+from engine.tensorboard import require_tensorboard
 from modules.backbones import release_cache_path
 from modules.vit import VisionTransformer
 from modules.weights import save_atomic
 from utils.cli import ArgumentParser, check_at_least, check_finite, entry_point, resolve_device
+from utils.errors import OptionError
 from utils.files import check_writable_dir, write_text_atomic
 
 
 def build_parser():
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--output-dir", default="outputs/demo")
+    parser.add_argument(
+        "--output-dir", default="outputs/demo", help="synthetic data, run, metrics and pictures go here"
+    )
     parser.add_argument(
         "--backbone-weights", default=None, help="DINO ViT-S/16 release file (default: the hub cache, else random)"
     )
@@ -39,7 +43,7 @@ def build_parser():
         "--lr", type=float, default=5e-3, help="higher than the paper's 5e-4: the demo trains for a few dozen steps"
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="synthetic scenes, random backbone and training")
     return parser
 
 
@@ -55,7 +59,8 @@ def choose_backbone(weights, output_dir, seed):
     save_atomic(VisionTransformer(patch_size=16).state_dict(), random_file)
     return (
         random_file,
-        "RANDOMLY INITIALISED ViT-S/16 (no DINO weights found): the numbers show the pipeline runs, not what IDDC achieves",
+        "RANDOMLY INITIALISED ViT-S/16 (no DINO weights found): the numbers show the pipeline runs, "
+        "not what IDDC achieves",
     )
 
 
@@ -68,6 +73,9 @@ def main(argv=None):
     check_at_least(args.train_images, "--train-images", args.batch_size)
     check_finite(args.lr, "--lr", positive=True)
     device = resolve_device(args.device)
+    if args.backbone_weights and not Path(args.backbone_weights).is_file():
+        raise OptionError(f"--backbone-weights {args.backbone_weights}: no such file")
+    require_tensorboard()  # train.py's: checked before the synthetic data is written
     output_dir = check_writable_dir(args.output_dir, "--output-dir")
     debug = ["--debug"] if args.debug else []
     data_root = output_dir / "data"
@@ -142,7 +150,8 @@ def main(argv=None):
     )
     write_text_atomic(metrics_file, json.dumps(metrics, indent=1))
     print(
-        f"\ndemo done: pixel Acc {metrics['acc']:.2f}  mIoU {metrics['miou']:.2f} (sliding protocol, last model, {metrics['num_images']} synthetic images)"
+        f"\ndemo done: pixel Acc {metrics['acc']:.2f}  mIoU {metrics['miou']:.2f} "
+        f"(sliding protocol, last model, {metrics['num_images']} synthetic images)"
     )
     print(f"backbone: {backbone_note}")
     print(f"metrics: {metrics_file}\npictures: {output_dir / 'pictures'}\ncheckpoints and logs: {run_dir}")

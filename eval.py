@@ -14,6 +14,7 @@ from pathlib import Path
 
 from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from data.spec import DataError
+from engine.crf import require_pydensecrf
 from engine.evaluation import PROTOCOLS, evaluate, make_protocol
 from engine.visualize import VisualCollector
 from modules.checkpoint import load_iddc_model
@@ -55,7 +56,8 @@ def build_parser():
         "--protocol",
         choices=PROTOCOLS,
         default=None,
-        help="sliding (published), resize320 (original's per-epoch val), center320 (peers'); default: the dataset's (sliding; center320 for potsdam3)",
+        help="sliding (published), resize320 (original's per-epoch val), center320 (peers'); "
+        "default: the dataset's (sliding; center320 for potsdam3)",
     )
     parser.add_argument(
         "--flip",
@@ -71,7 +73,8 @@ def build_parser():
         nargs=2,
         default=None,
         metavar=("H", "W"),
-        help="size predictions and labels are scored at (sliding); default: the dataset's (320 320; 320 640 for cityscapes27)",
+        help="size predictions and labels are scored at (sliding); "
+        "default: the dataset's (320 320; 320 640 for cityscapes27)",
     )
     parser.add_argument(
         "--image-interpolation",
@@ -133,6 +136,8 @@ def check_options(args):
             f"--overlap must lie in 0..{args.window - 1} (below --window {args.window}), got {args.overlap}"
         )
     args.device = resolve_device(args.device)
+    if args.crf:
+        require_pydensecrf()
     if args.output_json:
         output = Path(args.output_json)
         for path in (output, output.with_suffix(".config.yaml")):

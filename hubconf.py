@@ -2,18 +2,27 @@
 
     model = torch.hub.load("<owner>/iddc", "iddc_vits16_cocostuff27")          # from this project on GitHub
     model = torch.hub.load("path/to/iddc", "iddc_vits8_cocostuff27", source="local")
-    model = torch.hub.load("<owner>/iddc", "iddc_checkpoint", path="outputs/train/last_model.pth")
-    features, codes, logits = model(images)   # images (B, 3, H, W), ImageNet-normalised; logits (B, 27, H/16, W/16)
+    model = torch.hub.load("<owner>/iddc", "iddc_checkpoint", path="outputs/train/last_model.pth")  # any iddc file
+    features, codes, logits = model(images)   # images (B, 3, H, W), ImageNet-normalised
 
-The checkpoint is downloaded from the released Google Drive file with gdown, as val_coco27.sh does,
-into ``checkpoint_dir`` (default: $CHECKPOINT_DIR, else <torch hub dir>/checkpoints) unless it is
-already there, and loaded with the backbone it carries.
+logits are (B, K, H/P, W/P) with P the backbone's patch size (16 for iddc_vits16_cocostuff27, 8 for
+iddc_vits8_cocostuff27) and K the checkpoint's clusters (27 for the released files). The released
+checkpoints are downloaded from their Google Drive files with gdown, as val_coco27.sh does, into
+``checkpoint_dir`` (default: $CHECKPOINT_DIR, else <torch hub dir>/checkpoints) unless they are
+already there, and loaded with the backbone they carry; iddc_checkpoint loads a file you have.
+
+Errors are the project's one-line ReportedError kinds, raised as exceptions: OutputError when
+``checkpoint_dir`` cannot be written (checked before any transfer), DownloadError when Google
+Drive does not deliver, MissingDependencyError (with the pip command) when gdown is needed but
+missing, CheckpointError when the file is damaged.
 """
 
 import os
 from pathlib import Path
 
-dependencies = ["torch", "torchvision", "gdown", "scipy", "yaml"]
+# gdown is not listed: torch.hub would refuse even a model already downloaded without it; when a
+# download needs it, utils/optional.py says how to install it.
+dependencies = ["torch", "torchvision", "scipy", "yaml"]
 
 
 def _released_model(name, checkpoint_dir=None, proxy=None, quiet=False):
@@ -22,8 +31,15 @@ def _released_model(name, checkpoint_dir=None, proxy=None, quiet=False):
     from modules.checkpoint import load_iddc_model
     from scripts.download_checkpoint import RELEASED_CHECKPOINTS, fetch_checkpoint
 
-    folder = Path(checkpoint_dir or os.environ.get("CHECKPOINT_DIR") or Path(torch.hub.get_dir()) / "checkpoints")
-    path = fetch_checkpoint(name, folder / RELEASED_CHECKPOINTS[name].file_name, proxy=proxy, quiet=quiet)
+    if checkpoint_dir:
+        folder, option = Path(checkpoint_dir), "checkpoint_dir"
+    elif os.environ.get("CHECKPOINT_DIR"):
+        folder, option = Path(os.environ["CHECKPOINT_DIR"]), "$CHECKPOINT_DIR"
+    else:
+        folder, option = Path(torch.hub.get_dir()) / "checkpoints", "the torch hub folder"
+    path = fetch_checkpoint(
+        name, folder / RELEASED_CHECKPOINTS[name].file_name, proxy=proxy, quiet=quiet, option=option
+    )
     model, _ = load_iddc_model(path, patch_size=int(name.removeprefix("vits")))
     return model.eval()
 

@@ -13,9 +13,10 @@ plus one legend.png. Clusters have no names of their own: with --assignment (an 
 --dataset chooses the class names and palette (the checkpoint's dataset; default cocostuff27).
 --crf refines the stitched probabilities with STEGO's dense CRF at the image's size.
 Images are read as viewers show them (EXIF orientation, 16-bit and transparent images converted).
-Files of an input folder that are not readable images are reported and skipped; the exit code is
-then 1. No output replaces an input, or a file predict.py did not write; every PNG is written
-atomically.
+In an input folder, files whose extension is not an image's (notes.txt, a video) are listed as
+skipped and do not change the exit code; an image file that cannot be decoded is reported, the
+others are still segmented, and the exit code is 1. No output replaces an input, or a file
+predict.py did not write; every PNG is written atomically.
 """
 
 import argparse
@@ -30,17 +31,17 @@ import torch
 from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
-from data.photos import identify, open_photo
+from data.photos import open_photo
 from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from data.spec import DataError
 from data.transforms import to_normalized_tensor, upscaled_size
-from engine.crf import CRFPool
+from engine.crf import CRFPool, require_pydensecrf
 from engine.evaluation import resize_nearest, sliding_class_maps, sliding_probabilities
 from engine.visualize import colorize, indexed_png, legend, map_clusters, overlay
 from modules.checkpoint import load_iddc_model
 from modules.weights import CheckpointError
 from utils.cli import ArgumentParser, check_at_least, entry_point, resolve_device
-from utils.errors import EXIT_OK, EXIT_PROBLEMS, OutputError, ReportedError
+from utils.errors import EXIT_OK, EXIT_PROBLEMS, OptionError, OutputError, ReportedError
 from utils.files import check_writable_dir, save_image_atomic
 from utils.log import setup_logger
 
@@ -50,6 +51,12 @@ LEGEND_FILE = "legend.png"
 # own and is never replaced, and a folder of earlier outputs can be given as --input again.
 OUTPUT_MARK = ("Software", "iddc predict.py")
 SHOW_NAMES = 5
+# What makes a file of an input folder an image: its extension (any case). Formats PIL cannot
+# decode (HEIC without a plugin) are listed too, so that such photos are reported, not skipped.
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .apng .bmp .dib .gif .tif .tiff .webp .avif .heic .heif .jp2 .j2k .jpx "
+    ".ppm .pgm .pbm .pnm .tga .qoi .ico .psd .sgi".split()
+)
 
 
 class InputError(ReportedError, ValueError):
@@ -118,18 +125,20 @@ def written_by_predict(path):
 
 
 def list_images(inputs):
-    """(images, not_images) from files and folders.
+    """(images, skipped) from files and folders.
 
-    Folders are read non-recursively, sorted by name; every file in them whose header is not an
-    image's is returned in ``not_images`` to be reported, except hidden files (.DS_Store and the
-    like) and the PNGs of an earlier predict.py run. Files named directly are taken as images.
+    Folders are read non-recursively, sorted by name: a file with an extension of IMAGE_EXTENSIONS
+    is an image, except the PNGs of an earlier predict.py run; any other file is returned in
+    ``skipped`` to be listed, hidden files (.DS_Store and the like) not even that. Files named
+    directly are taken as images whatever their name. Whether an image decodes is found when it
+    is read.
     """
-    images, not_images = [], []
+    images, skipped = [], []
     for entry in map(Path, inputs):
         if entry.is_dir():
             for path in sorted(p for p in entry.iterdir() if p.is_file() and not p.name.startswith(".")):
-                if identify(path) is None:
-                    not_images.append(path)
+                if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                    skipped.append(path)
                 elif not written_by_predict(path):
                     images.append(path)
         elif entry.is_file():
@@ -138,8 +147,9 @@ def list_images(inputs):
             raise InputError(f"--input {entry}: no such file or folder")
     if not images:
         found = (
-            f"; {len(not_images)} file(s) that are not images, e.g. {', '.join(p.name for p in not_images[:SHOW_NAMES])}"
-            if not_images
+            f"; {len(skipped)} file(s) that are not images by their extension, e.g. "
+            f"{', '.join(p.name for p in skipped[:SHOW_NAMES])}"
+            if skipped
             else ""
         )
         raise InputError(f"--input {' '.join(inputs)}: no images found{found}")
@@ -149,7 +159,7 @@ def list_images(inputs):
         raise InputError(
             f"--input: several images share the name(s) {clashes[:5]}, so their outputs would overwrite each other"
         )
-    return images, not_images
+    return images, skipped
 
 
 def check_outputs(images, out_dir, protected):
@@ -198,7 +208,8 @@ def load_assignment(path, num_clusters, num_classes):
         ) from err
     if ((cluster_to_class < -1) | (cluster_to_class >= num_classes)).any():
         raise InputError(
-            f"--assignment {path}: class indices must lie in -1..{num_classes - 1}, got {sorted(set(cluster_to_class.tolist()))}"
+            f"--assignment {path}: class indices must lie in -1..{num_classes - 1}, "
+            f"got {sorted(set(cluster_to_class.tolist()))}"
         )
     return cluster_to_class
 
@@ -288,14 +299,14 @@ def load_model(args, device, spec):
 
 
 def predict_all(model, paths, out_dir, cluster_to_class, args, device, logger, palette):
-    """Segment every image; unreadable ones are reported and skipped. Returns the failed paths."""
+    """Segment every image; the ones that cannot be read are reported and passed over. Returns them."""
     failed = []
     with CRFPool(args.crf_workers) if args.crf else contextlib.nullcontext() as crf:
         for path in tqdm(paths, desc="predict", unit="img"):
             try:
                 image = open_photo(path)
             except DataError as err:
-                logger.warning("skipped: %s", err)
+                logger.warning("not segmented: %s", err)
                 failed.append(path)
                 continue
             if crf is None:
@@ -322,33 +333,41 @@ def write_refined(finished, out_dir, cluster_to_class, palette):
 
 @entry_point
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not 0 <= args.overlap < args.window:
-        parser.error(f"--overlap must lie in 0..{args.window - 1} (below --window {args.window}), got {args.overlap}")
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    args = build_parser().parse_args(argv)
+    if not 0 <= args.overlap < args.window:  # as eval.py checks them
+        raise OptionError(
+            f"--overlap must lie in 0..{args.window - 1} (below --window {args.window}), got {args.overlap}"
+        )
+    check_at_least(args.batch_size, "--batch-size", 1)
     check_at_least(args.crf_workers, "--crf-workers", 0)
     device = torch.device(resolve_device(args.device))
+    if args.crf:
+        require_pydensecrf()
     spec = get_dataset(args.dataset)
     logger = setup_logger()
-    paths, not_images = list_images(args.input)
+    paths, skipped = list_images(args.input)
     out_dir = check_writable_dir(args.output_dir, "--output-dir")
     check_outputs(paths, out_dir, [args.checkpoint, args.assignment])
     model = load_model(args, device, spec)
     cluster_to_class = None
     if args.assignment:
         cluster_to_class = load_assignment(args.assignment, model.num_classes, spec.num_classes)
-    for path in not_images:
-        logger.warning("skipped: %s: not an image (PIL cannot identify it)", path)
+    for path in skipped:
+        logger.info("skipped: %s: not an image by its extension", path)
     failed = predict_all(model, paths, out_dir, cluster_to_class, args, device, logger, spec.palette)
     write_legend(out_dir, model.num_classes, cluster_to_class, spec)
-    logger.info("%d of %d images segmented, PNGs in %s", len(paths) - len(failed), len(paths), out_dir)
-    if failed or not_images:
+    logger.info(
+        "%d of %d images segmented, PNGs in %s%s",
+        len(paths) - len(failed),
+        len(paths),
+        out_dir,
+        f"; {len(skipped)} file(s) that are not images skipped" if skipped else "",
+    )
+    if failed:
         print(
-            f"error: {len(failed) + len(not_images)} input file(s) could not be segmented: "
-            f"{', '.join(str(path) for path in [*failed, *not_images][:SHOW_NAMES])}"
-            f"{', ...' if len(failed) + len(not_images) > SHOW_NAMES else ''} (see 'skipped' above)",
+            f"error: {len(failed)} of {len(paths)} image(s) could not be read: "
+            f"{', '.join(str(path) for path in failed[:SHOW_NAMES])}"
+            f"{', ...' if len(failed) > SHOW_NAMES else ''} (see 'not segmented' above)",
             file=sys.stderr,
         )
         return EXIT_PROBLEMS

@@ -20,7 +20,7 @@ import torch
 from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from engine.evaluation import PROTOCOLS, evaluate_heads, make_protocol
 from engine.metrics import segmentation_metrics
-from engine.tensorboard import TensorboardLog
+from engine.tensorboard import TensorboardLog, require_tensorboard
 from engine.training import (
     ClustersAndProbe,
     StopRequests,
@@ -51,6 +51,9 @@ RESUME_FILE = "resume.pth"
 RUN_FILES = ("best_model.pth", "last_model.pth", RESUME_FILE)
 # What --overwrite removes before the new run starts, so that its logs do not mix with the old ones.
 OVERWRITTEN_FILES = (*RUN_FILES, "config.yaml", "log.jsonl", "train.log")
+# What a resume file must hold to continue a run (resume_at and epoch_sums are optional: files of
+# end-of-epoch-only versions lack them).
+RESUME_KEYS = ("model", "probe", "optimizer", "probe_optimizer", "epoch", "step", "best_miou", "rng")
 
 
 def build_parser():
@@ -93,7 +96,7 @@ def build_parser():
         "--balance-weight", type=float, default=0.4, help="lambda2 (w1 of the original): 0.4 S/16, 0.25 S/8"
     )
     parser.add_argument("--num-negatives", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1, help="data order, augmentations, negatives and initialisation")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
         "--precision", choices=("fp32", "bf16"), default=None, help="default: bf16 on CUDA, fp32 on CPU"
@@ -104,7 +107,7 @@ def build_parser():
         help="let cuDNN time its algorithms and keep the fastest (may be faster; runs are then not "
         "reproducible bit for bit; docs/gpu.md)",
     )
-    parser.add_argument("--num-workers", type=int, default=8)
+    parser.add_argument("--num-workers", type=int, default=8, help="data-loading processes (of each process)")
     parser.add_argument("--val-protocol", choices=PROTOCOLS, default="resize320", help="validation after every epoch")
     parser.add_argument(
         "--final-protocol", choices=(*PROTOCOLS, "none"), default="none", help="one more evaluation of the last model"
@@ -216,6 +219,33 @@ def check_data(args):
         )
 
 
+def build_model(args, output_dir):
+    """(model, resume state or None), read before anything is written: a resume file that cannot
+    be read, or a backbone file that does not fit, refuses the run with the folder untouched."""
+    spec = get_dataset(args.dataset)
+    if not args.resume:
+        model = new_iddc_model(
+            args.backbone, args.backbone_weights, num_classes=spec.num_classes, num_heads=args.num_heads
+        )
+        return model, None
+    resume_path = output_dir / RESUME_FILE
+    resume = load_file(resume_path)
+    missing = [key for key in RESUME_KEYS if not isinstance(resume, dict) or key not in resume]
+    if missing:
+        raise CheckpointError(
+            f"{resume_path}: not a resume file written by train.py (it lacks {', '.join(missing)}); "
+            f"--resume continues a run from the {RESUME_FILE} that train.py saved in --output-dir"
+        )
+    # The resume file carries the backbone: no download.
+    model = model_from_iddc_state(resume["model"], resume_path, num_heads=args.num_heads, backbone=args.backbone)
+    if model.num_classes != spec.num_classes:
+        raise CheckpointError(
+            f"{resume_path}: a run with {model.num_classes} clusters cannot continue on "
+            f"--dataset {spec.name} ({spec.num_classes} classes)"
+        )
+    return model, resume
+
+
 @entry_point
 def main(argv=None):
     parser = build_parser()
@@ -226,23 +256,27 @@ def main(argv=None):
         args.backbone = resolve_backbone_name(args.backbone, args.patch_size)
     except ValueError as err:
         parser.error(str(err))
+    # Everything is checked and read before the first write, so that a refused run changes nothing.
     check_options(args)
     output_dir = check_output_dir(args)
     check_data(args)
+    require_tensorboard()
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     device = distributed.init_from_env(args.device)
-    if args.overwrite and distributed.is_main():
-        for name in OVERWRITTEN_FILES:
-            (output_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(output_dir / "tensorboard", ignore_errors=True)
-    logger = setup_logger(log_file=output_dir / "train.log")
     try:
-        return train(args, device, output_dir, logger)
+        seed_everything(args.seed)
+        model, resume = build_model(args, output_dir)
+        if args.overwrite and distributed.is_main():
+            for name in OVERWRITTEN_FILES:
+                (output_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(output_dir / "tensorboard", ignore_errors=True)
+        logger = setup_logger(log_file=output_dir / "train.log")
+        return train(args, device, output_dir, logger, model, resume)
     finally:
         distributed.cleanup()
 
 
-def train(args, device, output_dir, logger):
+def train(args, device, output_dir, logger, model, resume):
     commit = git_commit()
     logger.info(
         "train.py at commit %s, %d process(es), config:\n%s",
@@ -255,22 +289,8 @@ def train(args, device, output_dir, logger):
     tensorboard = TensorboardLog(output_dir / "tensorboard")
     jsonl_log = JsonlLog(output_dir / "log.jsonl")
     jsonl = LogGroup(jsonl_log, tensorboard)  # every logged value goes to both
-    seed_everything(args.seed)
-
     resume_path = output_dir / RESUME_FILE
-    resume = load_file(resume_path) if args.resume else None
     spec = get_dataset(args.dataset)
-    if resume is None:
-        model = new_iddc_model(
-            args.backbone, args.backbone_weights, num_classes=spec.num_classes, num_heads=args.num_heads
-        )
-    else:  # the resume file carries the backbone: no download
-        model = model_from_iddc_state(resume["model"], resume_path, num_heads=args.num_heads, backbone=args.backbone)
-        if model.num_classes != spec.num_classes:
-            raise CheckpointError(
-                f"{resume_path}: a run with {model.num_classes} clusters cannot continue on "
-                f"--dataset {spec.name} ({spec.num_classes} classes)"
-            )
     probe = LinearProbe(model.vit.embed_dim, model.num_classes)
     model.to(device)
     probe.to(device)
@@ -365,7 +385,7 @@ def train(args, device, output_dir, logger):
                 if not (isinstance(err, StopTraining) or stop.requested(local=True)):
                     raise
                 save_resume(resume_state(epoch, progress["batch"], progress["step"], progress["epoch_sums"], best_miou))
-                return stop.report(logger, resume_path, epoch, progress["batch"], progress["step"])
+                raise stop.stopped(resume_path, epoch, progress["batch"], progress["step"])
             progress = {"batch": 0, "step": step, "epoch_sums": {}}
 
             pictures = tensorboard.pictures(spec.palette)
@@ -405,7 +425,7 @@ def train(args, device, output_dir, logger):
             save_resume(resume_state(epoch + 1, 0, step, {}, best_miou) | {"epoch": epoch})
             distributed.barrier()
             if stop.requested():
-                return stop.report(logger, resume_path, epoch + 1, 0, step)
+                raise stop.stopped(resume_path, epoch + 1, 0, step)
 
     if args.final_protocol != "none":
         final, final_probe = validate(model, probe, args, device, args.final_protocol)

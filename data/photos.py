@@ -9,7 +9,7 @@ float images would be clipped to white by ``convert('RGB')``.
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from data.spec import DataError
 
@@ -26,15 +26,6 @@ UPRIGHT = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-
-
-def identify(path):
-    """PIL's format name of an image file from its header (no decoding), or None if it is not one."""
-    try:
-        with Image.open(path) as image:
-            return image.format
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError):
-        return None
 
 
 def open_photo(path):

@@ -27,12 +27,22 @@ import torch
 import torch.nn.functional as F
 
 from utils.constants import IMAGENET_MEAN, IMAGENET_STD
+from utils.optional import require
 
 MAX_ITERATIONS = 10
 GAUSSIAN_SXY, GAUSSIAN_COMPAT = 1, 3
 BILATERAL_SXY, BILATERAL_SRGB, BILATERAL_COMPAT = 67, 3, 4
+# As requirements.txt pins it: the version the peers' numbers were reproduced with.
+PYDENSECRF_REQUIREMENT = "pydensecrf2==1.1"
 # About 1 megapixel: with 27 classes one CRF then holds roughly 0.6 GB.
 DEFAULT_MAX_PIXELS = 1 << 20
+
+
+def require_pydensecrf():
+    """Fail with the install command unless pydensecrf imports; entry points call it with their
+    option checks, before any model is loaded. (pydensecrf2 builds from source on install: it
+    needs g++ and the Python headers.)"""
+    require("pydensecrf.densecrf", PYDENSECRF_REQUIREMENT, "--crf (the dense CRF)")
 
 
 def default_workers():
@@ -108,13 +118,7 @@ class CRFPool:
         self.workers = default_workers() if workers is None else workers
         if self.workers < 0:
             raise ValueError(f"--crf-workers must be >= 0, got {self.workers}")
-        try:
-            import pydensecrf.densecrf  # noqa: F401  (checked here, before any image is queued)
-        except ImportError as err:
-            raise ImportError(
-                f"the dense CRF needs pydensecrf2: pip install pydensecrf2 (it builds from source with g++ "
-                f"and the Python headers) ({err})"
-            ) from err
+        require_pydensecrf()  # checked here too, before any image is queued
         self.heads = heads
         self.max_pixels = max_pixels
         self.max_pending = max_pending or 2 * max(1, self.workers)

@@ -4,6 +4,14 @@ import numpy as np
 
 from engine.visualize import VisualCollector, colorize, map_clusters, side_by_side
 from utils import distributed
+from utils.optional import require
+
+TENSORBOARD_REQUIREMENT = "tensorboard>=2.14"
+
+
+def require_tensorboard():
+    """Fail with the install command unless tensorboard imports (train.py checks it before writing)."""
+    require("tensorboard", TENSORBOARD_REQUIREMENT, "TensorBoard logging (train.py)")
 
 
 class TensorboardLog:
@@ -19,6 +27,7 @@ class TensorboardLog:
         self.writer = None
         self._step = 0
         if distributed.is_main():
+            require_tensorboard()
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(log_dir))

@@ -18,6 +18,7 @@ from data.sampler import GlobalBatchSampler
 from data.transforms import normalize_uint8
 from utils import distributed
 from utils.constants import IGNORE_INDEX
+from utils.errors import EXIT_INTERRUPTED, EXIT_PROBLEMS, EXIT_TERMINATED, StoppedError
 from utils.precision import autocast_context
 
 
@@ -160,11 +161,12 @@ class StopRequests:
     """Turns SIGINT / SIGTERM into a request that training honours between two steps.
 
     The handler only records the signal; the loop then saves a resume file of the last finished
-    step and ends with one line saying how to continue. Under torchrun every process gets the
-    signal, but not necessarily before the same step, so ``requested()`` agrees across processes.
+    step and raises :meth:`stopped`, whose one line says how to continue. Under torchrun every
+    process gets the signal, but not necessarily before the same step, so ``requested()`` agrees
+    across processes.
     """
 
-    EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as shells report them
+    EXIT_CODES = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
 
     def __init__(self):
         self.signum = None
@@ -194,19 +196,14 @@ class StopRequests:
             self.signum = int(signums[0])
         return bool(int(signums[0]))
 
-    def report(self, logger, resume_path, epoch, batch, step):
-        """Log the one line of an interrupted run; returns its exit code."""
-        name = signal.Signals(self.signum).name
-        logger.error(
-            "stopped by %s at epoch %d, batch %d (step %d); %s holds this point: run the same command with "
-            "--resume to continue exactly from it",
-            name,
-            epoch,
-            batch,
-            step,
-            resume_path,
+    def stopped(self, resume_path, epoch, batch, step):
+        """The error that ends an interrupted run: one ``error:`` line on stderr saying how to
+        continue, exit 130 (SIGINT) or 143 (SIGTERM), as every command reports a signal."""
+        return StoppedError(
+            f"stopped by {signal.Signals(self.signum).name} at epoch {epoch}, batch {batch} (step {step}); "
+            f"{resume_path} holds this point: run the same command with --resume to continue exactly from it",
+            self.EXIT_CODES.get(self.signum, EXIT_PROBLEMS),
         )
-        return self.EXIT_CODES.get(self.signum, 1)
 
 
 def train_one_epoch(

@@ -11,8 +11,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.errors import OptionError, ReportedError
+from utils.optional import require
 from utils.precision import autocast_context
 
+# As requirements.txt writes it; a faiss GPU build, when installed instead, serves as well.
+FAISS_REQUIREMENT = "faiss-cpu>=1.7.4"
 # STEGO's cluster probe is evaluated as softmax(2 * cosine similarity) (its alpha = 2).
 DEFAULT_LOGIT_SCALE = 2.0
 
@@ -60,7 +64,7 @@ def sample_features(backbone, loader, num_samples, seed, device="cpu", precision
     """
     num_images = len(loader.dataset)
     if num_images == 0:
-        raise ValueError("k-means: the training split has no images to sample features from")
+        raise ReportedError("k-means: the training split of --data-root has no images to sample features from")
     per_image = math.ceil(num_samples / num_images)
     samples, index = [], 0
     for batch in loader:
@@ -78,6 +82,11 @@ def sample_features(backbone, loader, num_samples, seed, device="cpu", precision
         keep = np.random.default_rng([seed, -1]).choice(drawn.shape[0], size=num_samples, replace=False)
         drawn = drawn[torch.from_numpy(np.sort(keep))]
     return drawn.numpy().astype(np.float32)
+
+
+def require_faiss():
+    """The faiss module, or an error with the install command (baseline_kmeans.py checks it first)."""
+    return require("faiss", FAISS_REQUIREMENT, "the k-means baseline")
 
 
 def kmeans_plus_plus(features, num_clusters, rng):
@@ -100,12 +109,11 @@ def fit_kmeans(features, num_clusters, iterations=100, restarts=5, seed=0, use_g
     ``use_gpu`` None uses a GPU when the installed faiss is a GPU build and sees one. All the
     points are used (faiss would otherwise subsample to 256 per centroid).
     """
-    import faiss
-
+    faiss = require_faiss()
     features = np.ascontiguousarray(features, dtype=np.float32)
     count, dim = features.shape
     if count < num_clusters:
-        raise ValueError(f"k-means: {count} feature samples cannot make {num_clusters} clusters; raise --num-samples")
+        raise OptionError(f"k-means: {count} feature samples cannot make {num_clusters} clusters; raise --num-samples")
     if use_gpu is None:
         use_gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
     # faiss's OpenMP threads otherwise spin against torch's on a busy CPU (100x slower here).

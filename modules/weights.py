@@ -28,7 +28,20 @@ def load_file(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"{path}: cannot read it as a torch checkpoint ({type(err).__name__}: {err})") from err
+        raise CheckpointError(
+            f"{path}: cannot read it as a torch checkpoint ({type(err).__name__}: {_load_failure(err)}); "
+            f"the file is damaged, truncated or not a checkpoint"
+        ) from err
+
+
+def _load_failure(err):
+    """The cause in torch.load's message, on one line: for weights_only refusals the unpickler's own
+    words, not the advice to load untrusted files with weights_only=False."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].split("Check the documentation", 1)[0]
+    return " ".join(text.split()) or type(err).__name__
 
 
 def strip_prefix(state_dict, prefix, source):

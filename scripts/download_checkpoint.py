@@ -16,7 +16,6 @@ if str(REPO_ROOT) not in sys.path:  # run as a file, the script only sees script
 
 from utils.cli import ArgumentParser, entry_point  # noqa: E402
 from utils.download import DownloadError, download_google_drive  # noqa: E402
-from utils.errors import EXIT_PROBLEMS  # noqa: E402
 from utils.files import check_writable_file  # noqa: E402
 
 
@@ -44,18 +43,20 @@ def drive_page(name):
     return f"https://drive.google.com/file/d/{RELEASED_CHECKPOINTS[name].gdrive_id}/view"
 
 
-def fetch_checkpoint(name, dest=None, *, proxy=None, quiet=False):
+def fetch_checkpoint(name, dest=None, *, proxy=None, quiet=False, option="--dest"):
     """Download checkpoint ``name`` to ``dest`` (default: checkpoints/) unless it exists; return its path.
 
-    Says what it does unless ``quiet``; raises DownloadError when the file cannot be fetched.
-    ``proxy`` ("http://host:port") is handed to gdown.
+    Says what it does unless ``quiet``; raises DownloadError when the file cannot be fetched, and
+    OutputError (naming ``option``, what the caller calls ``dest``) before any transfer when
+    ``dest`` cannot be written. ``proxy`` ("http://host:port") is handed to gdown.
     """
     checkpoint = RELEASED_CHECKPOINTS[name]
     dest = Path(dest) if dest is not None else default_dest(name)
     say = (lambda message: None) if quiet else print
-    if dest.exists():
+    if dest.is_file():
         say(f"{dest} already exists; nothing to do (delete it to download it again).")
         return dest
+    check_writable_file(dest, option)
     say(
         f"Downloading the IDDC {name} checkpoint (Google Drive id {checkpoint.gdrive_id}; paper: "
         f"{checkpoint.paper_acc} Acc / {checkpoint.paper_miou} mIoU) to {dest}"
@@ -65,8 +66,7 @@ def fetch_checkpoint(name, dest=None, *, proxy=None, quiet=False):
     return dest
 
 
-@entry_point
-def main(argv=None):
+def build_parser():
     parser = ArgumentParser(description="Download a released IDDC checkpoint (COCO-Stuff-27).")
     parser.add_argument(
         "name",
@@ -86,20 +86,22 @@ def main(argv=None):
         metavar="URL",
         help="HTTP(S) proxy for Google Drive, e.g. http://host:3128 (default: HTTPS_PROXY if set)",
     )
-    args = parser.parse_args(argv)
+    return parser
 
+
+@entry_point
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     dest = args.dest if args.dest is not None else default_dest(args.name)
     check_writable_file(dest, "--dest")
     try:
         fetch_checkpoint(args.name, dest, proxy=args.proxy)
-    except DownloadError as err:
-        print(
-            f"error: could not download the {args.name} checkpoint: {err.reason}. Download it by hand from "
+    except DownloadError as err:  # exit 1: the network or the server, not the user's input
+        raise DownloadError(
+            f"could not download the {args.name} checkpoint: {err.reason}. Download it by hand from "
             f"{drive_page(args.name)} and put it at {dest} (a partial download is resumed when this command "
-            f"is run again).",
-            file=sys.stderr,
-        )
-        return EXIT_PROBLEMS
+            f"is run again)."
+        ) from err
     return 0
 
 

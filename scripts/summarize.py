@@ -25,14 +25,17 @@ if str(REPO_ROOT) not in sys.path:  # run as a file, the script only sees script
     sys.path.insert(0, str(REPO_ROOT))
 
 from engine.evaluation import make_protocol  # noqa: E402
-from utils.cli import ArgumentParser
+from utils.cli import ArgumentParser, entry_point  # noqa: E402
+from utils.errors import ReportedError  # noqa: E402
+from utils.files import check_writable_file, write_text_atomic  # noqa: E402
 
 GROUP_FIELDS = ("dataset", "backbone", "method", "protocol", "flip", "crf", "checkpoint")
 METRICS = ("acc", "miou", "probe_acc", "probe_miou")
+RUN_LOG, RUN_CONFIG = "log.jsonl", "config.yaml"  # what train.py writes in --output-dir
 
 
-class SummaryError(ValueError):
-    """A path given to summarize.py is neither a training run nor an evaluation JSON."""
+class SummaryError(ReportedError, ValueError):
+    """A path given to summarize.py is neither a training run nor an evaluation JSON (exit 2)."""
 
 
 @dataclass
@@ -62,16 +65,22 @@ def backbone_of(config):
 
 def rows_from_run(run_dir):
     """Best and last validation epochs, and the final evaluation, of one train.py output folder."""
-    log_path, config_path = run_dir / "log.jsonl", run_dir / "config.yaml"
+    log_path, config_path = run_dir / RUN_LOG, run_dir / RUN_CONFIG
     if not log_path.is_file() or not config_path.is_file():
         raise SummaryError(
             f"{run_dir}: not a training run (expected log.jsonl and config.yaml from train.py --output-dir)"
         )
-    config = yaml.safe_load(config_path.read_text()) or {}
+    try:
+        config = yaml.safe_load(config_path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SummaryError(f"{config_path}: not readable as YAML ({' '.join(str(err).split())})") from err
+    if not isinstance(config, dict):
+        raise SummaryError(f"{config_path}: expected the mapping of options train.py writes")
     try:
         entries = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     except json.JSONDecodeError as err:
         raise SummaryError(f"{log_path}: a line is not JSON ({err})") from err
+    entries = [entry for entry in entries if isinstance(entry, dict)]
     epochs = [entry for entry in entries if entry.get("kind") == "val"]
     if not epochs:
         raise SummaryError(f"{log_path}: no validation epoch logged yet")
@@ -82,12 +91,17 @@ def rows_from_run(run_dir):
         seed=config.get("seed"),
         source=str(run_dir),
     )
-    best = epochs[0]
-    for entry in epochs:  # ">=" as train.py, which keeps the later of equal epochs
-        if entry["miou"] >= best["miou"]:
-            best = entry
-    rows = [_run_row(entry, kind, common) for kind, entry in (("best", best), ("last", epochs[-1]))]
-    rows.extend(_run_row(entry, "last", common) for entry in entries if entry.get("kind") == "final")
+    try:
+        best = epochs[0]
+        for entry in epochs:  # ">=" as train.py, which keeps the later of equal epochs
+            if entry["miou"] >= best["miou"]:
+                best = entry
+        rows = [_run_row(entry, kind, common) for kind, entry in (("best", best), ("last", epochs[-1]))]
+        rows.extend(_run_row(entry, "last", common) for entry in entries if entry.get("kind") == "final")
+    except (KeyError, TypeError, ValueError) as err:
+        raise SummaryError(
+            f"{log_path}: a validation row lacks what train.py logs ({type(err).__name__}: {err})"
+        ) from err
     return rows
 
 
@@ -226,23 +240,27 @@ def to_csv(table):
     return out.getvalue()
 
 
-def main(argv=None):
+def build_parser():
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("paths", nargs="+", metavar="RUN_OR_JSON", help="train.py output folders and eval JSON files")
     parser.add_argument("--markdown", default=None, metavar="FILE", help="also write the markdown table here")
     parser.add_argument("--csv", default=None, metavar="FILE", help="write the table as CSV here")
-    args = parser.parse_args(argv)
-    try:
-        table = summarize(collect(args.paths))
-    except SummaryError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return parser
+
+
+@entry_point
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    inputs = [file for path in map(Path, args.paths) for file in (path, path / RUN_LOG, path / RUN_CONFIG)]
+    for option, path in (("--markdown", args.markdown), ("--csv", args.csv)):
+        if path:  # before anything is read: a table goes nowhere it cannot be written, nor over an input
+            check_writable_file(path, option, inputs=inputs)
+    table = summarize(collect(args.paths))
     markdown = to_markdown(table)
     print(markdown, end="")
     for path, text in ((args.markdown, markdown), (args.csv, to_csv(table))):
         if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text)
+            write_text_atomic(path, text)
     return 0
 
 

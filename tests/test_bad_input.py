@@ -239,7 +239,7 @@ def test_eval_interrupted_with_ctrl_c(work, tmp_path):
     rest = child.stderr.read().decode()
     assert child.wait(timeout=60) == 130
     assert "Traceback" not in seen.decode() + rest
-    assert rest.strip().splitlines()[-1].startswith("interrupted")
+    assert rest.strip().splitlines()[-1] == "error: interrupted by Ctrl-C (SIGINT) before the end"
 
 
 def test_eval_never_writes_over_its_checkpoint(work, tmp_path, capsys):
@@ -462,8 +462,8 @@ def test_predict_folder_with_a_file_that_is_not_an_image(work, photos, tmp_path)
     done = run_entry(
         "predict.py", "--checkpoint", work["ckpt"], "--input", folder, "--output-dir", out, "--device", "cpu"
     )
-    assert_refused(done, 1, "notes.txt")
-    assert "skipped" in done.stdout and "notes.txt" in done.stdout
+    assert done.returncode == 0, done.stderr[-3000:]  # listed as skipped, not a failure
+    assert f"skipped: {folder / 'notes.txt'}: not an image by its extension" in done.stdout
     assert len(list(out.glob("*_clusters.png"))) == 2 and (out / "photo_overlay.png").is_file()
 
 

@@ -90,7 +90,7 @@ def test_corrupt_image_is_reported_and_skipped(tmp_path, image_dir, checkpoint, 
     out = tmp_path / "out"
     assert run(checkpoint, [folder], out) == 1
     printed = capsys.readouterr()
-    assert "broken.jpg" in printed.out and "not an image" in printed.out
+    assert "not segmented" in printed.out and "broken.jpg: cannot read the image" in printed.out
     assert "broken.jpg" in printed.err.splitlines()[-1]
     assert len(list(out.glob("*_color.png"))) == 3 and not (out / "broken_color.png").exists()
 

@@ -177,19 +177,20 @@ def test_interrupted_mid_epoch_resumes_where_it_stopped(tmp_path, data_root, din
         training_command(data_root, dino_file, out),
         cwd=ROOT,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.PIPE,
         text=True,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
     wait_for_step(out, 6, process)  # 4 steps an epoch: step 6 is inside epoch 1
     process.send_signal(getattr(signal, how))
-    output, _ = process.communicate(timeout=120)
+    output, errors = process.communicate(timeout=120)
     state = torch.load(out / "resume.pth", weights_only=True)
     assert state["resume_at"]["epoch"] == 1 and 0 < state["resume_at"]["batch"] < 4
     if how == "SIGINT":
         assert process.returncode == 130
-        last_line = output.strip().splitlines()[-1]
-        assert "--resume" in last_line and "resume.pth" in last_line and "Traceback" not in output
+        last_line = errors.strip().splitlines()[-1]  # on stderr, as every error line
+        assert last_line.startswith("error: stopped by SIGINT at epoch 1")
+        assert "--resume" in last_line and "resume.pth" in last_line and "Traceback" not in output + errors
     else:
         assert process.returncode == -signal.SIGKILL
     done = subprocess.run(

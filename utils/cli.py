@@ -27,7 +27,14 @@ import sys
 import threading
 import traceback
 
-from utils.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_PROBLEMS, OptionError, ReportedError
+from utils.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_PROBLEMS,
+    EXIT_TERMINATED,
+    OptionError,
+    ReportedError,
+)
 
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "IDDC_DEBUG"
@@ -69,19 +76,24 @@ def entry_point(main):
     return run
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main process like KeyboardInterrupt for SIGINT (see :func:`run_cli`)."""
+
+
 def run_cli(main, argv=None):
     """``main(argv)``'s exit code; errors become one last line on stderr and an exit code.
 
     ReportedError and its kinds: their own code (2 bad input, 1 a problem the run met). Files the
     system refuses (permissions, a folder where a file should be): 2. Out of memory: 1, with the
-    usual remedy. Ctrl-C: 130. Anything else is a bug: its traceback, then one line that says so.
-    With --debug (or IDDC_DEBUG=1) every error propagates with its traceback.
+    usual remedy. Ctrl-C: 130; SIGTERM: 143. Anything else is a bug: its traceback, then one line
+    that says so. With --debug (or IDDC_DEBUG=1) every error propagates with its traceback.
     """
     args = sys.argv[1:] if argv is None else list(argv)
     debug = DEBUG_FLAG in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        return main(argv)
-    except (Exception, KeyboardInterrupt) as err:
+        with _sigterm_raises():
+            return main(argv)
+    except (Exception, KeyboardInterrupt, Terminated) as err:
         if debug:
             raise
         code, message = _classify(err)
@@ -118,10 +130,15 @@ def _classify(err):
     text = worker_message(err)
     first_line = text.splitlines()[0] if text else type(err).__name__
     if isinstance(err, ReportedError):
-        return err.exit_code, f"error: {text}"
+        # A message with details (every mismatched key of a checkpoint, ...): the details first,
+        # so that the last line still is the one error line.
+        first, *details = text.splitlines() or [type(err).__name__]
+        return err.exit_code, "\n".join([*details, f"error: {first}" + (" (details above)" if details else "")])
+    # On a line of their own: a signal can stop a progress bar half-drawn.
     if isinstance(err, KeyboardInterrupt):
-        # On a line of its own: Ctrl-C can stop a progress bar half-drawn.
-        return EXIT_INTERRUPTED, "\ninterrupted (Ctrl-C): stopped before the end"
+        return EXIT_INTERRUPTED, "\nerror: interrupted by Ctrl-C (SIGINT) before the end"
+    if isinstance(err, Terminated):
+        return EXIT_TERMINATED, "\nerror: terminated by SIGTERM before the end"
     if (
         isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
     ):  # torch.OutOfMemoryError, without torch
@@ -144,16 +161,15 @@ def _finish_output():
     """Close progress bars and flush stdout, so that the error line really is the last line.
 
     A bar left open by the exception would otherwise be closed (and redrawn) when the garbage
-    collector frees it, after the message.
+    collector frees it, after the message. The collection runs only when a bar is alive: over
+    torch's many objects it costs a noticeable fraction of a second, for usage errors too.
     """
-    gc.collect()
-    try:
-        from tqdm import tqdm
-
-        for bar in list(getattr(tqdm, "_instances", ())):
+    tqdm_module = sys.modules.get("tqdm")
+    bars = getattr(tqdm_module.tqdm, "_instances", ()) if tqdm_module is not None else ()
+    if len(bars):
+        gc.collect()
+        for bar in list(bars):
             bar.close()
-    except ImportError:
-        pass
     sys.stdout.flush()
     sys.stderr.flush()
 
@@ -168,29 +184,58 @@ def _log_to_files(message):
 
 
 @contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises :class:`Terminated` in this (main) process while the block runs.
+
+    Python's default for SIGTERM is to die at once, without the error line. Processes forked
+    meanwhile (CRF workers) inherit the handler; in them it dies as by default, so that
+    ``Pool.terminate()`` still ends them quietly.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    main_pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != main_pid:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def sigint_held():
-    """Hold Ctrl-C (SIGINT) while the block runs, e.g. while DataLoader workers are forked.
+    """Hold Ctrl-C (SIGINT) and SIGTERM while the block runs, e.g. while DataLoader workers are forked.
 
     A KeyboardInterrupt raised during a fork lands in Python's at-fork handlers, which print
     "Exception ignored" and swallow it (the run goes on as if nothing were pressed), or in the
-    middle of the loader's set-up, whose clean-up then fails with a traceback. Held, it is raised
-    when the block ends. Workers forked meanwhile keep the holding handler: Ctrl-C does not kill
-    them, the main process shuts them down.
+    middle of the loader's set-up, whose clean-up then fails with a traceback. Held, the signal is
+    delivered when the block ends. Workers forked meanwhile keep the holding handler: the signal
+    does not kill them, the main process shuts them down.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda number, frame: received.append(number)) for signum in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        if callable(previous):
-            previous(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt
-        elif previous == signal.SIG_DFL:
-            os.kill(os.getpid(), signal.SIGINT)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    for signum in dict.fromkeys(received):
+        if callable(previous[signum]):
+            previous[signum](signum, None)  # the default SIGINT handler raises KeyboardInterrupt
+        elif previous[signum] == signal.SIG_DFL:
+            os.kill(os.getpid(), signum)
 
 
 def resolve_device(name):

@@ -18,7 +18,9 @@ from urllib.request import Request, build_opener
 from tqdm import tqdm
 
 from utils.errors import EXIT_PROBLEMS, ReportedError
+from utils.optional import require
 
+GDOWN_REQUIREMENT = "gdown>=6.5"  # as requirements.txt writes it
 USER_AGENT = "Mozilla/5.0 (compatible; iddc-download/1.0)"
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
@@ -81,7 +83,7 @@ def download_google_drive(file_id, dest, *, proxy=None, md5=None, sha256=None, t
     page instead of the file (download quota exceeded, file not shared) is a DownloadError, and
     ``dest`` appears only once the digests given match.
     """
-    import gdown
+    gdown = require("gdown", GDOWN_REQUIREMENT, "downloading from Google Drive")
     import requests
     from gdown.exceptions import FileURLRetrievalError
 

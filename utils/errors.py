@@ -1,21 +1,24 @@
 """The error contract every entry point keeps, and the error classes that carry it.
 
 Exit codes (README, "When something goes wrong"):
-  0  the run did what was asked;
-  1  the run worked but found problems: images it could not read and skipped, ``--check``
-     findings, a download that failed (the network, not the user's input);
-  2  bad input or a bad option, reported before the long work where it can be found early;
-  130  interrupted (Ctrl-C), as shells report SIGINT.
+  0    the run did what was asked;
+  1    the run worked but found problems: images it could not read and skipped, ``--check``
+       findings, a download that failed (the network, not the user's input);
+  2    bad input or a bad option (a missing optional package included), reported before the long
+       work where it can be found early; a refused command changes nothing on disk;
+  130  interrupted by Ctrl-C (SIGINT), as shells report it;
+  143  terminated by SIGTERM (``kill``, a job scheduler's time limit), as shells report it.
 
-Either way the last line printed names the culprit (file, option, value) and what was expected;
-no traceback unless ``--debug`` is given. This module imports nothing from the project, so that
-every package (data/, modules/, utils/) can raise these errors.
+Whatever the code, the last line on stderr is one ``error: ...`` line naming the culprit (file,
+option, value) and what was expected; no traceback unless ``--debug`` is given. This module imports
+nothing from the project, so that every package (data/, modules/, utils/) can raise these errors.
 """
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class ReportedError(Exception):
@@ -34,3 +37,15 @@ class OptionError(ReportedError, ValueError):
 
 class OutputError(ReportedError):
     """An output location cannot be written, or writing it would replace something the user keeps."""
+
+
+class MissingDependencyError(ReportedError, ImportError):
+    """An optional package a feature needs (pydensecrf for --crf, faiss, ...) is not installed."""
+
+
+class StoppedError(ReportedError):
+    """The run honoured a stop signal at a point it names (exit 130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -15,9 +15,10 @@ def atomic_path(path):
 
     A reader, or a crash, sees either the old file or the complete new one. The temporary file is
     created as ``open()`` would create ``path`` (mode 0666 less the umask; tempfile.mkstemp would
-    make it 0600) and synced before the rename.
+    make it 0600) and synced before the rename. ``path``'s folder is created if needed.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
@@ -63,20 +64,27 @@ def same_file(a, b):
 
 
 def check_writable_dir(path, option):
-    """Create the folder ``path`` if needed and prove that a file can be written in it.
+    """Prove that the folder ``path`` can be written, or created and written; nothing is left behind.
 
-    A real write, not os.access: access() says yes to root on a read-only mount.
+    A folder that does not exist yet is not created (a refused command changes nothing on disk):
+    its nearest existing ancestor must be a folder in which this user can create entries. The
+    proof is a real write, not os.access: access() says yes to root on a read-only mount.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"{option} {path}: exists and is not a folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # a dangling link: mkdir would fail on it
+            raise OutputError(f"{option} {path}: {existing} is a broken symbolic link")
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "exists" if existing == path else f"cannot be created: {existing} exists"
+        raise OutputError(f"{option} {path}: {where} and is not a folder")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".iddc-write-test-{secrets.token_hex(4)}"
+        probe = existing / f".iddc-write-test-{secrets.token_hex(4)}"
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         os.remove(probe)
     except OSError as err:
-        raise OutputError(f"{option} {path}: cannot write there ({err.strerror or err})") from err
+        raise OutputError(f"{option} {path}: cannot write in {existing} ({err.strerror or err})") from err
     return path
 
 

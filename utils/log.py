@@ -2,12 +2,12 @@
 
 import json
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from utils import distributed
+from utils.files import write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,9 +71,7 @@ class JsonlLog:
             for line in self.path.read_text().splitlines()
             if line.strip() and json.loads(line).get("step", float("inf")) <= step
         ]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
 
 class LogGroup:
