@@ -31,16 +31,6 @@ from utils.cli import entry_point
 from utils.errors import EXIT_TERMINATED, ReportedError
 
 ROOT = Path(__file__).resolve().parents[1]
-OTHER_HELPER = "other helper"
-# Commands another helper is reworking (scripts/prepare_*.py, benchmarks/): the cases they fail
-# today. strict: the mark goes once they keep the contract.
-OTHER_HELPERS_GAPS = {
-    "prepare_cocostuff-prefix",  # argparse's own parser: --check-lim is taken as --check-limit
-    "prepare_cocostuff-deb",  # argparse's usage lines, "prepare_cocostuff.py: error: ..."
-    "prepare_cocostuff-bad-value",  # the same
-    "prepare_cocostuff-unwritable",  # "error: DIR/curated/val2017: Not a directory", no --data-root
-    "prepare_data-unwritable",  # the same with exit 1
-}
 BENCHMARKS = ("bench_crf", "bench_eval", "bench_loss", "bench_predict_memory", "bench_train")
 
 
@@ -226,14 +216,10 @@ def build_cases(f):
 
 
 def case_params():
-    """The cases as pytest parameters; built from placeholder paths, only for their ids and marks."""
+    """The cases as pytest parameters; built from placeholder paths, only for their ids."""
     placeholder = {key: Path("/placeholder") / key for key in ("base", "root", "a_file", "photo", "missing")}
     placeholder.update(eval_json=Path("/e.json"), run=Path("/r"), foreign_run=Path("/f"))
-    params = []
-    for case in build_cases(placeholder):
-        marks = [pytest.mark.xfail(strict=True, reason=OTHER_HELPER)] if case.id in OTHER_HELPERS_GAPS else []
-        params.append(pytest.param(case.id, id=case.id, marks=marks))
-    return params
+    return [pytest.param(case.id, id=case.id) for case in build_cases(placeholder)]
 
 
 def tree(folder):
