@@ -100,11 +100,11 @@ def time_impls(inputs, repeats, device):
 def measure_memory_here(impl, args, size):
     """Peak memory (bytes, None where not measurable) of one forward+backward in this process."""
     # Warm torch up on a tiny problem so that one-time costs (kernels, thread pools) are not counted.
-    tiny = make_inputs(args.batch, 3, 8, 5, args.device)
+    tiny = make_inputs(args.batch_size, 3, 8, 5, args.device)
     for warm_up in IMPLEMENTATIONS:
         out, _ = run_impl(warm_up, tiny)
         out["total"].backward()
-    inputs = make_inputs(args.batch, size, args.channels, args.clusters, args.device)
+    inputs = make_inputs(args.batch_size, size, args.channels, args.clusters, args.device)
     with PeakMemory(args.device) as memory:
         out, _ = run_impl(impl, inputs)
         out["total"].backward()
@@ -114,7 +114,7 @@ def measure_memory_here(impl, args, size):
 def measure_memory(impl, args, size):
     if torch.device(args.device).type == "cuda":
         return measure_memory_here(impl, args, size)
-    options = {"--device": args.device, "--batch": args.batch, "--channels": args.channels}
+    options = {"--device": args.device, "--batch-size": args.batch_size, "--channels": args.channels}
     options.update({"--clusters": args.clusters, "--threads": args.threads})
     command = [sys.executable, os.path.abspath(__file__), *(str(v) for item in options.items() for v in item)]
     result = subprocess.run([*command, "--_memory", impl, str(size)], capture_output=True, text=True)
@@ -128,7 +128,7 @@ def build_parser():
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sizes", type=int, nargs="+", default=[14, 28], help="feature map sides")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="images in the batch (B)")
     parser.add_argument("--channels", type=int, default=384)
     parser.add_argument("--clusters", type=int, default=27)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
@@ -141,7 +141,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     args.device = resolve_device(args.device)
-    check_counts(args, {"--repeats": 1, "--batch": 2, "--channels": 1, "--clusters": 1, "--threads": 1})
+    check_counts(args, {"--repeats": 1, "--batch-size": 2, "--channels": 1, "--clusters": 1, "--threads": 1})
     for size in args.sizes:
         check_at_least(size, "--sizes", 1)
     torch.set_num_threads(args.threads)
@@ -152,13 +152,13 @@ def main(argv=None):
         return 0
 
     print(
-        f"device={args.device} threads={torch.get_num_threads()} B={args.batch} C={args.channels} "
-        f"K={args.clusters} shifts={batch_shifts(args.batch)} repeats={args.repeats} (median after 1 warm-up), "
+        f"device={args.device} threads={torch.get_num_threads()} B={args.batch_size} C={args.channels} "
+        f"K={args.clusters} shifts={batch_shifts(args.batch_size)} repeats={args.repeats} (median after 1 warm-up), "
         f"torch {torch.__version__}"
     )
     rows = []
     for size in args.sizes:
-        inputs = make_inputs(args.batch, size, args.channels, args.clusters, args.device)
+        inputs = make_inputs(args.batch_size, size, args.channels, args.clusters, args.device)
         # Agreement check (values and gradients) before timing.
         outs, grads = {}, {}
         for impl in IMPLEMENTATIONS:
