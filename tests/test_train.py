@@ -193,14 +193,8 @@ def test_interrupted_mid_epoch_resumes_where_it_stopped(tmp_path, data_root, din
         assert "--resume" in last_line and "resume.pth" in last_line and "Traceback" not in output + errors
     else:
         assert process.returncode == -signal.SIGKILL
-    done = subprocess.run(
-        training_command(data_root, "/nonexistent-not-needed", out, "--resume"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # The resumed run in this process: what is tested is the resume file, not a fresh interpreter.
+    assert train_cli.main(training_command(data_root, "/nonexistent-not-needed", out, "--resume")[2:]) == 0
     assert max_weight_difference(straight_run / "last_model.pth", out / "last_model.pth") <= 1e-6
     assert [row["epoch"] for row in read_log(out) if row["kind"] == "val"] == [0, 1]
 
