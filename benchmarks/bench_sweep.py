@@ -115,10 +115,10 @@ def training_times(args, root, device, precision):
     times, epoch = [], 0
     for repeat in range(args.repeats):
         measured = {}
-        for count in counts:
+        for count in counts if repeat % 2 == 0 else counts[::-1]:  # alternate the order: a drift of load evens out
             measured[count] = timed_epoch(base.vit, built[count], loader, epoch, args.warmup, device, precision)
             epoch += 1
-        times.append(measured)
+        times.append(dict(sorted(measured.items())))
         print(f"repeat {repeat}: " + ", ".join(f"{n} variants {s:.3f} s/step" for n, s in measured.items()), flush=True)
     return times
 
