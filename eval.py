@@ -275,9 +275,10 @@ def evaluate_checkpoints(args, checkpoints, spec, protocol, device, collector):
             raise OptionError(
                 f"--window {protocol.window}: smaller than the checkpoint's ViT patch ({model.patch_size})"
             )
+        model.to(device)
         shared = share_backbone(model, models)  # the first checkpoint of its backbone, or None
         groups.setdefault(len(models) if shared is None else shared, []).append(len(models))
-        models.append(model.to(device))
+        models.append(model)
         metas.append(meta)
     results = [None] * len(models)
     for group in groups.values():
