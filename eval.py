@@ -5,6 +5,10 @@ python eval.py --dataset cityscapes27 --data-root DIR --checkpoint FILE     # sl
 python eval.py --data-root DIR --checkpoint FILE --protocol center320 --flip --output-json out.json
 python eval.py --data-root DIR --checkpoint FILE --protocol center320 --flip --crf   # the peers' full protocol
 python eval.py --data-root DIR --checkpoint FILE --save-visuals outputs/visuals --num-visuals 8
+python eval.py --data-root DIR --checkpoint A.pth B.pth C.pth --output-json results/   # results/A.json, ...
+
+Several checkpoints whose backbones hold the same tensors (a sweep's variants) are evaluated in one
+pass: one backbone forward per window for all their heads; different backbones are evaluated apart.
 """
 
 import argparse
@@ -15,7 +19,8 @@ from pathlib import Path
 from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from data.spec import DataError
 from engine.crf import require_pydensecrf
-from engine.evaluation import PROTOCOLS, evaluate, make_protocol
+from engine.evaluation import PROTOCOLS, evaluate_heads, make_protocol
+from engine.sweep import HeadsOnBackbone, share_backbone
 from engine.visualize import VisualCollector
 from modules.checkpoint import load_iddc_model
 from modules.weights import CheckpointError
@@ -41,7 +46,12 @@ def build_parser():
         required=False,
         help="the dataset's root folder (COCO-Stuff: images/, annotations/, curated/ optional)",
     )
-    parser.add_argument("--checkpoint", required=False, help="IDDC checkpoint (released format or written by train.py)")
+    parser.add_argument(
+        "--checkpoint",
+        nargs="+",
+        required=False,
+        help="IDDC checkpoint(s) (released format or written by train.py); several share backbone forwards",
+    )
     parser.add_argument(
         "--patch-size",
         type=int,
@@ -110,7 +120,12 @@ def build_parser():
         help="data-loading processes (default: 2 on CUDA, 0 on CPU, where they would slow the forwards)",
     )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the split")
-    parser.add_argument("--output-json", default=None, help="write the results (metrics, confusion, assignment) here")
+    parser.add_argument(
+        "--output-json",
+        default=None,
+        help="write the results (metrics, confusion, assignment) here; with several checkpoints a folder that "
+        "receives <checkpoint stem>.json",
+    )
     parser.add_argument(
         "--save-visuals",
         default=None,
@@ -138,10 +153,15 @@ def check_options(args):
     args.device = resolve_device(args.device)
     if args.crf:
         require_pydensecrf()
-    if args.output_json:
+    several = isinstance(args.checkpoint, list)
+    if args.output_json and several:
+        check_json_folder(args.output_json, args.checkpoint, args.config)
+    elif args.output_json:
         output = Path(args.output_json)
         for path in (output, output.with_suffix(".config.yaml")):
             check_writable_file(path, "--output-json", inputs=[args.checkpoint, args.config])
+    if args.save_visuals and several:
+        raise OptionError("--save-visuals draws the pictures of one checkpoint; give --checkpoint a single file")
     if args.save_visuals:
         data_folders = [Path(args.data_root, sub).resolve() for sub in ("images", "annotations")]
         if any(Path(args.save_visuals).resolve().is_relative_to(folder) for folder in data_folders):
@@ -150,6 +170,21 @@ def check_options(args):
                 f"files the pictures (<id>.png) could replace; choose a folder outside them"
             )
         check_writable_dir(args.save_visuals, "--save-visuals")
+
+
+def check_json_folder(folder, checkpoints, config):
+    """--output-json FOLDER of several checkpoints: one <stem>.json each, so the stems must differ."""
+    stems = {}
+    for checkpoint in checkpoints:
+        stem = Path(checkpoint).stem
+        if stem in stems:
+            raise OptionError(
+                f"--output-json {folder}: {stems[stem]} and {checkpoint} would both write {stem}.json; "
+                f"give the checkpoints distinct file names (e.g. links) or evaluate them apart"
+            )
+        stems[stem] = checkpoint
+        for path in (Path(folder) / f"{stem}.json", Path(folder) / f"{stem}.config.yaml"):
+            check_writable_file(path, "--output-json", inputs=[*checkpoints, config])
 
 
 def format_table(result, names):
@@ -180,6 +215,8 @@ def main(argv=None):
     for option in ("data_root", "checkpoint"):
         if getattr(args, option) is None:
             parser.error(f"--{option.replace('_', '-')} is required")
+    if len(args.checkpoint) == 1:  # one checkpoint: as before, a file name (and --output-json a file)
+        args.checkpoint = args.checkpoint[0]
     spec = get_dataset(args.dataset)
     args.protocol = args.protocol or spec.default_protocol
     args.score_size = tuple(args.score_size or spec.score_size)
@@ -192,18 +229,70 @@ def main(argv=None):
     commit = git_commit()
     logger.info("eval.py at commit %s with %s", commit, json.dumps(vars(args), sort_keys=True))
     collector = VisualCollector(args.num_visuals, spec.palette) if args.save_visuals and main_process else None
+    protocol = make_protocol(
+        args.protocol, args.flip, args.window, args.overlap, args.score_size, args.image_interpolation, args.crf
+    )
+    checkpoints = args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint]
     try:
-        model, meta = load_iddc_model(args.checkpoint, patch_size=args.patch_size, num_heads=args.num_heads)
-        check_clusters_fit(model, meta, spec, args.checkpoint)
-        protocol = make_protocol(
-            args.protocol, args.flip, args.window, args.overlap, args.score_size, args.image_interpolation, args.crf
+        models, metas, results = evaluate_checkpoints(args, checkpoints, spec, protocol, device, collector)
+    finally:
+        distributed.cleanup()
+    if len(checkpoints) > 1:
+        logger.info(
+            "%d checkpoints, %d backbone(s): one evaluation pass per backbone",
+            len(checkpoints),
+            len({id(model.vit) for model in models}),
         )
+    for result in results:
+        if result.confusion.sum() == 0:  # every metric would be NaN
+            raise DataError(
+                f"--data-root {args.data_root}: the {result.num_images} image(s) evaluated hold no labelled pixel "
+                f"(every label value is 255, unlabelled), so there is nothing to score"
+            )
+    if not main_process:
+        return 0
+    for checkpoint, model, meta, result in zip(checkpoints, models, metas, results):
+        if len(checkpoints) == 1:
+            path, config = (Path(args.output_json) if args.output_json else None), args
+        else:
+            path = Path(args.output_json, Path(checkpoint).stem + ".json") if args.output_json else None
+            config = argparse.Namespace(**(vars(args) | {"checkpoint": checkpoint}))
+        report(result, checkpoint, model, meta, spec, protocol, config, commit, path, logger)
+    if collector is not None:
+        names, result = spec.class_names, results[0]
+        per_class_iou = dict(zip(names, result.metrics["iou"]))
+        collector.write(args.save_visuals, result.metrics["cluster_to_class"], names, result.confusion, per_class_iou)
+        logger.info("pictures written to %s", args.save_visuals)
+    return 0
+
+
+def evaluate_checkpoints(args, checkpoints, spec, protocol, device, collector):
+    """(models, their files' metadata, results) of the checkpoints, in their order.
+
+    Checkpoints whose backbones hold the same tensors share one evaluation pass, one backbone
+    forward per window for all their heads; a backbone repeated is dropped as soon as it is read.
+    """
+    models, metas, groups = [], [], {}
+    for checkpoint in checkpoints:
+        model, meta = load_iddc_model(checkpoint, patch_size=args.patch_size, num_heads=args.num_heads)
+        check_clusters_fit(model, meta, spec, checkpoint)
         if protocol.window is not None and protocol.window < model.patch_size:
             raise OptionError(
                 f"--window {protocol.window}: smaller than the checkpoint's ViT patch ({model.patch_size})"
             )
         model.to(device)
-        result = evaluate(
+        shared = share_backbone(model, models)  # the first checkpoint of its backbone, or None
+        groups.setdefault(len(models) if shared is None else shared, []).append(len(models))
+        models.append(model)
+        metas.append(meta)
+    results = [None] * len(models)
+    for group in groups.values():
+        if len(group) == 1:
+            model = models[group[0]]
+        else:
+            heads = [(models[index].head_nonlinear, models[index].classifier, None) for index in group]
+            model = HeadsOnBackbone(models[group[0]].vit, heads)
+        group_results = evaluate_heads(
             model,
             args.data_root,
             protocol,
@@ -216,49 +305,42 @@ def main(argv=None):
             crf_workers=args.crf_workers,
             dataset=spec,
         )
-    finally:
-        distributed.cleanup()
-    if result.confusion.sum() == 0:  # every metric would be NaN
-        raise DataError(
-            f"--data-root {args.data_root}: the {result.num_images} image(s) evaluated hold no labelled pixel "
-            f"(every label value is 255, unlabelled), so there is nothing to score"
-        )
-    if not main_process:
-        return 0
+        for index, result in zip(group, group_results):
+            results[index] = result
+    return models, metas, results
+
+
+def report(result, checkpoint, model, meta, spec, protocol, args, commit, path, logger):
+    """The table of one checkpoint in the log and, with ``path``, its results JSON and config."""
     names = spec.class_names
     logger.info(
         "%s: %s on %d images (%s, %s, %s) in %.1f s\n%s",
         spec.name,
         protocol.name,
         result.num_images,
-        args.checkpoint,
+        checkpoint,
         model.backbone_name,
         args.precision,
         result.seconds,
         format_table(result, names),
     )
     logger.info("pixel Acc %.2f  mIoU %.2f", result.metrics["acc"], result.metrics["miou"])
-    if args.output_json:
-        output = result.as_dict(names)
-        output.update(
-            dataset=spec.name,
-            checkpoint=str(args.checkpoint),
-            checkpoint_meta_epoch=meta.get("epoch"),
-            backbone=model.backbone_name,
-            git_commit=commit,
-            config=vars(args),
-        )
-        # For scripts/summarize.py: what was evaluated and the training seed, when the checkpoint records it.
-        output.update(method="iddc", seed=(meta.get("config") or {}).get("seed"))
-        path = Path(args.output_json)
-        write_text_atomic(path, json.dumps(output, indent=1))
-        save_config(args, path.with_suffix(".config.yaml"))
-        logger.info("results written to %s", path)
-    if collector is not None:
-        per_class_iou = dict(zip(names, result.metrics["iou"]))
-        collector.write(args.save_visuals, result.metrics["cluster_to_class"], names, result.confusion, per_class_iou)
-        logger.info("pictures written to %s", args.save_visuals)
-    return 0
+    if path is None:
+        return
+    output = result.as_dict(names)
+    output.update(
+        dataset=spec.name,
+        checkpoint=str(checkpoint),
+        checkpoint_meta_epoch=meta.get("epoch"),
+        backbone=model.backbone_name,
+        git_commit=commit,
+        config=vars(args),
+    )
+    # For scripts/summarize.py: what was evaluated and the training seed, when the checkpoint records it.
+    output.update(method="iddc", seed=(meta.get("config") or {}).get("seed"))
+    write_text_atomic(path, json.dumps(output, indent=1))
+    save_config(args, path.with_suffix(".config.yaml"))
+    logger.info("results written to %s", path)
 
 
 if __name__ == "__main__":

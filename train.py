@@ -4,56 +4,39 @@
     python train.py --data-root DIR --config configs/train_cityscapes27_vits8.yaml     # its dataset: cityscapes27
     torchrun --nproc_per_node 4 train.py --data-root DIR --config configs/train_cocostuff27_vits8.yaml
     python train.py --data-root DIR --config configs/train_cocostuff27_vits16.yaml --resume --epochs 30
+    python train.py --data-root DIR --config configs/train_cocostuff27_vits16.yaml --sweep sweep.yaml --output-dir SWEEP
 
---batch-size is the global batch (the paper's 64), split evenly over the processes.
+--batch-size is the global batch (the paper's 64), split evenly over the processes. A sweep trains
+variants of the head's hyper-parameters side by side on one data pipeline and backbone pass, each
+exactly its own single run, in OUTPUT_DIR/<variant> (docs/sweeps.md).
 """
 
-import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
-from engine.evaluation import PROTOCOLS, evaluate_heads, make_protocol
-from engine.metrics import segmentation_metrics
-from engine.tensorboard import TensorboardLog, require_tensorboard
-from engine.training import (
-    ClustersAndProbe,
-    StopRequests,
-    StopTraining,
-    TrainableHead,
-    poly_lr,
-    restore_rng_states,
-    rng_states,
-    seed_everything,
-    set_lr,
-    train_loader,
-    train_one_epoch,
+from engine.evaluation import PROTOCOLS
+from engine.sweep import (
+    OVERWRITTEN_FILES,
+    RESUME_FILE,
+    RUN_FILES,
+    Trainer,
+    check_sweep_output,
+    plan_variants,
+    remove_overwritten,
 )
+from engine.tensorboard import require_tensorboard
 from modules.backbones import BACKBONES, resolve_backbone_name
-from modules.checkpoint import iddc_state, model_from_iddc_state, new_iddc_model
-from modules.loss import IDDCLoss
-from modules.model import LinearProbe
-from modules.weights import CheckpointError, load_file, save_atomic
 from utils import distributed
 from utils.cli import ArgumentParser, check_at_least, check_finite, entry_point, resolve_device
-from utils.config import parse_args_with_config, save_config
+from utils.config import parse_args_with_config
 from utils.errors import OptionError, OutputError
 from utils.files import check_writable_dir, same_file
-from utils.log import JsonlLog, LogGroup, git_commit, setup_logger
-
-RESUME_FILE = "resume.pth"
-# A folder holding any of these holds a run: a new run there needs --resume or --overwrite.
-RUN_FILES = ("best_model.pth", "last_model.pth", RESUME_FILE)
-# What --overwrite removes before the new run starts, so that its logs do not mix with the old ones.
-OVERWRITTEN_FILES = (*RUN_FILES, "config.yaml", "log.jsonl", "train.log")
-# What a resume file must hold to continue a run (resume_at and epoch_sums are optional: files of
-# end-of-epoch-only versions lack them).
-RESUME_KEYS = ("model", "probe", "optimizer", "probe_optimizer", "epoch", "step", "best_miou", "rng")
+from utils.log import setup_logger
 
 
 def build_parser():
@@ -96,7 +79,17 @@ def build_parser():
         "--balance-weight", type=float, default=0.4, help="lambda2 (w1 of the original): 0.4 S/16, 0.25 S/8"
     )
     parser.add_argument("--num-negatives", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=1, help="data order, augmentations, negatives and initialisation")
+    parser.add_argument("--seed", type=int, default=1, help="seeds the data order, augmentations, negatives and heads")
+    parser.add_argument(
+        "--head-seed", type=int, default=None, help="seeds the head and probe initialisation alone (default: --seed)"
+    )
+    parser.add_argument(
+        "--sweep",
+        default=None,
+        metavar="FILE",
+        help="train the variants of FILE.yaml (head hyper-parameters) side by side on one backbone pass, each in "
+        "OUTPUT_DIR/<variant>: docs/sweeps.md",
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
         "--precision", choices=("fp32", "bf16"), default=None, help="default: bf16 on CUDA, fp32 on CPU"
@@ -133,30 +126,6 @@ def build_parser():
     return parser
 
 
-def validate(model, probe, args, device, protocol_name, on_image=None):
-    """Clusters (Hungarian-matched) and the linear probe (identity-matched) from one evaluation pass."""
-    score_size = get_dataset(args.dataset).score_size  # the dataset's sliding grid (2:1 for Cityscapes)
-    clusters, probe_result = evaluate_heads(
-        ClustersAndProbe(model, probe),
-        args.data_root,
-        make_protocol(protocol_name, score_size=score_size),
-        device=device,
-        precision=args.precision,
-        batch_size=args.val_batch_size,
-        num_workers=min(args.num_workers, 4),
-        limit=args.val_limit,
-        on_image=on_image,
-        dataset=args.dataset,
-    )
-    probe_metrics = segmentation_metrics(probe_result.confusion, np.arange(model.num_classes))
-    return clusters, probe_metrics
-
-
-def released_checkpoint(model, args, epoch, step, metrics):
-    """Released layout (loads into the original code) plus plain-valued extras."""
-    return iddc_state(model, config=vars(args), epoch=epoch, step=step, metrics=metrics, format="iddc-v1")
-
-
 def check_options(args):
     """Every option that can be wrong, before anything is read or written."""
     for option in ("epochs", "num_negatives", "val_batch_size", "log_every", "train_limit", "val_limit"):
@@ -173,10 +142,12 @@ def check_options(args):
         check_finite(getattr(args, option), "--" + option.replace("_", "-"), positive=True)
     for option in ("lr_power", "pos_threshold", "neg_threshold", "neg_weight", "balance_weight"):
         check_finite(getattr(args, option), "--" + option.replace("_", "-"))
+    check_at_least(args.head_seed, "--head-seed", 0)
     if args.resume and args.overwrite:
         raise OptionError("--resume and --overwrite contradict each other: continue the run, or replace it")
     args.device = resolve_device(args.device)
     args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+    args.head_seed = args.seed if args.head_seed is None else args.head_seed
 
 
 def check_output_dir(args):
@@ -219,33 +190,6 @@ def check_data(args):
         )
 
 
-def build_model(args, output_dir):
-    """(model, resume state or None), read before anything is written: a resume file that cannot
-    be read, or a backbone file that does not fit, refuses the run with the folder untouched."""
-    spec = get_dataset(args.dataset)
-    if not args.resume:
-        model = new_iddc_model(
-            args.backbone, args.backbone_weights, num_classes=spec.num_classes, num_heads=args.num_heads
-        )
-        return model, None
-    resume_path = output_dir / RESUME_FILE
-    resume = load_file(resume_path)
-    missing = [key for key in RESUME_KEYS if not isinstance(resume, dict) or key not in resume]
-    if missing:
-        raise CheckpointError(
-            f"{resume_path}: not a resume file written by train.py (it lacks {', '.join(missing)}); "
-            f"--resume continues a run from the {RESUME_FILE} that train.py saved in --output-dir"
-        )
-    # The resume file carries the backbone: no download.
-    model = model_from_iddc_state(resume["model"], resume_path, num_heads=args.num_heads, backbone=args.backbone)
-    if model.num_classes != spec.num_classes:
-        raise CheckpointError(
-            f"{resume_path}: a run with {model.num_classes} clusters cannot continue on "
-            f"--dataset {spec.name} ({spec.num_classes} classes)"
-        )
-    return model, resume
-
-
 @entry_point
 def main(argv=None):
     parser = build_parser()
@@ -258,201 +202,25 @@ def main(argv=None):
         parser.error(str(err))
     # Everything is checked and read before the first write, so that a refused run changes nothing.
     check_options(args)
-    output_dir = check_output_dir(args)
+    variants, sweep = plan_variants(args, check_options)  # a single run is one variant, in --output-dir
+    output_dir = check_sweep_output(args, variants) if sweep else check_output_dir(args)
     check_data(args)
     require_tensorboard()
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     device = distributed.init_from_env(args.device)
     try:
-        seed_everything(args.seed)
-        model, resume = build_model(args, output_dir)
+        trainer = Trainer(args, variants, device, output_dir, sweep)
+        trainer.load()  # every input read (resume files, backbone) before the first write
         if args.overwrite and distributed.is_main():
+            if sweep:
+                remove_overwritten(output_dir, variants)
             for name in OVERWRITTEN_FILES:
                 (output_dir / name).unlink(missing_ok=True)
             shutil.rmtree(output_dir / "tensorboard", ignore_errors=True)
         logger = setup_logger(log_file=output_dir / "train.log")
-        return train(args, device, output_dir, logger, model, resume)
+        return trainer.train(logger)
     finally:
         distributed.cleanup()
-
-
-def train(args, device, output_dir, logger, model, resume):
-    commit = git_commit()
-    logger.info(
-        "train.py at commit %s, %d process(es), config:\n%s",
-        commit,
-        distributed.world_size(),
-        json.dumps(vars(args), indent=1, sort_keys=True),
-    )
-    if distributed.is_main():
-        save_config(args, output_dir / "config.yaml")
-    tensorboard = TensorboardLog(output_dir / "tensorboard")
-    jsonl_log = JsonlLog(output_dir / "log.jsonl")
-    jsonl = LogGroup(jsonl_log, tensorboard)  # every logged value goes to both
-    resume_path = output_dir / RESUME_FILE
-    spec = get_dataset(args.dataset)
-    probe = LinearProbe(model.vit.embed_dim, model.num_classes)
-    model.to(device)
-    probe.to(device)
-    head = TrainableHead(model)
-    optimizer = torch.optim.Adam(head.parameters(), lr=args.lr)
-    probe_optimizer = torch.optim.Adam(probe.parameters(), lr=args.probe_lr)
-    start_epoch, start_batch, step, best_miou, epoch_sums = 0, 0, 0, -1.0, {}
-    if resume is not None:
-        probe.load_state_dict(resume["probe"])
-        optimizer.load_state_dict(resume["optimizer"])
-        probe_optimizer.load_state_dict(resume["probe_optimizer"])
-        start_epoch, start_batch = resume_position(resume)
-        step, best_miou, epoch_sums = resume["step"], resume["best_miou"], resume.get("epoch_sums", {})
-        restore_rng_states(resume["rng"])
-        logger.info("resuming from %s at epoch %d, batch %d (step %d)", resume_path, start_epoch, start_batch, step)
-        jsonl_log.drop_after(step)
-    # Gradients are summed over the processes (see IDDCLoss's ``objective``), so no DDP wrapper:
-    # the processes start from rank 0's weights and stay equal.
-    distributed.broadcast_parameters([*head.parameters(), *probe.parameters()])
-
-    loss_fn = IDDCLoss(args.pos_threshold, args.neg_threshold, args.neg_weight, args.balance_weight, args.num_negatives)
-    loader = train_loader(args.data_root, args.batch_size, args.seed, args.num_workers, device, args.train_limit, spec)
-    if start_epoch >= args.epochs:
-        logger.info(
-            "nothing to do: epoch %d already done; pass --epochs > %d to train further", start_epoch - 1, start_epoch
-        )
-    names = spec.class_names
-
-    def resume_state(epoch, batch, step, epoch_sums, best_miou):
-        """Everything to continue at ``batch`` of ``epoch`` exactly (weights, optimisers, position)."""
-        return {
-            "model": iddc_state(model),
-            "probe": probe.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "probe_optimizer": probe_optimizer.state_dict(),
-            "epoch": epoch,
-            "step": step,
-            "best_miou": best_miou,
-            "resume_at": {"epoch": epoch, "batch": batch},
-            "epoch_sums": epoch_sums,
-            "rng": rng_states(),
-            "config": vars(args),
-            "git_commit": commit,
-            "scheduler": {
-                "kind": "poly",
-                "power": args.lr_power,
-                "epochs": args.epochs,
-                "base_lrs": [args.lr, args.probe_lr],
-            },
-        }
-
-    def save_resume(state):
-        if distributed.is_main():
-            save_atomic(state, resume_path)
-
-    with StopRequests() as stop:
-        progress = {"batch": start_batch, "step": step, "epoch_sums": epoch_sums}
-        for epoch in range(start_epoch, args.epochs):
-            set_lr(optimizer, poly_lr(args.lr, epoch, args.epochs, args.lr_power))
-            set_lr(probe_optimizer, poly_lr(args.probe_lr, epoch, args.epochs, args.lr_power))
-            batches_per_epoch = loader.batch_sampler.batches_per_epoch
-
-            def after_step(batches_done, step, sums, epoch=epoch):
-                progress.update(batch=batches_done, step=step, epoch_sums=sums)
-                if stop.requested():
-                    raise StopTraining
-                if args.checkpoint_every and step % args.checkpoint_every == 0 and batches_done < batches_per_epoch:
-                    save_resume(resume_state(epoch, batches_done, step, sums, best_miou))
-
-            try:
-                step, train_means = train_one_epoch(
-                    model,
-                    head,
-                    probe,
-                    loader,
-                    loss_fn,
-                    optimizer,
-                    probe_optimizer,
-                    epoch=epoch,
-                    step=progress["step"],
-                    seed=args.seed,
-                    device=device,
-                    precision=args.precision,
-                    log_every=args.log_every,
-                    logger=logger,
-                    jsonl=jsonl,
-                    start_batch=progress["batch"],
-                    epoch_sums=progress["epoch_sums"],
-                    after_step=after_step,
-                )
-            except Exception as err:  # a loader worker killed by the same Ctrl-C also ends here
-                if not (isinstance(err, StopTraining) or stop.requested(local=True)):
-                    raise
-                save_resume(resume_state(epoch, progress["batch"], progress["step"], progress["epoch_sums"], best_miou))
-                raise stop.stopped(resume_path, epoch, progress["batch"], progress["step"])
-            progress = {"batch": 0, "step": step, "epoch_sums": {}}
-
-            pictures = tensorboard.pictures(spec.palette)
-            clusters, probe_metrics = validate(model, probe, args, device, args.val_protocol, on_image=pictures)
-            tensorboard.write_pictures(pictures, clusters.metrics["cluster_to_class"], step)
-            miou, acc = float(clusters.metrics["miou"]), float(clusters.metrics["acc"])
-            logger.info(
-                "epoch %d %s: clusters Acc %.2f mIoU %.2f | linear probe Acc %.2f mIoU %.2f",
-                epoch,
-                args.val_protocol,
-                acc,
-                miou,
-                probe_metrics["acc"],
-                probe_metrics["miou"],
-            )
-            jsonl.write(
-                kind="val",
-                epoch=epoch,
-                step=step,
-                protocol=args.val_protocol,
-                acc=acc,
-                miou=miou,
-                probe_acc=float(probe_metrics["acc"]),
-                probe_miou=float(probe_metrics["miou"]),
-                per_class_iou=dict(zip(names, map(float, clusters.metrics["iou"]))),
-                train=train_means,
-            )
-            metrics = {"protocol": args.val_protocol, "acc": acc, "miou": miou}
-            if distributed.is_main():
-                if miou >= best_miou:  # ">=" as the original, which keeps the later of equal epochs
-                    best_miou = miou
-                    save_atomic(released_checkpoint(model, args, epoch, step, metrics), output_dir / "best_model.pth")
-                    logger.info(
-                        "best model (mIoU %.2f, %s) saved to %s", miou, args.val_protocol, output_dir / "best_model.pth"
-                    )
-                save_atomic(released_checkpoint(model, args, epoch, step, metrics), output_dir / "last_model.pth")
-            save_resume(resume_state(epoch + 1, 0, step, {}, best_miou) | {"epoch": epoch})
-            distributed.barrier()
-            if stop.requested():
-                raise stop.stopped(resume_path, epoch + 1, 0, step)
-
-    if args.final_protocol != "none":
-        final, final_probe = validate(model, probe, args, device, args.final_protocol)
-        logger.info(
-            "last model, %s: clusters Acc %.2f mIoU %.2f | linear probe Acc %.2f mIoU %.2f",
-            args.final_protocol,
-            final.metrics["acc"],
-            final.metrics["miou"],
-            final_probe["acc"],
-            final_probe["miou"],
-        )
-        jsonl.write(
-            kind="final",
-            protocol=args.final_protocol,
-            acc=float(final.metrics["acc"]),
-            miou=float(final.metrics["miou"]),
-            probe_acc=float(final_probe["acc"]),
-            probe_miou=float(final_probe["miou"]),
-        )
-    tensorboard.close()
-    return 0
-
-
-def resume_position(resume):
-    """(epoch, batch) a resume file continues at; files of end-of-epoch-only versions continue after 'epoch'."""
-    at = resume.get("resume_at")
-    return (resume["epoch"] + 1, 0) if at is None else (at["epoch"], at["batch"])
 
 
 if __name__ == "__main__":

@@ -388,12 +388,14 @@ def evaluate_heads(
     on_image=None,
     crf_workers=None,
     dataset=DEFAULT_DATASET,
+    on_image_heads=None,
 ):
     """One EvalResult per head of ``model``, all from the same backbone forwards.
 
     ``on_image(sample, pred)`` is called for every image with the first head's map (e.g. to save
-    pictures). With ``protocol.crf`` the CRFs run in ``crf_workers`` processes (default: the CPU
-    cores, at most 8; 0: in this process) while the next images go through the backbone.
+    pictures), ``on_image_heads(sample, preds)`` with every head's maps (heads, H, W). With
+    ``protocol.crf`` the CRFs run in ``crf_workers`` processes (default: the CPU cores, at most 8;
+    0: in this process) while the next images go through the backbone.
     pictures). ``dataset`` is a name or spec of data/registry.py; the model must have one cluster
     per class of it.
     ``num_workers`` None: 2 loader processes on CUDA, none on CPU, where they would take the cores
@@ -428,6 +430,8 @@ def evaluate_heads(
             confusions[head] += score_image(pred[head], sample["label"], protocol.score_size, num_classes)
         if on_image is not None:
             on_image(sample, pred[0].cpu())
+        if on_image_heads is not None:
+            on_image_heads(sample, pred)
         bar.update(1)
 
     with torch.no_grad(), contextlib.ExitStack() as stack:

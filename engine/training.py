@@ -5,6 +5,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -206,14 +207,30 @@ class StopRequests:
         )
 
 
+@dataclass(eq=False)
+class HeadRun:
+    """One trained head (projection head + classifier, and its linear probe) with its loss,
+    optimisers and log: what a run trains on top of the frozen backbone.
+
+    A single run trains one; a sweep (engine/sweep.py) trains several on the same backbone
+    features. ``name`` prefixes its readable log lines ("" for a single run); ``epoch_sums``
+    holds the sums of the epoch so far (an epoch resumed midway starts from the saved ones).
+    """
+
+    head: nn.Module
+    probe: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    probe_optimizer: torch.optim.Optimizer
+    log: object
+    name: str = ""
+    epoch_sums: dict = field(default_factory=dict)
+
+
 def train_one_epoch(
-    model,
-    head,
-    probe,
+    backbone,
+    runs,
     loader,
-    loss_fn,
-    optimizer,
-    probe_optimizer,
     *,
     epoch,
     step,
@@ -222,26 +239,26 @@ def train_one_epoch(
     precision,
     log_every,
     logger,
-    jsonl,
     start_batch=0,
-    epoch_sums=None,
     after_step=None,
 ):
-    """One pass over the loader's epoch from ``start_batch``; returns (next global step, epoch means).
+    """One pass over the loader's epoch from ``start_batch``; returns (next global step, each run's epoch means).
 
-    ``after_step(batches_done, step, epoch_sums)`` runs after every step (periodic checkpoints,
-    stop requests). ``epoch_sums`` carries the sums of an epoch resumed midway, so its means cover
-    the whole epoch.
+    Every batch goes through the frozen ``backbone`` once; each of the ``runs`` (:class:`HeadRun`)
+    then does, on those features, exactly the step it would do alone (head, probe, loss, backward,
+    optimiser steps), one run after the other, so one run's graph and loss buffers are freed
+    before the next run's are made. ``after_step(batches_done, step)`` runs after every step
+    (periodic checkpoints, stop requests); the runs' ``epoch_sums`` are then those of the epoch so far.
     """
-    head.train()
-    probe.train()
+    for run in runs:
+        run.head.train()
+        run.probe.train()
+        run.epoch_sums = defaultdict(float, run.epoch_sums)
     sampler = loader.batch_sampler
     sampler.set_epoch(epoch, start_batch)
     batches_per_epoch = sampler.batches_per_epoch
     world = distributed.world_size()
-    trained = [p for module in (head, probe) for p in module.parameters()]
-    epoch_sums = defaultdict(float, epoch_sums or {})
-    window_sums, window_count = defaultdict(float), 0
+    window_sums, window_count = [defaultdict(float) for _ in runs], 0
     start = time.perf_counter()
     bar = tqdm(
         loader,
@@ -257,63 +274,76 @@ def train_one_epoch(
         images_aug = normalize_uint8(batch["image_aug"].to(device, non_blocking=True))  # (b, 3, 224, 224)
         labels = batch["label"].to(device, non_blocking=True).long()  # (b, 224, 224)
         local_batch = images.shape[0]
-        with autocast_context(device, precision):
-            with torch.no_grad():
-                features = model.vit(torch.cat((images, images_aug)))  # (2b, C, h, w)
-            codes_inter, logits = head(features)  # (2b, C, h, w), (2b, K, h, w)
-            probe_logits = probe(codes_inter[:local_batch])  # (b, K, h, w)
-        probe_logits = upsample_probe_logits(probe_logits.float(), labels.shape[-2:])  # (b, K, H, W)
-        probe_value, probe_objective = probe_loss(probe_logits, labels)
-        feats, feats_aug = features.float().split(local_batch)
-        view0, view1 = logits.split(local_batch)
-        shifts = negative_shifts(seed, step, local_batch * world, loss_fn.num_negatives)
-        out = loss_fn(feats, feats_aug, view0, view1, neg_shifts=shifts, across_processes=True)
-        if not torch.isfinite(out["total"]):
-            scalars = [
-                (name, float(value)) for name, value in out.items() if torch.is_tensor(value) and value.numel() == 1
-            ]
-            raise FloatingPointError(f"non-finite IDDC loss at epoch {epoch} step {step}: {scalars}")
-        optimizer.zero_grad(set_to_none=True)
-        probe_optimizer.zero_grad(set_to_none=True)
-        (out["objective"] + probe_objective).backward()  # the probe sees detached features: the two do not mix
-        distributed.all_reduce_gradients(trained)
-        optimizer.step()
-        probe_optimizer.step()
+        with autocast_context(device, precision), torch.no_grad():
+            features = backbone(torch.cat((images, images_aug)))  # (2b, C, h, w)
+        feats, feats_aug = features.float().split(local_batch)  # (b, C, h, w) each
+        step_values = [
+            head_step(run, features, feats, feats_aug, labels, seed, step, epoch, device, precision) for run in runs
+        ]
         step += 1
         batches_done += 1
 
-        values = {name: out[name].item() for name in ("total", "pos", "neg", "balance", "entropy")}
-        values["probe"] = probe_value.item()
-        values["n_pos"] = float(out["n_pos"])
-        values["n_neg"] = float(out["n_neg"])
-        for name, value in values.items():
-            epoch_sums[name] += value
-            window_sums[name] += value
+        for run, values, sums in zip(runs, step_values, window_sums):
+            for name, value in values.items():
+                run.epoch_sums[name] += value
+                sums[name] += value
         window_count += 1
         if step % log_every == 0 or batches_done == batches_per_epoch:
-            means = {name: value / window_count for name, value in window_sums.items()}
-            lr = optimizer.param_groups[0]["lr"]
             rate = window_count * local_batch * world / (time.perf_counter() - start)
-            logger.info(
-                "epoch %d step %d lr %.2e | "
-                + " ".join(f"{k} {v:.4f}" for k, v in means.items() if not k.startswith("n_"))
-                + " | pairs +%.0f -%.0f | %.1f img/s",
-                epoch,
-                step,
-                lr,
-                means["n_pos"],
-                means["n_neg"],
-                rate,
-            )
-            jsonl.write(kind="train", epoch=epoch, step=step, lr=lr, images_per_s=rate, **means)
-            bar.set_postfix(loss=f"{means['total']:.4f}")
-            window_sums.clear()
+            for index, (run, sums) in enumerate(zip(runs, window_sums)):
+                means = {name: value / window_count for name, value in sums.items()}
+                lr = run.optimizer.param_groups[0]["lr"]
+                logger.info(
+                    ("[%s] " % run.name if run.name else "")
+                    + "epoch %d step %d lr %.2e | "
+                    + " ".join(f"{k} {v:.4f}" for k, v in means.items() if not k.startswith("n_"))
+                    + " | pairs +%.0f -%.0f | %.1f img/s",
+                    epoch,
+                    step,
+                    lr,
+                    means["n_pos"],
+                    means["n_neg"],
+                    rate,
+                )
+                run.log.write(kind="train", epoch=epoch, step=step, lr=lr, images_per_s=rate, **means)
+                if index == 0:
+                    bar.set_postfix(loss=f"{means['total']:.4f}")
+                sums.clear()
             window_count = 0
             start = time.perf_counter()
         if after_step is not None:
-            after_step(batches_done, step, dict(epoch_sums))
+            after_step(batches_done, step)
     bar.close()
-    return step, {name: value / batches_per_epoch for name, value in epoch_sums.items()}
+    return step, [{name: value / batches_per_epoch for name, value in run.epoch_sums.items()} for run in runs]
+
+
+def head_step(run, features, feats, feats_aug, labels, seed, step, epoch, device, precision):
+    """One optimiser step of ``run`` on the backbone's ``features`` (2b, C, h, w) of both views
+    (``feats``, ``feats_aug``: their float32 halves); returns the values it logs."""
+    local_batch = labels.shape[0]
+    with autocast_context(device, precision):
+        codes_inter, logits = run.head(features)  # (2b, C, h, w), (2b, K, h, w)
+        probe_logits = run.probe(codes_inter[:local_batch])  # (b, K, h, w)
+    probe_logits = upsample_probe_logits(probe_logits.float(), labels.shape[-2:])  # (b, K, H, W)
+    probe_value, probe_objective = probe_loss(probe_logits, labels)
+    view0, view1 = logits.split(local_batch)
+    shifts = negative_shifts(seed, step, local_batch * distributed.world_size(), run.loss_fn.num_negatives)
+    out = run.loss_fn(feats, feats_aug, view0, view1, neg_shifts=shifts, across_processes=True)
+    if not torch.isfinite(out["total"]):
+        where = f" of {run.name}" if run.name else ""
+        terms = [(k, float(v)) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1]
+        raise FloatingPointError(f"non-finite IDDC loss{where} at epoch {epoch} step {step}: {terms}")
+    run.optimizer.zero_grad(set_to_none=True)
+    run.probe_optimizer.zero_grad(set_to_none=True)
+    (out["objective"] + probe_objective).backward()  # the probe sees detached features: the two do not mix
+    distributed.all_reduce_gradients([p for module in (run.head, run.probe) for p in module.parameters()])
+    run.optimizer.step()
+    run.probe_optimizer.step()
+    values = {name: out[name].item() for name in ("total", "pos", "neg", "balance", "entropy")}
+    values["probe"] = probe_value.item()
+    values["n_pos"] = float(out["n_pos"])
+    values["n_neg"] = float(out["n_neg"])
+    return values
 
 
 def rng_states():

@@ -12,14 +12,12 @@ can be timed without the loader.
 """
 
 import contextlib
-import copy
 import os
 import shutil
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -227,10 +225,11 @@ class Trainer:
 
 
 def _other_head(model):
-    """A second projection head and classifier like ``model``'s (what TrainableHead takes)."""
-    return SimpleNamespace(
-        head_nonlinear=copy.deepcopy(model.head_nonlinear), classifier=copy.deepcopy(model.classifier)
-    )
+    """A second projection head and classifier like ``model``'s (the same weights), on its backbone."""
+    other = IDDCModel(model.vit, num_classes=model.num_classes).to(next(model.head_nonlinear.parameters()).device)
+    other.head_nonlinear.load_state_dict(model.head_nonlinear.state_dict())
+    other.classifier.load_state_dict(model.classifier.state_dict())
+    return other
 
 
 def measure_training(patch_size, precision, sizes, train_root, device):

@@ -2,12 +2,17 @@
 
     python scripts/summarize.py outputs/train_seed1 outputs/train_seed2 outputs/val_coco27_vits16.json
     python scripts/summarize.py outputs/*/ outputs/*.json --csv results.csv --markdown results.md
+    python scripts/summarize.py outputs/sweep                      # a train.py --sweep folder
 
 A training run (a train.py --output-dir) gives rows from its log.jsonl: the best and the last
 epoch under the validation protocol, and the last model under --final-protocol when it ran, each
 with its linear probe. An eval.py or baseline_kmeans.py --output-json file gives one row. Rows
 that share dataset, backbone, method, protocol, flip, CRF and checkpoint (best, last, or the file
 name) are one line of the table: Acc and mIoU as mean and standard deviation (n - 1) over seeds.
+
+A sweep folder (train.py --sweep) gives a sensitivity table instead: each variant's varied values
+against Acc and mIoU of its clusters and its probe, at its best and its last epoch, then, for each
+varied key, every value against the means over the variants trained with it.
 """
 
 import csv
@@ -26,12 +31,15 @@ if str(REPO_ROOT) not in sys.path:  # run as a file, the script only sees script
 
 from engine.evaluation import make_protocol  # noqa: E402
 from utils.cli import ArgumentParser, entry_point  # noqa: E402
-from utils.errors import ReportedError  # noqa: E402
+from utils.errors import OptionError, ReportedError  # noqa: E402
 from utils.files import check_writable_file, write_text_atomic  # noqa: E402
 
 GROUP_FIELDS = ("dataset", "backbone", "method", "protocol", "flip", "crf", "checkpoint")
 METRICS = ("acc", "miou", "probe_acc", "probe_miou")
 RUN_LOG, RUN_CONFIG = "log.jsonl", "config.yaml"  # what train.py writes in --output-dir
+SWEEP_MANIFEST = "sweep.json"  # engine/sweep.py's MANIFEST_FILE
+# The sensitivity table's metrics: (checkpoint, metric) pairs.
+SWEEP_METRICS = tuple((checkpoint, metric) for checkpoint in ("best", "last") for metric in METRICS)
 
 
 class SummaryError(ReportedError, ValueError):
@@ -152,6 +160,86 @@ def row_from_json(path):
     )
 
 
+def is_sweep(path):
+    return path.is_dir() and (path / SWEEP_MANIFEST).is_file()
+
+
+def sweep_table(sweep_dir):
+    """(varied keys, one dict per variant): its name, its values of the keys and its best and last metrics."""
+    manifest_path = sweep_dir / SWEEP_MANIFEST
+    try:
+        variants = json.loads(manifest_path.read_text())["variants"]
+        entries = [(entry["name"], entry["folder"], dict(entry["overrides"])) for entry in variants]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise SummaryError(f"{manifest_path}: not a sweep manifest of train.py ({type(err).__name__}: {err})") from err
+    keys = list(dict.fromkeys(key for _, _, overrides in entries for key in overrides))
+    table = []
+    for name, folder, _ in entries:
+        run_dir = sweep_dir / folder
+        rows = {row.checkpoint: row for row in rows_from_run(run_dir)[:2]}  # best, last (validation protocol)
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        line = {"variant": name, "protocol": rows["best"].protocol}
+        line.update({key: config.get(key) for key in keys})  # resolved: a variant that kept a key shows its value
+        line.update({(checkpoint, metric): getattr(rows[checkpoint], metric) for checkpoint, metric in SWEEP_METRICS})
+        table.append(line)
+    return keys, table
+
+
+def sensitivity(keys, table):
+    """For each varied key and each of its values (sorted): the variants trained with it and their mean metrics."""
+    lines = []
+    for key in keys:
+        for value in sorted({line[key] for line in table}, key=lambda v: (v is None, v)):
+            members = [line for line in table if line[key] == value]
+            means = {column: mean_std([line[column] for line in members])[0] for column in SWEEP_METRICS}
+            lines.append({"key": key, "value": value, "n": len(members), **means})
+    return lines
+
+
+def _number(value):
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _metric_headers():
+    names = {"acc": "Acc", "miou": "mIoU", "probe_acc": "probe Acc", "probe_miou": "probe mIoU"}
+    return [f"{checkpoint} {names[metric]}" for checkpoint, metric in SWEEP_METRICS]
+
+
+def sweep_markdown(sweep_dir, keys, table):
+    protocol = table[0]["protocol"] if table else "-"
+    header = ["variant", *keys, *_metric_headers()]
+    lines = [f"Sweep {sweep_dir}: {len(table)} variants, validation protocol {protocol}", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for line in table:
+        cells = [line["variant"], *(str(line[key]) for key in keys), *(_number(line[c]) for c in SWEEP_METRICS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    header = ["key", "value", "variants", *_metric_headers()]
+    lines += ["", "Sensitivity: means over the variants trained with each value", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for line in sensitivity(keys, table):
+        cells = [line["key"], str(line["value"]), str(line["n"]), *(_number(line[c]) for c in SWEEP_METRICS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_csv(sweeps):
+    """One CSV row per variant of every sweep: its values (empty where a sweep does not vary a key) and metrics."""
+    keys = list(dict.fromkeys(key for _, sweep_keys, _ in sweeps for key in sweep_keys))
+    columns = [f"{checkpoint}_{metric}" for checkpoint, metric in SWEEP_METRICS]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=["sweep", "variant", "protocol", *keys, *columns], lineterminator="\n")
+    writer.writeheader()
+    for sweep_dir, _, table in sweeps:
+        for line in table:
+            record = {"sweep": str(sweep_dir), "variant": line["variant"], "protocol": line["protocol"]}
+            record.update({key: line.get(key, "") for key in keys})
+            record.update(
+                {name: "" if line[c] is None else f"{line[c]:.4f}" for name, c in zip(columns, SWEEP_METRICS)}
+            )
+            writer.writerow(record)
+    return out.getvalue()
+
+
 def collect(paths):
     rows = []
     for path in map(Path, paths):
@@ -255,10 +343,22 @@ def main(argv=None):
     for option, path in (("--markdown", args.markdown), ("--csv", args.csv)):
         if path:  # before anything is read: a table goes nowhere it cannot be written, nor over an input
             check_writable_file(path, option, inputs=inputs)
-    table = summarize(collect(args.paths))
-    markdown = to_markdown(table)
+    sweep_paths = [path for path in map(Path, args.paths) if is_sweep(path)]
+    other_paths = [path for path in args.paths if not is_sweep(Path(path))]
+    if sweep_paths and other_paths and args.csv:
+        raise OptionError(
+            "--csv: a sweep's table and the runs' table have different columns; summarize the sweep "
+            "folders and the other runs apart"
+        )
+    sweeps = [(path, *sweep_table(path)) for path in sweep_paths]
+    table = summarize(collect(other_paths)) if other_paths else None
+    parts = [sweep_markdown(path, keys, lines) for path, keys, lines in sweeps]
+    if table is not None:
+        parts.append(to_markdown(table))
+    markdown = "\n".join(parts)
     print(markdown, end="")
-    for path, text in ((args.markdown, markdown), (args.csv, to_csv(table))):
+    csv_text = sweep_csv(sweeps) if sweeps else to_csv(table)
+    for path, text in ((args.markdown, markdown), (args.csv, csv_text)):
         if path:
             write_text_atomic(path, text)
     return 0
