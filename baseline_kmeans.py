@@ -39,7 +39,7 @@ def build_parser():
     parser.add_argument("--config", default=None, help="YAML file of defaults (flags override it)")
     parser.add_argument("--data-root", default=None, help="dataset root (train split for fitting, val for scoring)")
     parser.add_argument(
-        "--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="benchmark (README, 'Datasets')"
+        "--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="benchmark (docs/datasets.md)"
     )
     parser.add_argument("--backbone", choices=BACKBONES, default="dino_vits16", help="frozen backbone")
     parser.add_argument(

@@ -39,7 +39,7 @@ def build_parser():
         "--dataset",
         choices=DATASET_NAMES,
         default=DEFAULT_DATASET,
-        help="benchmark (README, 'Datasets'); sets the default protocol and scoring grid",
+        help="benchmark (docs/datasets.md); sets the default protocol and scoring grid",
     )
     parser.add_argument(
         "--data-root",

@@ -97,7 +97,7 @@ def build_parser():
     parser.add_argument("--overlap", type=int, default=75, help="sliding window overlap")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip averaging per window")
     parser.add_argument(
-        "--crf", action="store_true", help="refine with STEGO's dense CRF at the image's size (see README)"
+        "--crf", action="store_true", help="refine with STEGO's dense CRF at the image's size (docs/evaluation.md)"
     )
     parser.add_argument(
         "--crf-workers",

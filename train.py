@@ -45,7 +45,7 @@ def build_parser():
         "--config", default=None, help="YAML file of defaults, e.g. configs/train_cocostuff27_vits16.yaml"
     )
     parser.add_argument(
-        "--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="benchmark (README, 'Datasets')"
+        "--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="benchmark (docs/datasets.md)"
     )
     parser.add_argument(
         "--data-root",

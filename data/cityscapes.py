@@ -151,7 +151,7 @@ class CityscapesSpec(DatasetSpec):
         root = Path(data_root)
         if not root.is_dir():
             raise DataError(
-                f"--data-root {root}: no such folder (expected leftImg8bit/ and gtFine/; see README, 'Datasets')"
+                f"--data-root {root}: no such folder (expected leftImg8bit/ and gtFine/; see docs/datasets.md)"
             )
         images, labels = root / "leftImg8bit" / split, root / "gtFine" / split
         for folder in (images, labels):

@@ -64,7 +64,7 @@ class PotsdamSpec(DatasetSpec):
         root = Path(data_root)
         if not root.is_dir():
             raise DataError(
-                f"--data-root {root}: no such folder (expected imgs/, gt/ and the split lists; see README, 'Datasets')"
+                f"--data-root {root}: no such folder (expected imgs/, gt/ and the split lists; see docs/datasets.md)"
             )
         for path in (root / "imgs", root / "gt", root / SPLIT_FILES[split]):
             if not path.exists():

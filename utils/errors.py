@@ -1,6 +1,6 @@
 """The error contract every entry point keeps, and the error classes that carry it.
 
-Exit codes (README, "When something goes wrong"):
+Exit codes (docs/troubleshooting.md):
   0    the run did what was asked;
   1    the run worked but found problems: images it could not read and skipped, ``--check``
        findings, a download that failed (the network, not the user's input);
