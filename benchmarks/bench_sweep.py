@@ -260,7 +260,12 @@ def main():
         memory_child(args, Path(args.data_root), device, args.precision)
         return
 
-    root = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
+    with tempfile.TemporaryDirectory(prefix="bench_sweep_") as folder:
+        run(args, Path(folder), device)
+
+
+def run(args, root, device):
+    """Every measurement on synthetic data written under ``root``."""
     train_images = max(args.warmup + args.steps, args.memory_steps) * args.batch_size
     write_synthetic_cocostuff(
         root, num_train=train_images, num_val=max(args.val_images, args.eval_images), sizes=SIZES, seed=0
