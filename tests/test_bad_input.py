@@ -229,6 +229,9 @@ def test_eval_interrupted_with_ctrl_c(work, tmp_path):
         stderr=subprocess.PIPE,
         start_new_session=True,
         env=dict(os.environ, OMP_NUM_THREADS="2"),
+        # A shell starts background jobs with SIGINT ignored, and a child inherits that: Ctrl-C as a
+        # terminal delivers it needs the default disposition, which Python turns into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen = b""
     while b"eval sliding" not in seen:  # the evaluation (and its loader workers) has started
