@@ -27,7 +27,7 @@ from data.transforms import CenterCropTransform, ResizeTransform, SlidingTransfo
 from engine.crf import CRFPool
 from engine.metrics import confusion_matrix, segmentation_metrics
 from utils import distributed
-from utils.cli import sigint_held
+from utils.cli import quiet_hangups, sigint_held
 from utils.precision import inference_context
 
 
@@ -333,6 +333,7 @@ def eval_loader(dataset, batch_size, num_workers):
         shuffle=False,
         num_workers=num_workers,
         collate_fn=list,
+        worker_init_fn=quiet_hangups,  # Ctrl-C: the one error line, no traceback from a worker
     )
 
 

@@ -48,6 +48,11 @@ def _run_in_child(script, argv, block, out_path, err_path, python_path):
             for loaded in [key for key in sys.modules if key == name or key.startswith(name + ".")]:
                 del sys.modules[loaded]
             sys.modules[name] = None
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            # OpenMP's threads are not forked: a parallel region in a child of a process that ran one
+            # waits for them forever. One thread runs none (and the commands run side by side anyway).
+            torch.set_num_threads(1)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.environ.pop("IDDC_DEBUG", None)

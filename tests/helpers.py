@@ -1,6 +1,12 @@
-"""Builders shared by the tests: small random IDDC models saved in the official formats."""
+"""Builders shared by the tests: small random IDDC models saved in the official formats; a command
+line started in a process group of its own."""
+
+import os
+import sys
+from pathlib import Path
 
 import torch
+from cli_runner import ROOT, _run_in_child
 
 from modules.checkpoint import iddc_state
 from modules.model import IDDCModel
@@ -28,3 +34,24 @@ def save_dino(model, path):
     """Save the backbone as a DINO release file (plain ViT state_dict)."""
     torch.save(model.vit.state_dict(), path)
     return path
+
+
+def start_command_line(script, argv, out_path, err_path):
+    """Start ``python script argv`` forked from the test process (tests/cli_runner.py's way), as the
+    leader of a new session and process group, as a terminal starts a command; returns its pid.
+
+    For the tests that signal the whole group while it runs: the caller waits for the pid
+    (``os.waitpid``) and reads its output from ``out_path`` and ``err_path``.
+    """
+    python_path = [path for path in sys.path if Path(path or ".").resolve() != ROOT / "tests"]
+    for path in (out_path, err_path):
+        Path(path).touch()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+        finally:  # _run_in_child never returns: the child never goes back into the test runner
+            _run_in_child(ROOT / script, list(map(str, argv)), (), out_path, err_path, python_path)
+    return pid

@@ -238,6 +238,25 @@ def sigint_held():
             os.kill(os.getpid(), signum)
 
 
+def quiet_hangups(worker_id=None):
+    """In a DataLoader worker (its ``worker_init_fn``): no traceback when the main process hangs up.
+
+    A worker hands each batch's tensors to the main process through a thread of its own that passes
+    file descriptors (multiprocessing's resource sharer). Ctrl-C in the main process in the middle
+    of such a hand-over resets the thread's connection, and the thread prints the
+    ConnectionResetError's traceback with ``sys.excepthook``, after the one error line of the
+    contract. The main process reports the interruption; its echo in the worker is dropped. In a
+    worker nothing else goes through ``sys.excepthook``: torch reports the worker's own errors.
+    """
+    previous = sys.excepthook
+
+    def excepthook(kind, value, trace):
+        if not issubclass(kind, (ConnectionError, EOFError)):
+            previous(kind, value, trace)
+
+    sys.excepthook = excepthook
+
+
 def resolve_device(name):
     """The --device string to use: the given one, checked, or cuda when a GPU is visible, else cpu."""
     import torch
