@@ -13,6 +13,7 @@ can be timed without the loader.
 
 import contextlib
 import copy
+import functools
 import os
 import shutil
 import statistics
@@ -72,17 +73,17 @@ FULL = Sizes(
     sweep_variants=4,
 )
 QUICK = Sizes(
-    depth=2,
+    depth=1,
     width=64,
-    batch_size=4,
+    batch_size=2,
     warmup_steps=1,
     timed_steps=1,
     loader_workers=(1, 2),
-    loader_batch_size=4,
-    loader_unique_images=8,
-    loader_items=24,
+    loader_batch_size=2,
+    loader_unique_images=4,
+    loader_items=8,
     eval_images=1,
-    eval_image_size=(320, 240),
+    eval_image_size=(288, 224),  # two sliding windows
     eval_batch_size=32,
     sweep_variants=2,
 )
@@ -227,10 +228,13 @@ class Trainer:
 
 
 def _other_head(model):
-    """A second projection head and classifier like ``model``'s (what TrainableHead takes)."""
-    return SimpleNamespace(
+    """A second projection head and classifier like ``model``'s, with the model's ``head`` forward on
+    them (what TrainableHead takes)."""
+    other = SimpleNamespace(
         head_nonlinear=copy.deepcopy(model.head_nonlinear), classifier=copy.deepcopy(model.classifier)
     )
+    other.head = functools.partial(IDDCModel.head, other)
+    return other
 
 
 def measure_training(patch_size, precision, sizes, train_root, device):
