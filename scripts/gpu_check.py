@@ -78,7 +78,7 @@ def build_parser():
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when a GPU is visible)")
     parser.add_argument(
-        "--quick", action="store_true", help="small sizes (2-block ViTs, tiny batches), test step skipped"
+        "--quick", action="store_true", help="small sizes (1-block ViTs, tiny batches), test step skipped"
     )
     parser.add_argument("--only", choices=STEPS, default=None, help="run one step only")
     parser.add_argument(

@@ -70,17 +70,17 @@ FULL = Sizes(
     sweep_variants=4,
 )
 QUICK = Sizes(
-    depth=2,
+    depth=1,
     width=64,
-    batch_size=4,
+    batch_size=2,
     warmup_steps=1,
     timed_steps=1,
     loader_workers=(1, 2),
-    loader_batch_size=4,
-    loader_unique_images=8,
-    loader_items=24,
+    loader_batch_size=2,
+    loader_unique_images=4,
+    loader_items=8,
     eval_images=1,
-    eval_image_size=(320, 240),
+    eval_image_size=(288, 224),  # two sliding windows
     eval_batch_size=32,
     sweep_variants=2,
 )

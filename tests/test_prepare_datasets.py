@@ -9,13 +9,13 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from forked_python import run_script as run_bash
 from helpers import save_dino, small_model
 from scipy.io import savemat
 
@@ -141,10 +141,8 @@ def test_every_recipe_parses_and_holds_the_papers_values():
 
 
 def run_script(script, *args, env=None, cwd=None):
-    full_env = dict(os.environ, OMP_NUM_THREADS="2", **(env or {}))
-    return subprocess.run(
-        ["bash", str(ROOT / script), *args], env=full_env, cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+    """``bash script args`` as a user runs it; its Python command lines forked (tests/forked_python.py)."""
+    return run_bash(["bash", str(ROOT / script), *args], env=dict(os.environ, **(env or {})), cwd=cwd)
 
 
 def test_train_sh_and_val_sh_on_cityscapes(tmp_path):

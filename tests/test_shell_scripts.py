@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from forked_python import run_script as run_bash
 from helpers import save_released, small_model
 from http_server import Reply
 
@@ -22,10 +23,8 @@ def data_root(tmp_path_factory):
 
 
 def run_script(script, *args, env=None, cwd=None):
-    full_env = dict(os.environ, OMP_NUM_THREADS="2", **(env or {}))
-    return subprocess.run(
-        ["bash", str(ROOT / script), *args], env=full_env, cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+    """``bash script args`` as a user runs it; its Python command lines forked (tests/forked_python.py)."""
+    return run_bash(["bash", str(ROOT / script), *args], env=dict(os.environ, **(env or {})), cwd=cwd)
 
 
 def test_val_script_downloads_missing_checkpoint_then_evaluates(tmp_path, data_root, http_server, drive_proxy):
