@@ -15,33 +15,21 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
+source "$here/scripts/common.sh"
+
 usage="usage: bash train.sh DATASET ARCH [train.py flags], DATASET ARCH one of:"
 # Dataset names hold no underscore: the first one of a recipe's name ends its DATASET.
 recipes=$(cd "$here/configs" && ls train_*.yaml | sed -e 's/^train_//' -e 's/\.yaml$//' -e 's/_/ /' | sort | paste -sd, - | sed -e 's/,/, /g')
 if [[ $# -lt 2 ]]; then
-  echo "train.sh: $usage $recipes" >&2
-  exit 2
+  fail "train.sh needs DATASET ARCH; $usage $recipes"
 fi
 dataset=$1
-arch=$2
+arch=$(short_arch "$2")
 shift 2
-arch=${arch#dino_vit}  # dino_vits16 -> s16: the short form is the recipe's name
-arch=${arch/#s[0-9]*/vit$arch}
-arch=${arch/#b[0-9]*/vit$arch}
 config="$here/configs/train_${dataset}_${arch}.yaml"
 if [[ ! -f "$config" ]]; then
-  echo "train.sh: no recipe for '$dataset $arch' ($config); $usage $recipes" >&2
-  exit 2
+  fail "no recipe for '$dataset $arch' (configs/train_${dataset}_${arch}.yaml); $usage $recipes"
 fi
-
-data_args=()
-if [[ -n "${DATA_ROOT:-}" ]]; then
-  data_args=(--data-root "$DATA_ROOT")
-elif [[ " $* " != *" --data-root"* ]]; then
-  echo "train.sh: set DATA_ROOT=/path/to/data or pass --data-root DIR (see docs/datasets.md)" >&2
-  exit 2
-fi
-
-caller=train.sh
-source "$here/scripts/launcher.sh"
+set_data_args "$@"
+set_launcher
 "${launcher[@]}" "$here/train.py" --config "$config" --dataset "$dataset" "${data_args[@]}" "$@"

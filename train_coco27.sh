@@ -20,14 +20,4 @@ if [[ $# -gt 0 && ( "$1" == vits16 || "$1" == vits8 ) ]]; then
   shift
 fi
 
-data_args=()
-if [[ -n "${DATA_ROOT:-}" ]]; then
-  data_args=(--data-root "$DATA_ROOT")
-elif [[ " $* " != *" --data-root"* ]]; then
-  echo "train_coco27.sh: set DATA_ROOT=/path/to/cocostuff or pass --data-root DIR (see docs/datasets.md)" >&2
-  exit 2
-fi
-
-caller=train_coco27.sh
-source "$here/scripts/launcher.sh"
-"${launcher[@]}" "$here/train.py" --config "$here/configs/train_cocostuff27_${arch}.yaml" "${data_args[@]}" "$@"
+exec bash "$here/train.sh" cocostuff27 "$arch" "$@"

@@ -15,20 +15,4 @@ if [[ $# -gt 0 && ( "$1" == vits16 || "$1" == vits8 ) ]]; then
   arch=$1
   shift
 fi
-checkpoint=${CHECKPOINT_DIR:-$here/checkpoints}/cocostuff27_${arch}.pth
-
-data_args=()
-if [[ -n "${DATA_ROOT:-}" ]]; then
-  data_args=(--data-root "$DATA_ROOT")
-elif [[ " $* " != *" --data-root"* ]]; then
-  echo "val_coco27.sh: set DATA_ROOT=/path/to/cocostuff or pass --data-root DIR (see docs/datasets.md)" >&2
-  exit 2
-fi
-
-if [[ ! -f "$checkpoint" ]]; then
-  echo "val_coco27.sh: $checkpoint is missing; downloading the released checkpoint"
-  python "$here/scripts/download_checkpoint.py" "$arch" --dest "$checkpoint" || exit 1
-fi
-
-python "$here/eval.py" --checkpoint "$checkpoint" --patch-size "${arch#vits}" "${data_args[@]}" \
-  --output-json "outputs/val_coco27_${arch}.json" "$@"
+exec bash "$here/val.sh" cocostuff27 "$arch" --output-json "outputs/val_coco27_${arch}.json" "$@"

@@ -33,7 +33,7 @@ import pytest
 import yaml
 
 from data.registry import DATASET_NAMES
-from modules.backbones import BACKBONES, resolve_backbone_name
+from modules.backbones import BACKBONES, SPECS, resolve_backbone_name
 from utils.config import parse_args_with_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -404,18 +404,21 @@ def listed_recipes():
     return tuple(tuple(pair.split()) for pair in usage.split("one of:", 1)[1].split(","))
 
 
-def val_sh_arches():
-    text = (ROOT / "val.sh").read_text()
-    match = re.search(r'case "\$arch" in ([\w|]+)\)', text)
-    assert match, "val.sh: cannot find the ARCH names it accepts"
-    return match.group(1).split("|")
+def common_sh_names(variable):
+    """A list of names scripts/common.sh defines (dataset_names, arch_names) for train.sh and val.sh."""
+    text = (ROOT / "scripts" / "common.sh").read_text()
+    parts = re.findall(rf'^{variable}\+?="([^"]*)"', text, re.M)
+    assert parts, f"scripts/common.sh: cannot find {variable}"
+    return " ".join(parts).split()
 
 
 def script_env(script):
-    """Environment variables a shell script (and the launcher it sources) reads."""
+    """Environment variables a shell script reads, with scripts/common.sh and the scripts it starts."""
     text = (ROOT / script).read_text()
-    if "scripts/launcher.sh" in text:
-        text += (ROOT / "scripts" / "launcher.sh").read_text()
+    for started in re.findall(r'exec bash "\$here/(\w+\.sh)"', text):
+        text += (ROOT / started).read_text()
+    if "scripts/common.sh" in text:
+        text += (ROOT / "scripts" / "common.sh").read_text()
     return set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", text)) | PYTHON_ENV
 
 
@@ -461,11 +464,12 @@ def check_script(script, args, env):
             return f"train.sh {args[0]} {args[1]}: no recipe {config}"
         return [("train", ["--config", config, "--dataset", dataset, "--data-root", DUMMY_DATA_ROOT, *args[2:]])]
     if name == "val.sh":
-        dataset, arch = (DATASET_NAMES[0], val_sh_arches()[0]) if templated else (dataset, arch)
-        if dataset not in DATASET_NAMES or arch not in val_sh_arches():
+        dataset, arch = listed_recipes()[0] if templated else (dataset, short_arch(arch))
+        if dataset not in common_sh_names("dataset_names") or arch not in common_sh_names("arch_names"):
             return f"val.sh {dataset} {arch}: not a dataset and an arch val.sh accepts"
+        patch_size = re.search(r"vit[a-z]+(\d+)", arch).group(1)
         fixed = ["--dataset", dataset, "--checkpoint", f"checkpoints/{dataset}_{arch}.pth"]
-        fixed += ["--patch-size", re.sub(r"vit[sb]", "", arch), "--output-json", f"outputs/val_{dataset}_{arch}.json"]
+        fixed += ["--patch-size", patch_size, "--output-json", f"outputs/val_{dataset}_{arch}.json"]
         return [("eval", [*fixed, "--data-root", DUMMY_DATA_ROOT, *args[2:]])]
     if name in ("train_coco27.sh", "val_coco27.sh"):
         default, arches = script_arches(script)
@@ -625,6 +629,17 @@ def test_every_listed_recipe_parses_with_its_config(monkeypatch):
         assert resolve_backbone_name(args.backbone, args.patch_size) == full_backbone(arch), config
         assert full_backbone(arch) in BACKBONES
     print(f"\ntrain.sh lists {len(recipes)} recipes; each parsed by train.py's parser with its config")
+
+
+def test_shell_scripts_know_every_dataset_and_backbone():
+    """train.sh and val.sh take the names the code knows (their lists live in scripts/common.sh), and
+    val.sh's --patch-size, read from ARCH, is the backbone's."""
+    assert common_sh_names("dataset_names") == list(DATASET_NAMES)
+    arches = common_sh_names("arch_names")
+    assert [full_backbone(arch) for arch in arches] == list(BACKBONES)
+    for arch in arches:
+        assert int(re.search(r"vit[a-z]+(\d+)", arch).group(1)) == SPECS[full_backbone(arch)].patch_size, arch
+    assert {recipe for recipe in listed_recipes()} <= {(d, a) for d in DATASET_NAMES for a in arches}
 
 
 def test_python_examples_import_what_they_show():

@@ -200,8 +200,23 @@ def test_train_sh_and_val_sh_on_cityscapes(tmp_path):
     done = run_script(
         "val.sh", "potsdam3", "vits8", env={"DATA_ROOT": str(data), "CHECKPOINT_DIR": str(checkpoints)}, cwd=tmp_path
     )
-    assert done.returncode == 2 and "no released checkpoint exists for potsdam3 vits8" in done.stderr
+    assert done.returncode == 2 and last_line(done).startswith("error: ")
+    assert "no released checkpoint exists for potsdam3 vits8" in last_line(done)
     done = run_script("train.sh", "potsdam3", "vitb8", env={"DATA_ROOT": str(data)}, cwd=tmp_path)
-    assert (
-        done.returncode == 2 and "no recipe for 'potsdam3 vitb8'" in done.stderr and "cityscapes27 vitb8" in done.stderr
-    )
+    assert done.returncode == 2 and last_line(done).startswith("error: no recipe for 'potsdam3 vitb8'")
+    assert "cityscapes27 vitb8" in last_line(done)
+    # val.sh takes every backbone train.sh does, by the same names (a DINOv3 ViT-S/16 here, dino_ spelled out
+    # for DINO's), and refuses what is no backbone or no dataset before anything runs.
+    env = {"DATA_ROOT": str(data), "CHECKPOINT_DIR": str(checkpoints)}
+    done = run_script("val.sh", "cityscapes27", "dinov3_vits16", env=env, cwd=tmp_path)
+    assert done.returncode == 2 and "no released checkpoint exists for cityscapes27 dinov3_vits16" in last_line(done)
+    done = run_script("val.sh", "cityscapes27", "dino_vits8", "--limit", "0", env=env, cwd=tmp_path)
+    assert done.returncode == 2 and last_line(done).startswith("error: --limit"), done.stderr
+    for dataset, arch, culprit in (("cityscapes27", "vitl32", "arch 'vitl32'"), ("coco", "vits8", "dataset 'coco'")):
+        done = run_script("val.sh", dataset, arch, env=env, cwd=tmp_path)
+        assert done.returncode == 2 and last_line(done).startswith(f"error: val.sh: unknown {culprit}"), done.stderr
+    assert not (tmp_path / "outputs" / "val_cityscapes27_dinov3_vits16.json").exists()
+
+
+def last_line(done):
+    return done.stderr.strip().splitlines()[-1]
