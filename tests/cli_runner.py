@@ -35,19 +35,33 @@ class Done:
 
 def _run_in_child(script, argv, block, out_path, err_path, python_path):
     """In the forked process: run ``script`` as ``__main__``; never returns."""
-    code = 1
-    try:
+
+    def prepare():
         for fd, path in ((1, out_path), (2, err_path)):
             target = os.open(path, os.O_WRONLY | os.O_TRUNC)
             os.dup2(target, fd)
             os.close(target)
-        # The test runner's own capture objects would otherwise receive print() and logging.
-        sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", closefd=False), line_buffering=True)
-        sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", closefd=False), line_buffering=True)
         for name in block:
             for loaded in [key for key in sys.modules if key == name or key.startswith(name + ".")]:
                 del sys.modules[loaded]
             sys.modules[name] = None
+        os.environ.pop("IDDC_DEBUG", None)
+        os.chdir(ROOT)
+
+    exit_as_script(str(script), argv, python_path, prepare)
+
+
+def exit_as_script(script, argv, python_path, prepare):
+    """In a forked process: ``prepare()`` (which gives fds 0-2 the command's streams), then run
+    ``script`` as ``python script argv`` would (``sys.argv``, ``sys.path[0]``, exit status) and leave
+    the process with its exit status; never returns, whatever fails."""
+    code = 1
+    try:
+        prepare()
+        # The test runner's own capture objects would otherwise receive print() and logging.
+        sys.stdin = io.TextIOWrapper(os.fdopen(0, "rb", closefd=False))
+        sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", closefd=False), line_buffering=True)
+        sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", closefd=False), line_buffering=True)
         torch = sys.modules.get("torch")
         if torch is not None:
             # OpenMP's threads are not forked: a parallel region in a child of a process that ran one
@@ -55,12 +69,10 @@ def _run_in_child(script, argv, block, out_path, err_path, python_path):
             torch.set_num_threads(1)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.environ.pop("IDDC_DEBUG", None)
-        os.chdir(ROOT)
-        sys.argv = [str(script), *argv]
-        sys.path[:] = [str(Path(script).parent), *python_path]
+        sys.argv = [script, *argv]
+        sys.path[:] = [os.path.dirname(os.path.abspath(script)), *python_path]
         try:
-            runpy.run_path(str(script), run_name="__main__")
+            runpy.run_path(script, run_name="__main__")
             code = 0
         except SystemExit as done:
             if done.code is None or isinstance(done.code, int):

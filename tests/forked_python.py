@@ -12,10 +12,8 @@ the project anew, seconds of CPU for each command line. Any other use of the int
 launchers' ``${PYTHON:-python}`` is the stand-in.
 """
 
-import io
 import json
 import os
-import runpy
 import select
 import signal
 import socket
@@ -23,8 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
+
+from cli_runner import exit_as_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,47 +73,18 @@ def _receive_exactly(connection, size):
 
 def _run_in_child(request, streams, python_path):
     """In the forked process: run the requested ``python SCRIPT.py ARGS``; never returns."""
-    code = 1
-    try:
+
+    def prepare():
         for target, fd in enumerate(streams):
             os.dup2(fd, target)
         for fd in streams:
             if fd > 2:
                 os.close(fd)
-        # The test runner's own capture objects would otherwise receive print() and logging.
-        sys.stdin = io.TextIOWrapper(os.fdopen(0, "rb", closefd=False))
-        sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", closefd=False), line_buffering=True)
-        sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", closefd=False), line_buffering=True)
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            # OpenMP's threads are not forked: a parallel region in a child of a process that ran one
-            # waits for them forever. One thread runs none.
-            torch.set_num_threads(1)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
-        script = request["argv"][0]
-        sys.argv = list(request["argv"])
-        sys.path[:] = [os.path.dirname(os.path.abspath(script)), *python_path]
-        try:
-            runpy.run_path(script, run_name="__main__")
-            code = 0
-        except SystemExit as done:
-            if done.code is None or isinstance(done.code, int):
-                code = done.code or 0
-            else:
-                print(done.code, file=sys.stderr)
-        except BaseException:
-            traceback.print_exc()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
-        os._exit(code)
+
+    exit_as_script(request["argv"][0], request["argv"][1:], python_path, prepare)
 
 
 def _start(connection, python_path):
