@@ -69,6 +69,15 @@ def _limit_threads():
 
 
 @pytest.fixture(scope="session")
+def dino_file(tmp_path_factory):
+    """A small random ViT (2 blocks, 64 channels, seed 3) saved as a DINO release file: the backbone
+    of the training tests. Read only."""
+    from helpers import save_dino, small_model
+
+    return save_dino(small_model(seed=3), tmp_path_factory.mktemp("dino") / "dino_small.pth")
+
+
+@pytest.fixture(scope="session")
 def fake_checkpoint(tmp_path_factory):
     """The original's fake ViT-S/16 checkpoint (random numbers, seed 4321), made by the golden script."""
     path = tmp_path_factory.mktemp("golden_ckpt") / "ckpt16.pth"

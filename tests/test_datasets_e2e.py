@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import save_dino, save_released, small_model
+from helpers import save_released, small_model
 from PIL import Image
 
 import eval as eval_cli
@@ -154,11 +154,6 @@ def test_wrong_dataset_and_bad_data_are_one_clear_line(tmp_path, roots, checkpoi
         ]
     )
     assert code == 2 and "gtFine/val/lindau: city folder missing" in capsys.readouterr().err
-
-
-@pytest.fixture(scope="module")
-def dino_file(tmp_path_factory):
-    return save_dino(small_model(seed=3), tmp_path_factory.mktemp("dino") / "dino_small.pth")
 
 
 def read_log(output_dir):

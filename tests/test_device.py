@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import save_dino, save_released, small_model
+from helpers import save_released, small_model
 from PIL import Image
 from test_train import max_weight_difference, read_log
 
@@ -155,11 +155,6 @@ def train_data(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def tiny_dino(tmp_path_factory):
-    return save_dino(small_model(seed=3), tmp_path_factory.mktemp("dino_device") / "dino_tiny.pth")
-
-
 def train_args(data_root, dino_file, output_dir, device, *extra):
     """train.py on 8 images, batch 4 (2 steps an epoch), every step logged and checkpointed."""
     return [
@@ -193,20 +188,20 @@ def train_rows(output_dir):
 
 
 @pytest.fixture(scope="module")
-def straight_run(test_device, train_data, tiny_dino, tmp_path_factory):
+def straight_run(test_device, train_data, dino_file, tmp_path_factory):
     """Two epochs in train.py's default precision (bf16 on a GPU, fp32 on the CPU) with deterministic
     algorithms (on a GPU also CUBLAS_WORKSPACE_CONFIG, set by tests/conftest.py) and cuDNN benchmark
     off: the reference of the resume test."""
     require_module("tensorboard", "training (train.py logs to TensorBoard)")
     out = tmp_path_factory.mktemp("straight")
     with deterministic_algorithms():
-        assert train_cli.main(train_args(train_data, tiny_dino, out, test_device, "--epochs", "2")) == 0
+        assert train_cli.main(train_args(train_data, dino_file, out, test_device, "--epochs", "2")) == 0
     return out
 
 
 @pytest.mark.device
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_one_training_epoch(test_device, train_data, tiny_dino, tmp_path, precision, request, record_property):
+def test_one_training_epoch(test_device, train_data, dino_file, tmp_path, precision, request, record_property):
     """train.py: finite losses and metrics, checkpoints on the CPU (bf16 with --cudnn-benchmark); on
     a GPU in fp32 the first step's loss within 1% of the CPU's (same weights, data and negatives;
     TF32 convolutions)."""
@@ -216,7 +211,7 @@ def test_one_training_epoch(test_device, train_data, tiny_dino, tmp_path, precis
         out = request.getfixturevalue("straight_run")  # on the CPU the resume test's run is one (twice)
     else:
         out = tmp_path / precision
-        args = train_args(train_data, tiny_dino, out, test_device, "--epochs", "1", "--precision", precision)
+        args = train_args(train_data, dino_file, out, test_device, "--epochs", "1", "--precision", precision)
         # bf16 is the fast setting, the one to try cuDNN's benchmark mode with.
         benchmark = ["--cudnn-benchmark"] if precision == "bf16" else []
         try:
@@ -236,7 +231,7 @@ def test_one_training_epoch(test_device, train_data, tiny_dino, tmp_path, precis
     record_property(f"first step loss ({precision})", f"{rows[0]['total']:.6f}")
     if gpu and precision == "fp32":
         cpu_out = tmp_path / "cpu"
-        cpu_args = train_args(train_data, tiny_dino, cpu_out, torch.device("cpu"), "--epochs", "1")
+        cpu_args = train_args(train_data, dino_file, cpu_out, torch.device("cpu"), "--epochs", "1")
         assert train_cli.main([*cpu_args, "--precision", "fp32"]) == 0
         cpu_first = train_rows(cpu_out)[0]
         record_property("first step loss on the CPU", f"{cpu_first['total']:.6f}")
@@ -269,7 +264,7 @@ sys.exit(train.main(argv))
 
 @pytest.mark.device
 def test_killed_training_resumes_to_the_straight_run(
-    test_device, train_data, tiny_dino, straight_run, tmp_path, record_property
+    test_device, train_data, dino_file, straight_run, tmp_path, record_property
 ):
     """With deterministic algorithms, CUBLAS_WORKSPACE_CONFIG=:4096:8 and cuDNN benchmark off, a run
     killed (SIGKILL, in its own process) in the middle of its second epoch, then resumed, ends within
@@ -277,7 +272,7 @@ def test_killed_training_resumes_to_the_straight_run(
     if on_gpu(test_device):
         assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (":4096:8", ":16:8"), "set by tests/conftest.py"
     killed = tmp_path / "killed"
-    args = train_args(train_data, tiny_dino, killed, test_device, "--epochs", "2")
+    args = train_args(train_data, dino_file, killed, test_device, "--epochs", "2")
     # Resume files land after steps 1 (mid-epoch), 2 (end of epoch 0) and 3 (mid-epoch 1): kill after the third.
     done = subprocess.run(
         [sys.executable, "-c", KILLED_RUN, "3", *args], cwd=ROOT, capture_output=True, text=True, timeout=300

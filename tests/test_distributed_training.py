@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import save_dino, small_model
 from test_train import max_weight_difference, read_log
 
 import eval as eval_cli
@@ -28,11 +27,6 @@ def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("cocostuff_ddp")
     write_synthetic_cocostuff(root, num_train=16, num_val=2, sizes=((256, 224), (224, 288), (240, 240)))
     return root
-
-
-@pytest.fixture(scope="module")
-def dino_file(tmp_path_factory):
-    return save_dino(small_model(seed=3), tmp_path_factory.mktemp("dino_ddp") / "dino_small.pth")
 
 
 def args_for(data_root, dino_file, output_dir, batch_size, num_workers=1):

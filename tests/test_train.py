@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import save_dino, small_model
 
 import eval as eval_cli
 import train as train_cli
@@ -25,11 +24,6 @@ def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("cocostuff")
     write_synthetic_cocostuff(root, num_train=16, num_val=4, sizes=((320, 256), (200, 300), (288, 352), (240, 240)))
     return root
-
-
-@pytest.fixture(scope="module")
-def dino_file(tmp_path_factory):
-    return save_dino(small_model(seed=3), tmp_path_factory.mktemp("dino") / "dino_small.pth")
 
 
 def train_args(data_root, dino_file, output_dir, *extra, num_workers=0):
