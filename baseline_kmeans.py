@@ -24,7 +24,7 @@ from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from data.spec import SegmentationEval
 from data.transforms import CenterCropTransform
 from engine.crf import require_pydensecrf
-from engine.evaluation import PROTOCOLS, evaluate, make_protocol
+from engine.evaluation import PROTOCOLS, default_loader_workers, evaluate, make_protocol
 from modules.backbones import BACKBONES, build_backbone
 from modules.kmeans import DEFAULT_LOGIT_SCALE, KMeansSegmenter, fit_kmeans, require_faiss, sample_features
 from modules.weights import save_atomic
@@ -90,7 +90,12 @@ def build_parser():
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--batch-size", type=int, default=32, help="images (windows for sliding) per backbone forward")
-    parser.add_argument("--num-workers", type=int, default=2, help="data-loading processes")
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="data-loading processes (default: 2 on CUDA, 0 on CPU, as eval.py)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N validation images")
     parser.add_argument("--save-centroids", default=None, metavar="FILE", help="also write the centroids (torch file)")
     parser.add_argument("--output-json", default=None, help="write the results here")
@@ -109,6 +114,8 @@ def check_options(parser, args):
         check_at_least(side, "--score-size", 1)
     check_finite(args.logit_scale, "--logit-scale", positive=True)
     args.device = resolve_device(args.device)
+    if args.num_workers is None:
+        args.num_workers = default_loader_workers(args.device)
     inputs = [args.backbone_weights, args.config]
     if args.output_json:
         output = Path(args.output_json)

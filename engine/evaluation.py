@@ -324,6 +324,13 @@ def score_image(pred, label, score_size, num_classes):
     return confusion_matrix(pred.cpu(), label.cpu(), num_classes)
 
 
+def default_loader_workers(device):
+    """Evaluation's loader processes: 2 on CUDA, none on CPU, where they would take the cores from the
+    forwards' threads (reading an image costs ~3% of its forwards there, while workers slowed the bf16
+    forwards by 20%: benchmarks/bench_eval.py)."""
+    return 0 if torch.device(device).type == "cpu" else 2
+
+
 def eval_loader(dataset, batch_size, num_workers):
     """Images of this process's shard (rank::world, no padding: no image counted twice)."""
     indices = list(range(distributed.rank(), len(dataset), distributed.world_size()))
@@ -396,16 +403,13 @@ def evaluate_heads(
     ``on_image(sample, pred)`` is called for every image with the first head's map (e.g. to save
     pictures), ``on_image_heads(sample, preds)`` with every head's maps (heads, H, W). With
     ``protocol.crf`` the CRFs run in ``crf_workers`` processes (default: the CPU cores, at most 8;
-    0: in this process) while the next images go through the backbone.
-    pictures). ``dataset`` is a name or spec of data/registry.py; the model must have one cluster
-    per class of it.
-    ``num_workers`` None: 2 loader processes on CUDA, none on CPU, where they would take the cores
-    from the forwards' threads (reading an image costs ~3% of its forwards there, while workers
-    slowed the bf16 forwards by 20%: benchmarks/bench_eval.py).
+    0: in this process) while the next images go through the backbone. ``dataset`` is a name or
+    spec of data/registry.py; the model must have one cluster per class of it. ``num_workers``
+    None: :func:`default_loader_workers`.
     """
     spec = get_dataset(dataset)
     if num_workers is None:
-        num_workers = 0 if torch.device(device).type == "cpu" else 2
+        num_workers = default_loader_workers(device)
     num_classes = model.num_classes
     if num_classes != spec.num_classes:
         raise ValueError(f"the model has {num_classes} clusters but {spec.name} has {spec.num_classes} classes")
