@@ -1,6 +1,7 @@
 """Thin helpers over torch.distributed that also work in a single process."""
 
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -71,7 +72,11 @@ def gather_batch(tensor):
 def gather_batch_with_grad(tensor):
     """As ``gather_batch``, differentiable: the gradient of each part flows back to its process
     (summed over the processes that used it)."""
-    return torch.cat(dist_nn.all_gather(tensor))
+    with warnings.catch_warnings():
+        # torch deprecates this differentiable all_gather in favour of a private module's function;
+        # it stays for its exact gradient (and bits) until a public replacement exists.
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
+        return torch.cat(dist_nn.all_gather(tensor))
 
 
 def all_reduce_gradients(parameters):
