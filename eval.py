@@ -276,9 +276,9 @@ def evaluate_checkpoints(args, checkpoints, spec, protocol, device, collector):
     for checkpoint in checkpoints:
         model, meta = load_iddc_model(checkpoint, patch_size=args.patch_size, num_heads=args.num_heads)
         check_clusters_fit(model, meta, spec, checkpoint)
-        if protocol.window is not None and protocol.window < model.patch_size:
+        if protocol.window is not None and (protocol.window < model.patch_size or protocol.window % model.patch_size):
             raise OptionError(
-                f"--window {protocol.window}: smaller than the checkpoint's ViT patch ({model.patch_size})"
+                f"--window {protocol.window}: not a multiple of the checkpoint's ViT patch ({model.patch_size})"
             )
         model.to(device)
         shared = share_backbone(model, models)  # the first checkpoint of its backbone, or None

@@ -1,6 +1,5 @@
 # Sourced by train.sh and val.sh (and through them train_coco27.sh and val_coco27.sh): the names the
 # recipes take, the one way they fail, the data root and the launcher of train.py.
-# `caller` names the script in its usage lines.
 
 # The registry's datasets (data/registry.py) and the backbones of modules/backbones.py, DINO's by their
 # short names; tests/test_docs.py keeps both lists equal to the code's.

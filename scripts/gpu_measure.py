@@ -1,7 +1,7 @@
 """The speed measurements of scripts/gpu_check.py, on synthetic data and randomly initialised ViTs.
 
 Speed does not depend on the weights, so full-size ViT-S/16 and S/8 backbones are built with random
-weights (``--quick``: two blocks, 64 channels). Every time is taken between
+weights (``--quick``: one block, 64 channels). Every time is taken between
 ``torch.cuda.synchronize`` calls, after warm-up steps, so that it is the GPU's time and not the time
 to queue its work. Each function returns plain numbers for the report.
 

@@ -238,6 +238,15 @@ def test_eval_more_bad_options(work, capsys, flags):
     assert code == 2 and flags[0] in line and flags[1] in line
 
 
+def test_eval_window_not_a_multiple_of_the_patch(work, capsys):
+    import eval as eval_cli
+
+    common = ["--data-root", work["root"], "--checkpoint", work["ckpt"], "--device", "cpu", "--overlap", "0"]
+    for window in ("100", "4"):
+        code, line = call_main(eval_cli.main, capsys, *common, "--window", window)
+        assert code == 2 and f"--window {window}" in line and "multiple of the checkpoint's ViT patch" in line
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_eval_cuda_without_a_gpu(work, capsys):
     import eval as eval_cli
