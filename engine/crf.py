@@ -21,6 +21,7 @@ hundred MB. COCO-Stuff images (at most 640x640) are never downscaled with the de
 import collections
 import multiprocessing
 import os
+import signal
 
 import numpy as np
 import torch
@@ -122,8 +123,7 @@ class CRFPool:
         self.heads = heads
         self.max_pixels = max_pixels
         self.max_pending = max_pending or 2 * max(1, self.workers)
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        self._pool = multiprocessing.get_context(method).Pool(self.workers) if self.workers else None
+        self._pool = start_pool(self.workers) if self.workers else None
         self._pending = collections.deque()
 
     def submit(self, image, probs, key):
@@ -153,17 +153,48 @@ class CRFPool:
             done.append((key, maps))
         return done
 
-    def close(self):
+    def close(self, stop_now=False):
+        """Let the workers end once their queue is empty, or with ``stop_now`` (an error) end them
+        at once by SIGTERM."""
         if self._pool is not None:
-            self._pool.terminate()
+            if stop_now:
+                self._pool.terminate()
+            else:
+                self._pool.close()
             self._pool.join()
             self._pool = None
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        self.close(stop_now=exc_type is not None)
+
+
+def start_pool(workers):
+    """A pool of ``workers`` processes that SIGTERM always ends.
+
+    The commands catch SIGTERM in Python (utils/cli.py), and forked workers inherit that handler.
+    A SIGTERM that reaches a worker between its fork and the interpreter's after-fork reset is
+    dropped with the handler's pending flag, and the worker then waits on the task queue forever
+    while ``Pool.terminate()`` joins it (seen when an error closed the pool just after it
+    started). So SIGTERM is blocked in this thread while the workers are forked, and each worker
+    restores the default action before it unblocks the signal: one sent early stays pending until
+    then and ends the worker as by default.
+    """
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    if not hasattr(signal, "pthread_sigmask"):
+        return multiprocessing.get_context(method).Pool(workers)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        return multiprocessing.get_context(method).Pool(workers, initializer=_worker_sigterm_default)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _worker_sigterm_default():
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 class _Done:

@@ -6,6 +6,7 @@ marked ``device`` (tests/test_device.py) run on a GPU: ``IDDC_TEST_DEVICE=cuda p
 -m device tests/test_device.py``, which is what scripts/gpu_check.sh runs.
 """
 
+import faulthandler
 import os
 import subprocess
 import sys
@@ -24,6 +25,18 @@ TEST_DEVICE_ENV = "IDDC_TEST_DEVICE"
 if os.environ.get(TEST_DEVICE_ENV, "cpu").startswith("cuda"):
     # cuBLAS reads it once, when it starts: deterministic matmuls (the resume test) need it set first.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+# Far above the slowest test (about 15 s): a hung test ends the run with every thread's traceback
+# instead of holding CI until its limit.
+TEST_TIME_LIMIT_S = 600
+
+
+@pytest.fixture(autouse=True)
+def hang_guard():
+    faulthandler.dump_traceback_later(TEST_TIME_LIMIT_S, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 def pytest_configure(config):
