@@ -107,7 +107,12 @@ def build_parser():
     )
     parser.add_argument("--val-batch-size", type=int, default=32)
     parser.add_argument("--log-every", type=int, default=50, help="steps between readable log lines")
-    parser.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
+    parser.add_argument(
+        "--train-limit",
+        type=int,
+        default=None,
+        help="train on the first N training items only (images; Cityscapes: five-crops)",
+    )
     parser.add_argument("--val-limit", type=int, default=None, help="validate on the first N images only")
     parser.add_argument(
         "--resume", action="store_true", help=f"continue from OUTPUT_DIR/{RESUME_FILE}, at the exact step it holds"

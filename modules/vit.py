@@ -1,4 +1,5 @@
-"""The ViT of every backbone: timm's VisionTransformer with each release's own positional interpolation.
+"""The ViT of the DINO and DINOv2 backbones: timm's VisionTransformer with each release's own positional
+interpolation (DINOv3's is modules/eva.py).
 
 timm builds the architecture (patch embedding, blocks, LayerScale, registers, final norm), so
 its parameter names are timm's: for DINO they are exactly DINO's own (the released IDDC files
