@@ -1,10 +1,9 @@
 """Dense CRF: STEGO's image reconstruction, edge snapping, shapes, the worker pool, and the CLIs."""
 
 import json
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
+import os
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -19,9 +18,9 @@ from data.synthetic import write_synthetic_cocostuff
 from engine.crf import CRFPool, crf_image, crf_inputs, crf_maps, dense_crf, fit_size
 from engine.evaluation import evaluate, make_protocol
 from modules.checkpoint import load_iddc_model
+from utils.cli import run_cli
 from utils.constants import IMAGENET_MEAN, IMAGENET_STD
 
-ROOT = Path(__file__).resolve().parents[1]
 EDGE = 40
 
 
@@ -114,40 +113,40 @@ def test_pool_gives_the_same_maps_as_one_process():
         CRFPool(workers=0).submit(torch.zeros(3, 8, 8), torch.zeros(2, 9, 8), "bad")
 
 
-POOL_RACE = textwrap.dedent(
-    """
-    import signal, sys
-    from engine.crf import CRFPool
-    from utils.cli import run_cli
-
-    def main(argv):
-        for attempt in range(int(argv[0])):
-            with CRFPool(workers=2) as pool:
-                state = pool._pool.apply(signal.pthread_sigmask, (signal.SIG_BLOCK, []))
-                assert signal.SIGTERM not in state, state
-                assert pool._pool.apply(signal.getsignal, (signal.SIGTERM,)) == signal.SIG_DFL
-            try:
-                with CRFPool(workers=2):
-                    raise ValueError("an error just after the workers were forked")
-            except ValueError:
-                pass
-        print("closed", attempt + 1)
-        return 0
-
-    sys.exit(run_cli(main, sys.argv[1:]))
-    """
-)
+def open_and_close_pools(argv):
+    """A command's main: pools closed normally and by an error right after their workers' fork."""
+    for _ in range(int(argv[0])):
+        with CRFPool(workers=2) as pool:
+            mask = pool._pool.apply(signal.pthread_sigmask, (signal.SIG_BLOCK, []))
+            assert signal.SIGTERM not in mask, mask
+            assert pool._pool.apply(signal.getsignal, (signal.SIGTERM,)) == signal.SIG_DFL
+        try:
+            with CRFPool(workers=2):
+                raise ValueError("an error just after the workers were forked")
+        except ValueError:
+            pass
+    return 0
 
 
 def test_pool_workers_end_by_sigterm_even_just_after_their_fork():
     """Commands catch SIGTERM in Python (utils/cli.py) and forked workers inherit the handler; a
     SIGTERM from ``Pool.terminate()`` that reached a worker right after its fork was lost, and an
     error that closed the pool at once then hung the command (and CI) in the join."""
-    result = subprocess.run(
-        [sys.executable, "-c", POOL_RACE, "4"], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["closed", "4"]
+    pid = os.fork()
+    if pid == 0:  # a command's process, forked from this one (torch and the project imported)
+        code = 1
+        try:
+            code = run_cli(open_and_close_pools, ["6"])
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while not (ended := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not ended[0]:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert ended[0], "the pools' workers did not end within 60 s"
+    assert os.waitstatus_to_exitcode(ended[1]) == 0
 
 
 @pytest.fixture(scope="module")
