@@ -18,29 +18,27 @@ the peak allocated GPU memory as well.
 
 import argparse
 import logging
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file, benchmarks/ is first on the path
+
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import sync  # noqa: E402
-from data.synthetic import write_synthetic_cocostuff  # noqa: E402
-from engine.evaluation import evaluate_heads, make_protocol  # noqa: E402
-from engine.sweep import HeadsOnBackbone, heads_on  # noqa: E402
-from engine.training import HeadRun, TrainableHead, train_loader, train_one_epoch  # noqa: E402
-from modules.loss import IDDCLoss  # noqa: E402
-from modules.model import IDDCModel  # noqa: E402
-from modules.vit import VisionTransformer  # noqa: E402
-from utils.cli import ArgumentParser  # noqa: E402
-from utils.log import LogGroup  # noqa: E402
+from benchmarks.common import check_counts, mib, random_vit, sync, temporary_folder
+from benchmarks.peak_memory import reset_resident_high_water, resident_high_water
+from data.synthetic import write_synthetic_cocostuff
+from engine.evaluation import evaluate_heads, make_protocol
+from engine.sweep import HeadsOnBackbone, heads_on
+from engine.training import HeadRun, TrainableHead, train_loader, train_one_epoch
+from modules.loss import IDDCLoss
+from modules.model import IDDCModel
+from utils.cli import ArgumentParser, check_at_least, entry_point, resolve_device
+from utils.errors import ReportedError
+from utils.log import LogGroup
 
 CONFIG_WORKERS = 8  # configs/train_cocostuff27_*.yaml
 SIZES = ((640, 480), (480, 640), (500, 375))
@@ -49,10 +47,15 @@ NEG_WEIGHTS = (1.4, 1.0, 2.0, 0.7)
 POS_THRESHOLDS = (0.2, 0.25, 0.15, 0.3)
 
 
+class MeasurementError(ReportedError):
+    """A measurement's own process failed (exit 1: a problem the run met, as out of memory)."""
+
+    exit_code = 1
+
+
 def backbone(device):
     """A randomly initialised ViT-S/16 in a model (the first variant's)."""
-    torch.manual_seed(0)
-    return IDDCModel(VisionTransformer(patch_size=16)).to(device)
+    return IDDCModel(random_vit(patch_size=16)).to(device)
 
 
 def build(num_variants, device, base):
@@ -86,6 +89,12 @@ def timed_epoch(vit, runs, loader, epoch, warmup, device, precision):
         sync(device)
         stamps.append(time.perf_counter())
 
+    quiet_epoch(vit, runs, loader, epoch, device, precision, after_step)
+    return (stamps[-1] - stamps[warmup - 1]) / (len(stamps) - warmup)
+
+
+def quiet_epoch(vit, runs, loader, epoch, device, precision, after_step=None):
+    """One training epoch of ``runs`` over ``loader``, logging nothing."""
     quiet = logging.getLogger("bench_sweep")
     quiet.setLevel(logging.WARNING)
     train_one_epoch(
@@ -101,7 +110,6 @@ def timed_epoch(vit, runs, loader, epoch, warmup, device, precision):
         logger=quiet,
         after_step=after_step,
     )
-    return (stamps[-1] - stamps[warmup - 1]) / (len(stamps) - warmup)
 
 
 def training_times(args, root, device, precision):
@@ -177,34 +185,20 @@ def shared_evaluation(args, root, device):
     return rounds
 
 
-def rss_bytes():
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def memory_child(args, root, device, precision):
-    """In a fresh process: peak resident memory over ``--memory-steps`` steps of ``--memory-child`` variants."""
+    """In a fresh process: peak resident memory over ``--memory-steps`` steps of ``--memory-child``
+    variants (the kernel's high-water mark, reset before the steps: loader workers are not counted)."""
     base = backbone(device)
     runs = build(args.memory_child, device, base)
     loader = train_loader(root, args.batch_size, 0, CONFIG_WORKERS, device, limit=args.memory_steps * args.batch_size)
-    before = rss_bytes()
-    peak = [before]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_bytes())
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
+    before = reset_resident_high_water()
+    if before is None:
+        raise ReportedError("the peak memory needs Linux 4.0 or later (/proc/self/clear_refs)")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    sampler.start()
-    timed_epoch(base.vit, runs, loader, 0, 1, device, precision)
-    done.set()
-    sampler.join()
+    quiet_epoch(base.vit, runs, loader, 0, device, precision)
     gpu = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-    print(f"MEMORY {args.memory_child} {before} {peak[0]} {gpu}")
+    print(f"MEMORY {args.memory_child} {before} {resident_high_water()} {gpu}")
 
 
 def memory_peaks(args, root):
@@ -227,18 +221,19 @@ def memory_peaks(args, root):
             "--precision",
             args.precision,
         ]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+            raise MeasurementError(
+                f"the memory measurement of {count} variant(s) failed: {lines[-1]}\n" + "\n".join(lines[:-1])
+            )
         line = next(line for line in done.stdout.splitlines() if line.startswith("MEMORY"))
         _, _, before, peak, gpu = line.split()
         out[count] = (int(before), int(peak), int(gpu))
     return out
 
 
-def mib(count):
-    return f"{count / 2**20:.0f} MiB"
-
-
-def main():
+def build_parser():
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10, help="timed steps a measurement")
@@ -248,20 +243,30 @@ def main():
     parser.add_argument("--val-images", type=int, default=8, help="images of the timed validation")
     parser.add_argument("--eval-images", type=int, default=2, help="640x480 images of the sliding evaluation")
     parser.add_argument("--memory-steps", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--precision", default=None, choices=("fp32", "bf16"), help="default: fp32 (the issue's)")
     parser.add_argument("--skip", nargs="*", default=[], choices=("training", "validation", "evaluation", "memory"))
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data-root", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+@entry_point
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     args.precision = args.precision or "fp32"
+    args.device = resolve_device(args.device)
+    counts = ("--batch-size", "--steps", "--warmup", "--repeats", "--val-images", "--eval-images", "--memory-steps")
+    check_counts(args, dict.fromkeys(counts, 1))
+    for count in args.variants:
+        check_at_least(count, "--variants", 1)
     device = torch.device(args.device)
     if args.memory_child is not None:
         memory_child(args, Path(args.data_root), device, args.precision)
-        return
-
-    with tempfile.TemporaryDirectory(prefix="bench_sweep_") as folder:
-        run(args, Path(folder), device)
+        return 0
+    with temporary_folder("sweep") as root:
+        run(args, root, device)
+    return 0
 
 
 def run(args, root, device):
@@ -309,12 +314,12 @@ def run(args, root, device):
         )
     if "memory" not in args.skip:
         for count, (before, peak, gpu) in memory_peaks(args, root).items():
-            extra = f", GPU peak {mib(gpu)}" if device.type == "cuda" else ""
+            extra = f", GPU peak {mib(gpu)} MiB" if device.type == "cuda" else ""
             print(
-                f"memory, {count} variant(s): peak RSS {mib(peak)} over {args.memory_steps} steps "
-                f"({mib(peak - before)} above the RSS before the first step){extra}"
+                f"memory, {count} variant(s): peak RSS {mib(peak)} MiB over {args.memory_steps} steps "
+                f"({mib(peak - before)} MiB above the RSS before the first step){extra}"
             )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

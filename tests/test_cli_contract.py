@@ -31,7 +31,7 @@ from utils.cli import entry_point
 from utils.errors import EXIT_TERMINATED, ReportedError
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("bench_crf", "bench_eval", "bench_loss", "bench_predict_memory", "bench_train")
+BENCHMARKS = sorted(path.stem for path in (ROOT / "benchmarks").glob("bench_*.py"))
 
 
 class Case:
