@@ -27,16 +27,19 @@ if os.environ.get(TEST_DEVICE_ENV, "cpu").startswith("cuda"):
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-# Far above the slowest test (about 15 s): a hung test ends the run with every thread's traceback
-# instead of holding CI until its limit.
+# Far above the slowest test with its fixtures (about 30 s): a hung test ends the run with every
+# thread's traceback instead of holding CI until its limit.
 TEST_TIME_LIMIT_S = 600
 
 
-@pytest.fixture(autouse=True)
-def hang_guard():
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Each test's setup (module fixtures included), call and teardown within TEST_TIME_LIMIT_S."""
     faulthandler.dump_traceback_later(TEST_TIME_LIMIT_S, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
+    try:
+        return (yield)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def pytest_configure(config):

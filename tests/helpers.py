@@ -1,8 +1,12 @@
 """Builders shared by the tests: small random IDDC models saved in the official formats; a command
-line started in a process group of its own."""
+line started in a process group of its own; the ranks of a process group forked from the test's."""
 
+import json
 import os
+import signal
+import socket
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -55,3 +59,51 @@ def start_command_line(script, argv, out_path, err_path):
         finally:  # _run_in_child never returns: the child never goes back into the test runner
             _run_in_child(ROOT / script, list(map(str, argv)), (), out_path, err_path, python_path)
     return pid
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_ranks(commands, world_size, log_dir):
+    """Start the ``world_size`` ranks of a process group, each forked from the test process and
+    running ``commands`` ([(script, argv)], train.py or eval.py) in a row with torchrun's
+    environment (tests/command_ranks.py): no launcher, no new interpreter. {pid: (stdout, stderr) files}."""
+    plan = json.dumps([[free_port(), script, list(map(str, argv))] for script, argv in commands])
+    python_path = [path for path in sys.path if Path(path or ".").resolve() != ROOT / "tests"]
+    pids = {}
+    for rank in range(world_size):
+        out, err = Path(log_dir) / f"rank{rank}.out", Path(log_dir) / f"rank{rank}.err"
+        out.touch()
+        err.touch()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ranks = dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=world_size, MASTER_ADDR="127.0.0.1")
+                os.environ.update({key: str(value) for key, value in ranks.items()})
+            finally:
+                _run_in_child(ROOT / "tests" / "command_ranks.py", [plan], (), out, err, python_path)
+        pids[pid] = (out, err)
+    return pids
+
+
+def finish_ranks(pids, timeout=300):
+    """Wait for the ranks of :func:`start_ranks`; each must exit 0 (else: its output)."""
+    deadline = time.monotonic() + timeout
+    codes = {}
+    while len(codes) < len(pids) and time.monotonic() < deadline:
+        for pid in set(pids) - set(codes):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                codes[pid] = os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    for pid in set(pids) - set(codes):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    for pid, (out, err) in pids.items():
+        output = out.read_text()[-2000:] + err.read_text()[-3000:]
+        assert codes.get(pid) == 0, f"{out} (exit {codes.get(pid)}):\n{output}"

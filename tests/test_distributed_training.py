@@ -6,12 +6,12 @@ Every run is one epoch at lr 1e-3 on a small fixture; the N-process weights must
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import finish_ranks, free_port, start_ranks
 from test_train import max_weight_difference, read_log
 
 import eval as eval_cli
@@ -54,30 +54,77 @@ def args_for(data_root, dino_file, output_dir, batch_size, num_workers=1):
     ]
 
 
+def start_two_nodes(out, data_root, dino_file):
+    """train_coco27.sh on two 'machines' of two processes each (two launches on localhost, static
+    rendezvous, torchrun itself): four processes with 2 images each of the global batch of 8."""
+    port = free_port()
+    launches = []
+    for node_rank in (0, 1):
+        env = dict(
+            os.environ,
+            OMP_NUM_THREADS="1",
+            NNODES="2",
+            NODE_RANK=str(node_rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            NPROC="2",
+            PYTHON=sys.executable,
+        )
+        command = ["bash", str(ROOT / "train_coco27.sh"), "vits16", *args_for(data_root, dino_file, out, 8)]
+        launches.append(
+            subprocess.Popen(
+                [*command, "--final-protocol", "none"],
+                cwd=out.parent,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    return launches
+
+
+def eval_args(data_root, checkpoint, output_json):
+    return [
+        "--data-root",
+        str(data_root),
+        "--checkpoint",
+        str(checkpoint),
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+        "--protocol",
+        "resize320",
+        "--output-json",
+        str(output_json),
+    ]
+
+
 @pytest.fixture(scope="module")
-def single(tmp_path_factory, data_root, dino_file):
-    """One process, global batch 8 and 6 (2 steps each)."""
-    runs = {}
-    for batch_size in (8, 6):
-        out = tmp_path_factory.mktemp(f"single_b{batch_size}")
-        assert train_cli.main(args_for(data_root, dino_file, out, batch_size)) == 0
-        runs[batch_size] = out
-    return runs
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def torchrun(nproc, *args, timeout=400):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
-    done = subprocess.run(
-        cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=timeout
+def runs(tmp_path_factory, data_root, dino_file):
+    """Every run of the tests, the independent ones at the same time: two machines of two processes
+    (torchrun), two processes (forked ranks) training with global batches 8 and 6 and then
+    evaluating the first model, and, in this process meanwhile, the one-process runs they must
+    equal. {name: output folder}."""
+    work = tmp_path_factory.mktemp("distributed")
+    out = {name: work / name for name in ("nodes", "b8", "b6", "single_b8", "single_b6")}
+    nodes = start_two_nodes(out["nodes"], data_root, dino_file)
+    ranks = start_ranks(
+        [
+            ("train.py", args_for(data_root, dino_file, out["b8"], 8)),
+            ("train.py", args_for(data_root, dino_file, out["b6"], 6)),
+            ("eval.py", eval_args(data_root, out["b8"] / "last_model.pth", work / "two.json")),
+        ],
+        2,
+        work,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
+    for batch_size in (8, 6):  # one process, global batch 8 and 6 (2 steps each)
+        assert train_cli.main(args_for(data_root, dino_file, out[f"single_b{batch_size}"], batch_size)) == 0
+    finish_ranks(ranks)
+    outputs = [launch.communicate(timeout=400)[0] for launch in nodes]
+    assert [launch.returncode for launch in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    return out
 
 
 def assert_same_training(single_dir, multi_dir):
@@ -106,70 +153,24 @@ def assert_rank_zero_alone_wrote(out):
     assert len(list((out / "tensorboard").iterdir())) == 1
 
 
-@pytest.mark.parametrize("nproc,batch_size", [(2, 8), (2, 6)])
-def test_processes_train_the_single_process_model(tmp_path, data_root, dino_file, single, nproc, batch_size):
-    out = tmp_path / "ddp"
-    torchrun(nproc, "train.py", *args_for(data_root, dino_file, out, batch_size))
-    assert_same_training(single[batch_size], out)
-    assert_rank_zero_alone_wrote(out)
-    if (nproc, batch_size) == (2, 8):
-        # Validation under torchrun sums the processes' confusion matrices: the single-process ones.
-        common = [
-            "--data-root",
-            str(data_root),
-            "--checkpoint",
-            str(out / "last_model.pth"),
-            "--device",
-            "cpu",
-            "--num-workers",
-            "0",
-            "--protocol",
-            "resize320",
-        ]
-        assert eval_cli.main([*common, "--output-json", str(tmp_path / "one.json")]) == 0
-        torchrun(2, "eval.py", *common, "--output-json", str(tmp_path / "two.json"))
-        one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
-        assert two["confusion"] == one["confusion"] and two["num_images"] == one["num_images"] == 2
+@pytest.mark.parametrize("batch_size", [8, 6])
+def test_processes_train_the_single_process_model(runs, batch_size):
+    """Two processes, 4 or 3 images each of the global batch."""
+    assert_same_training(runs[f"single_b{batch_size}"], runs[f"b{batch_size}"])
+    assert_rank_zero_alone_wrote(runs[f"b{batch_size}"])
 
 
-def test_two_nodes_through_train_script(tmp_path, data_root, dino_file, single):
-    """train_coco27.sh on two 'machines' of two processes each (two launches on localhost, static
-    rendezvous): four processes with 2 images each of the global batch of 8 train the one-process model."""
-    out = tmp_path / "nodes"
-    port = free_port()
-    launches = []
-    for node_rank in (0, 1):
-        env = dict(
-            os.environ,
-            OMP_NUM_THREADS="1",
-            NNODES="2",
-            NODE_RANK=str(node_rank),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            NPROC="2",
-            PYTHON=sys.executable,
-        )
-        launches.append(
-            subprocess.Popen(
-                [
-                    "bash",
-                    str(ROOT / "train_coco27.sh"),
-                    "vits16",
-                    *args_for(data_root, dino_file, out, 8),
-                    "--final-protocol",
-                    "none",
-                ],
-                cwd=tmp_path,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outputs = [launch.communicate(timeout=400)[0] for launch in launches]
-    assert [launch.returncode for launch in launches] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-    assert_same_training(single[8], out)
-    assert_rank_zero_alone_wrote(out)
+def test_validation_of_processes_sums_their_confusions(runs, data_root, tmp_path):
+    """eval.py under two processes sums the processes' confusion matrices: the single-process ones."""
+    assert eval_cli.main(eval_args(data_root, runs["b8"] / "last_model.pth", tmp_path / "one.json")) == 0
+    one, two = (json.loads(path.read_text()) for path in (tmp_path / "one.json", runs["b8"].parent / "two.json"))
+    assert two["confusion"] == one["confusion"] and two["num_images"] == one["num_images"] == 2
+
+
+def test_two_nodes_through_train_script(runs):
+    """train_coco27.sh, torchrun, two machines of two processes: the one-process model of batch 8."""
+    assert_same_training(runs["single_b8"], runs["nodes"])
+    assert_rank_zero_alone_wrote(runs["nodes"])
 
 
 def test_multi_node_script_needs_a_rendezvous(tmp_path, data_root):

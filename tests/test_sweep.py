@@ -2,8 +2,8 @@
 
 One small fixture (8 training images, batch 4: one epoch of 2 steps; a depth-1 ViT of width 64)
 serves every test. The runs are shared: the sweep and the single runs it must equal are made once
-(module fixtures), and the independent subprocesses (the 2-process runs, the sweep killed
-mid-epoch) start together, before the in-process runs, and run while those do. The sweeps use the
+(module fixtures), and the independent processes (the 2-process runs, forked from this one, and
+the sweep killed mid-epoch) start together, before the in-process runs, and run while those do. The sweeps use the
 configs' loader workers (8), the single runs none (the samples do not depend on them), so the
 equalities hold across worker counts too.
 """
@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import save_dino, save_released, small_model
+from helpers import finish_ranks, save_dino, save_released, small_model, start_ranks
 from test_train import head_weights, max_weight_difference, read_log
 
 import eval as eval_cli
@@ -47,7 +46,6 @@ SINGLE_FLAGS = {
     "lr": ["--lr", "1e-3", "--head-seed", "2"],
 }
 LOSSES = ("total", "pos", "neg", "balance", "entropy", "probe")
-PROCESS_ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
 @pytest.fixture(scope="module")
@@ -88,34 +86,6 @@ def flags(work, output_dir, *extra, num_workers=None):
     ]
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def two_processes(commands):
-    """The ``commands`` (train.py argument lists) in a row, each as a 2-process run (torchrun's
-    environment; one interpreter per rank for all of them: tests/train_ranks.py)."""
-    plan = json.dumps([[free_port(), command] for command in commands])
-    return [
-        subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "train_ranks.py"), plan],
-            cwd=ROOT,
-            env=dict(PROCESS_ENV, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(2)
-    ]
-
-
-def finish(process, timeout=300):
-    output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, output[-3000:]
-
-
 def kill_at_commit(sweep_dir, process, outcome, timeout=240):
     """SIGKILL ``process`` as soon as the sweep's manifest names a mid-epoch position (every variant
     holds it); runs in a thread, beside the in-process runs. ``outcome`` receives what went wrong."""
@@ -141,9 +111,11 @@ def runs(fixture_dir):
     the sweep to be killed in subprocesses, the killer in a thread, the rest in this process."""
     work = fixture_dir
     sweep = ["--sweep", str(work / "sweep.yaml")]
-    distributed = two_processes(
-        [flags(work, work / "ddp_sweep", *sweep, num_workers=0)]
-        + [flags(work, work / f"ddp_{name}", *SINGLE_FLAGS[name], num_workers=0) for name in VARIANTS]
+    distributed = start_ranks(  # forked from this process, 2 ranks running the commands in a row
+        [("train.py", flags(work, work / "ddp_sweep", *sweep, num_workers=0))]
+        + [("train.py", flags(work, work / f"ddp_{name}", *SINGLE_FLAGS[name], num_workers=0)) for name in VARIANTS],
+        2,
+        work,
     )
     killed = subprocess.Popen(
         [sys.executable, "train.py", *flags(work, work / "killed", *sweep, "--checkpoint-every", "1")],
@@ -161,8 +133,7 @@ def runs(fixture_dir):
         assert train_cli.main(flags(work, work / f"single_{name}", *SINGLE_FLAGS[name], num_workers=0)) == 0
     killer.join()
     assert not failures, failures[0]
-    for process in distributed:
-        finish(process)
+    finish_ranks(distributed)
     return work
 
 
