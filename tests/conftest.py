@@ -8,7 +8,6 @@ marked ``device`` (tests/test_device.py) run on a GPU: ``IDDC_TEST_DEVICE=cuda p
 
 import faulthandler
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -96,10 +95,6 @@ def dino_file(tmp_path_factory):
 @pytest.fixture(scope="session")
 def fake_checkpoint(tmp_path_factory):
     """The original's fake ViT-S/16 checkpoint (random numbers, seed 4321), made by the golden script."""
-    path = tmp_path_factory.mktemp("golden_ckpt") / "ckpt16.pth"
-    subprocess.run(
-        [sys.executable, str(GOLDEN / "make_checkpoint.py"), "--seed", "4321", "--out", str(path)],
-        check=True,
-        capture_output=True,
-    )
-    return path
+    from helpers import make_golden_checkpoint
+
+    return make_golden_checkpoint(tmp_path_factory.mktemp("golden_ckpt") / "ckpt16.pth")

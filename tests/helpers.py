@@ -1,8 +1,12 @@
-"""Builders shared by the tests: small random IDDC models saved in the official formats; a command
-line started in a process group of its own; the ranks of a process group forked from the test's."""
+"""Builders shared by the tests: small random IDDC models saved in the official formats, the
+golden fake checkpoints; a command line started in a process group of its own; the ranks of a
+process group forked from the test's."""
 
+import contextlib
+import io
 import json
 import os
+import runpy
 import signal
 import socket
 import sys
@@ -38,6 +42,20 @@ def save_dino(model, path):
     """Save the backbone as a DINO release file (plain ViT state_dict)."""
     torch.save(model.vit.state_dict(), path)
     return path
+
+
+def make_golden_checkpoint(out, *flags):
+    """tests/golden/make_checkpoint.py --seed 4321 FLAGS --out OUT (the original's fake ViT-S
+    checkpoint, or with --dino its DINO file), run as __main__ in this process: it only draws
+    numpy numbers and saves them, so a new interpreter would only add its imports."""
+    saved_argv = sys.argv
+    sys.argv = ["make_checkpoint.py", "--seed", "4321", *map(str, flags), "--out", str(out)]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            runpy.run_path(str(ROOT / "tests" / "golden" / "make_checkpoint.py"), run_name="__main__")
+    finally:
+        sys.argv = saved_argv
+    return Path(out)
 
 
 def start_command_line(script, argv, out_path, err_path):

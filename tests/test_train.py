@@ -3,14 +3,15 @@
 import json
 import os
 import signal
-import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import make_golden_checkpoint, start_command_line
 
 import eval as eval_cli
 import train as train_cli
@@ -65,8 +66,9 @@ def read_log(output_dir):
 
 
 @pytest.fixture(scope="module")
-def straight_run(tmp_path_factory, data_root, dino_file):
-    """Two uninterrupted epochs with train.py's default loader workers: the reference of the resume tests."""
+def straight_run(tmp_path_factory, data_root, dino_file, interrupted_runs):
+    """Two uninterrupted epochs with train.py's default loader workers: the reference of the resume
+    tests (trained while the interrupted runs run beside it)."""
     out = tmp_path_factory.mktemp("straight")
     assert (
         train_cli.main(train_args(data_root, dino_file, out, "--epochs", "2", "--val-limit", "2", num_workers=None))
@@ -150,43 +152,87 @@ def training_command(data_root, dino_file, output_dir, *extra):
     ]
 
 
-def wait_for_step(output_dir, step, process, timeout=240):
-    """Block until the run has logged ``step`` (it then holds a mid-epoch resume.pth)."""
+INTERRUPTIONS = ("SIGKILL", "SIGINT")
+STOP_AT_STEP = 6  # 4 steps an epoch: step 6 is inside epoch 1
+
+
+def logged_step(output_dir):
+    """The last training step the run has logged (0 before any)."""
+    try:
+        rows = read_log(output_dir)
+    except (OSError, ValueError):  # not written yet, or a line half written
+        return 0
+    return max((row["step"] for row in rows if row["kind"] == "train"), default=0)
+
+
+def stop_at_step(started, outcome, timeout=240):
+    """In a thread: send each run its signal as soon as it has logged STOP_AT_STEP, and collect how
+    it ended: ``outcome[how] = (exit code, stdout, stderr)``, or a text saying what went wrong."""
+    running, signalled = dict(started), set()
     deadline = time.monotonic() + timeout
-    log = Path(output_dir) / "log.jsonl"
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read()[-3000:]
-        if log.is_file() and any(row.get("step", 0) >= step for row in read_log(output_dir) if row["kind"] == "train"):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"step {step} not reached")
+    while running and time.monotonic() < deadline:
+        for how, (pid, out, streams) in list(running.items()):
+            ended, status = os.waitpid(pid, os.WNOHANG)
+            if ended:
+                texts = [path.read_text(errors="replace") for path in streams]
+                del running[how]
+                if how not in signalled:
+                    outcome[how] = f"ended before step {STOP_AT_STEP}:\n{texts[1][-3000:]}"
+                else:
+                    outcome[how] = (os.waitstatus_to_exitcode(status), *texts)
+            elif how not in signalled and logged_step(out) >= STOP_AT_STEP:
+                os.kill(pid, getattr(signal, how))
+                signalled.add(how)
+        time.sleep(0.02)
+    for how, (pid, _, _) in running.items():
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        outcome[how] = f"not ended within {timeout} s"
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
-def test_interrupted_mid_epoch_resumes_where_it_stopped(tmp_path, data_root, dino_file, straight_run, how):
+@pytest.fixture(scope="module")
+def interrupted_runs(tmp_path_factory, data_root, dino_file):
+    """The runs of the interruption tests, each a train.py command line forked from this process (as
+    a terminal starts it) and all started at once, before the straight run trains here; a thread
+    stops each in the second epoch's middle. Yields a dict that holds how they ended once the thread
+    is joined (see ``interrupted``)."""
+    started = {}
+    for how in INTERRUPTIONS:
+        work = tmp_path_factory.mktemp(f"interrupted_{how}")
+        streams = (work / "stdout.txt", work / "stderr.txt")
+        pid = start_command_line("train.py", training_command(data_root, dino_file, work / "run")[2:], *streams)
+        started[how] = (pid, work / "run", streams)
+    outcome = {}
+    watcher = threading.Thread(target=stop_at_step, args=(started, outcome))
+    watcher.start()
+    yield watcher, outcome, {how: out for how, (_, out, _) in started.items()}
+    watcher.join()
+
+
+@pytest.fixture(scope="module")
+def interrupted(interrupted_runs):
+    """{how: (output folder, exit code, stdout, stderr)} of the interrupted runs, once both ended."""
+    watcher, outcome, outputs = interrupted_runs
+    watcher.join()
+    for how in INTERRUPTIONS:
+        assert isinstance(outcome.get(how), tuple), outcome.get(how)
+    return {how: (outputs[how], *outcome[how]) for how in INTERRUPTIONS}
+
+
+@pytest.mark.parametrize("how", INTERRUPTIONS)
+def test_interrupted_mid_epoch_resumes_where_it_stopped(data_root, straight_run, interrupted, how):
     """Killed (no chance to save) or interrupted (saves, says how to resume) in the second epoch's
     middle; --resume then ends where the straight run does."""
-    out = tmp_path / "run"
-    process = subprocess.Popen(
-        training_command(data_root, dino_file, out),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
-    wait_for_step(out, 6, process)  # 4 steps an epoch: step 6 is inside epoch 1
-    process.send_signal(getattr(signal, how))
-    output, errors = process.communicate(timeout=120)
+    out, code, output, errors = interrupted[how]
     state = torch.load(out / "resume.pth", weights_only=True)
     assert state["resume_at"]["epoch"] == 1 and 0 < state["resume_at"]["batch"] < 4
     if how == "SIGINT":
-        assert process.returncode == 130
+        assert code == 130
         last_line = errors.strip().splitlines()[-1]  # on stderr, as every error line
         assert last_line.startswith("error: stopped by SIGINT at epoch 1")
         assert "--resume" in last_line and "resume.pth" in last_line and "Traceback" not in output + errors
     else:
-        assert process.returncode == -signal.SIGKILL
+        assert code == -signal.SIGKILL
     # The resumed run in this process: what is tested is the resume file, not a fresh interpreter.
     assert train_cli.main(training_command(data_root, "/nonexistent-not-needed", out, "--resume")[2:]) == 0
     assert max_weight_difference(straight_run / "last_model.pth", out / "last_model.pth") <= 1e-6
@@ -203,12 +249,7 @@ def test_bad_batch_and_data(tmp_path, data_root, dino_file, capsys):
 
 
 def test_full_size_vits16_checkpoint_has_released_keys(tmp_path, data_root, golden_dir):
-    dino = tmp_path / "dino_vits16.pth"
-    subprocess.run(
-        [sys.executable, str(golden_dir / "make_checkpoint.py"), "--seed", "4321", "--dino", "--out", str(dino)],
-        check=True,
-        capture_output=True,
-    )
+    dino = make_golden_checkpoint(tmp_path / "dino_vits16.pth", "--dino")
     out = tmp_path / "run"
     assert (
         train_cli.main(
