@@ -3,16 +3,12 @@
 import csv
 import io
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from cli_runner import run_command_lines
 
 from scripts import summarize
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def fake_run(folder, seed, epochs, final=None, patch_size=16):
@@ -68,13 +64,8 @@ def fake_eval_json(
 
 
 def run(*args):
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "summarize.py"), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return done
+    """``python scripts/summarize.py ARGS`` in a process forked from this one (tests/cli_runner.py)."""
+    return run_command_lines({"summarize": ("scripts/summarize.py", list(args), ())})["summarize"]
 
 
 def test_table_from_runs_and_jsons(tmp_path):
@@ -91,7 +82,7 @@ def test_table_from_runs_and_jsons(tmp_path):
     ]
     md, out_csv = tmp_path / "table.md", tmp_path / "table.csv"
     done = run(*runs, *jsons, "--markdown", md, "--csv", out_csv)
-    assert done.returncode == 0, done.stderr
+    assert done.code == 0, done.stderr
     assert done.stdout == md.read_text()
     rows = {
         (r["method"], r["protocol"], r["checkpoint"], r["crf"]): r
