@@ -76,11 +76,22 @@ def golden_dir():
     return GOLDEN
 
 
+# pytest-xdist's `-n auto`: one test process per core, at most this many (each holds torch and
+# its fixtures, about 1.5 GB at the most).
+MAX_TEST_PROCESSES = 4
+
+
+def pytest_xdist_auto_num_workers(config):
+    return max(1, min(MAX_TEST_PROCESSES, os.cpu_count() or 1))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _limit_threads():
+    """Torch threads: the cores shared out among the test processes, at most 2 each."""
     import torch
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    processes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // processes)))
 
 
 @pytest.fixture(scope="session")

@@ -701,3 +701,12 @@ def test_a_flag_the_parser_does_not_know_fails(monkeypatch):
     ):
         check_line(CommandLine("test", text), report)
     assert len(report.failures) == 5, report.failures
+
+
+def test_ci_runs_the_readme_test_command():
+    """CI (.ci/run) runs the test command README.md gives, with the same options."""
+    readme = [line.split("#")[0].split() for line in (ROOT / "README.md").read_text().splitlines()]
+    ci = [line.split() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    shown = [words[3:] for words in readme if words[1:3] == ["-m", "pytest"]]
+    run = [words[3:] for words in ci if words[1:3] == ["-m", "pytest"]]
+    assert len(shown) == 1 and run == shown, (shown, run)
