@@ -41,10 +41,37 @@ def pytest_runtest_protocol(item, nextitem):
         faulthandler.cancel_dump_traceback_later()
 
 
+# The test files that take longest, longest first: with `-n auto --dist loadfile` (README) a file is
+# the unit handed to a test process (its module fixtures serve all its tests), and handing these out
+# first leaves no process alone with a long one at the end.
+SLOW_FILES_FIRST = (
+    "test_eval.py",
+    "test_distributed_training.py",
+    "test_backbones.py",
+    "test_crf.py",
+    "test_datasets_e2e.py",
+    "test_train.py",
+    "test_sweep.py",
+    "test_demo.py",
+    "test_gpu_check.py",
+    "test_device.py",
+)
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", f"device: runs on the device named by {TEST_DEVICE_ENV} (cpu by default; scripts/gpu_check.sh)"
     )
+    missing = [name for name in SLOW_FILES_FIRST if not (ROOT / "tests" / name).is_file()]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py SLOW_FILES_FIRST names no file: {', '.join(missing)}")
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False  # pytest-xdist: the collection's order, not its own by test count
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: index for index, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the others keep their order
 
 
 @pytest.fixture(scope="session")
