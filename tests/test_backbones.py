@@ -83,9 +83,12 @@ def test_full_size_release_layout_loads_and_runs(name):
     )
     converted = set(state) - {"mask_token", "register_tokens"} | ({"reg_token"} if spec.num_registers else set())
     assert set(vit.state_dict()) == converted
+    # A 2x2-patch input: running is what is checked here (at 224 the forward of ViT-B/8 alone takes
+    # seconds); the features at 224 and non-square sizes are compared with the reference per
+    # architecture below, and the full-size ViT-S/16 runs at 224 in the golden evaluations.
+    side = 2
     with torch.no_grad():
-        features = vit(torch.randn(1, 3, 224, 224))
-    side = 224 // spec.patch_size
+        features = vit(torch.randn(1, 3, side * spec.patch_size, side * spec.patch_size))
     assert features.shape == (1, spec.embed_dim, side, side) and torch.isfinite(features).all()
 
 
