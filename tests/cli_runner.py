@@ -90,6 +90,30 @@ def exit_as_script(script, argv, python_path, prepare):
         os._exit(code)
 
 
+def script_python_path():
+    """``sys.path`` for a forked script: this process's, tests/ apart (the script's folder goes first)."""
+    return [path for path in sys.path if Path(path or ".").resolve() != ROOT / "tests"]
+
+
+def fork_script(script, argv, out_path, err_path, block=(), setup=None, python_path=None):
+    """Fork a process that runs ``python script argv`` as described above, its streams going to
+    ``out_path`` and ``err_path``; ``setup()`` runs first in it (a new session, an environment).
+    Returns its pid; the caller waits for it."""
+    python_path = script_python_path() if python_path is None else python_path
+    for path in (out_path, err_path):
+        Path(path).touch()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if setup is not None:
+                setup()
+        finally:  # never returns: the child never goes back into the test runner
+            _run_in_child(ROOT / script, list(map(str, argv)), block, out_path, err_path, python_path)
+    return pid
+
+
 def run_command_lines(cases, parallel=None, timeout=120):
     """{key: Done} for ``cases``, {key: (script relative to the repository, argv, block)}, run in
     ``parallel`` processes at a time (default: the CPU count, at least 2)."""
@@ -98,7 +122,7 @@ def run_command_lines(cases, parallel=None, timeout=120):
         # Imported here once (as modules: nothing runs), so that no forked process imports its
         # dependencies again; each still executes the script itself anew, as __main__.
         importlib.import_module(Path(script).with_suffix("").as_posix().replace("/", "."))
-    python_path = [path for path in sys.path if Path(path or ".").resolve() != ROOT / "tests"]
+    python_path = script_python_path()
     workdir = Path(tempfile.mkdtemp(prefix="cli_runner_"))
     waiting, running, results = list(cases.items()), {}, {}
     try:
@@ -106,13 +130,7 @@ def run_command_lines(cases, parallel=None, timeout=120):
             while waiting and len(running) < parallel:
                 key, (script, argv, block) = waiting.pop(0)
                 out_path, err_path = workdir / f"{len(waiting)}.out", workdir / f"{len(waiting)}.err"
-                out_path.touch()
-                err_path.touch()
-                sys.stdout.flush()
-                sys.stderr.flush()
-                pid = os.fork()
-                if pid == 0:
-                    _run_in_child(ROOT / script, list(map(str, argv)), block, out_path, err_path, python_path)
+                pid = fork_script(script, argv, out_path, err_path, block, python_path=python_path)
                 running[pid] = (key, out_path, err_path, time.monotonic())
             finished = False
             for pid, (key, out_path, err_path, started) in list(running.items()):

@@ -3,6 +3,7 @@ golden fake checkpoints; a command line started in a process group of its own; t
 process group forked from the test's."""
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from cli_runner import ROOT, _run_in_child
+from cli_runner import ROOT, fork_script
 
 from modules.checkpoint import iddc_state
 from modules.model import IDDCModel
@@ -65,18 +66,7 @@ def start_command_line(script, argv, out_path, err_path):
     For the tests that signal the whole group while it runs: the caller waits for the pid
     (``os.waitpid``) and reads its output from ``out_path`` and ``err_path``.
     """
-    python_path = [path for path in sys.path if Path(path or ".").resolve() != ROOT / "tests"]
-    for path in (out_path, err_path):
-        Path(path).touch()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setsid()
-        finally:  # _run_in_child never returns: the child never goes back into the test runner
-            _run_in_child(ROOT / script, list(map(str, argv)), (), out_path, err_path, python_path)
-    return pid
+    return fork_script(script, argv, out_path, err_path, setup=os.setsid)
 
 
 def free_port():
@@ -90,21 +80,13 @@ def start_ranks(commands, world_size, log_dir):
     running ``commands`` ([(script, argv)], train.py or eval.py) in a row with torchrun's
     environment (tests/command_ranks.py): no launcher, no new interpreter. {pid: (stdout, stderr) files}."""
     plan = json.dumps([[free_port(), script, list(map(str, argv))] for script, argv in commands])
-    python_path = [path for path in sys.path if Path(path or ".").resolve() != ROOT / "tests"]
     pids = {}
     for rank in range(world_size):
         out, err = Path(log_dir) / f"rank{rank}.out", Path(log_dir) / f"rank{rank}.err"
-        out.touch()
-        err.touch()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                ranks = dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=world_size, MASTER_ADDR="127.0.0.1")
-                os.environ.update({key: str(value) for key, value in ranks.items()})
-            finally:
-                _run_in_child(ROOT / "tests" / "command_ranks.py", [plan], (), out, err, python_path)
+        ranks = dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=world_size, MASTER_ADDR="127.0.0.1")
+        environment = {key: str(value) for key, value in ranks.items()}
+        setup = functools.partial(os.environ.update, environment)
+        pid = fork_script("tests/command_ranks.py", [plan], out, err, setup=setup)
         pids[pid] = (out, err)
     return pids
 
