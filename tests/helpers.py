@@ -91,19 +91,23 @@ def start_ranks(commands, world_size, log_dir):
     return pids
 
 
+def wait_exit(pid, deadline):
+    """The exit code of the forked process ``pid`` (minus the signal that killed it), or None if it
+    had not ended by ``deadline`` (time.monotonic()); it is then killed, so that nothing outlives
+    the test."""
+    while not (ended := os.waitpid(pid, os.WNOHANG))[0]:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None
+        time.sleep(0.05)
+    return os.waitstatus_to_exitcode(ended[1])
+
+
 def finish_ranks(pids, timeout=300):
     """Wait for the ranks of :func:`start_ranks`; each must exit 0 (else: its output)."""
     deadline = time.monotonic() + timeout
-    codes = {}
-    while len(codes) < len(pids) and time.monotonic() < deadline:
-        for pid in set(pids) - set(codes):
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                codes[pid] = os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    for pid in set(pids) - set(codes):
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
     for pid, (out, err) in pids.items():
+        code = wait_exit(pid, deadline)
         output = out.read_text()[-2000:] + err.read_text()[-3000:]
-        assert codes.get(pid) == 0, f"{out} (exit {codes.get(pid)}):\n{output}"
+        assert code == 0, f"{out} (exit {code}; None: still running after {timeout} s):\n{output}"

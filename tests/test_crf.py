@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
-from helpers import save_released, small_model
+from helpers import save_released, small_model, wait_exit
 from PIL import Image
 
 import eval as eval_cli
@@ -139,14 +139,9 @@ def test_pool_workers_end_by_sigterm_even_just_after_their_fork():
             code = run_cli(open_and_close_pools, ["6"])
         finally:
             os._exit(code)
-    deadline = time.monotonic() + 60
-    while not (ended := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not ended[0]:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    assert ended[0], "the pools' workers did not end within 60 s"
-    assert os.waitstatus_to_exitcode(ended[1]) == 0
+    code = wait_exit(pid, time.monotonic() + 60)
+    assert code is not None, "the pools' workers did not end within 60 s"
+    assert code == 0
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import save_released, small_model, start_command_line
+from helpers import save_released, small_model, start_command_line, wait_exit
 from PIL import Image
 from test_train import max_weight_difference, read_log
 
@@ -283,7 +284,7 @@ def test_killed_training_resumes_to_the_straight_run(
         script, streams = tmp_path / "killed_run.py", (tmp_path / "stdout.txt", tmp_path / "stderr.txt")
         script.write_text(KILLED_RUN)
         pid = start_command_line(script, ["3", *args], *streams)
-        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        code = wait_exit(pid, time.monotonic() + 300)  # None: not ended in 300 s
         output = "".join(path.read_text(errors="replace")[-2000:] for path in streams)
     assert code == -signal.SIGKILL, output
     state = torch.load(killed / "resume.pth", weights_only=True)

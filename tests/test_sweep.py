@@ -3,9 +3,9 @@
 One small fixture (8 training images, batch 4: one epoch of 2 steps; a depth-1 ViT of width 64)
 serves every test. The runs are shared: the sweep and the single runs it must equal are made once
 (module fixtures), and the independent processes (the 2-process runs, forked from this one, and
-the sweep killed mid-epoch) start together, before the in-process runs, and run while those do. The sweeps use the
-configs' loader workers (8), the single runs none (the samples do not depend on them), so the
-equalities hold across worker counts too.
+the sweep killed mid-epoch) start together, before the in-process runs, and run while those do.
+The sweeps use the configs' loader workers (8), the single runs none (the samples do not depend on
+them), so the equalities hold across worker counts too.
 """
 
 import json
