@@ -20,7 +20,7 @@ from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from data.spec import DataError
 from engine.crf import require_pydensecrf
 from engine.evaluation import PROTOCOLS, evaluate_heads, make_protocol
-from engine.sweep import HeadsOnBackbone, share_backbone
+from engine.trainer import HeadsOnBackbone, share_backbone
 from engine.visualize import VisualCollector
 from modules.checkpoint import load_iddc_model
 from modules.weights import CheckpointError

@@ -24,12 +24,12 @@ from engine.sweep import (
     OVERWRITTEN_FILES,
     RESUME_FILE,
     RUN_FILES,
-    Trainer,
     check_sweep_output,
     plan_variants,
     remove_overwritten,
 )
 from engine.tensorboard import require_tensorboard
+from engine.trainer import Trainer
 from modules.backbones import BACKBONES, resolve_backbone_name
 from utils import distributed
 from utils.cli import ArgumentParser, check_at_least, check_finite, entry_point, resolve_device

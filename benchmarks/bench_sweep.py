@@ -32,7 +32,7 @@ from benchmarks.common import check_counts, mib, random_vit, sync, temporary_fol
 from benchmarks.peak_memory import reset_resident_high_water, resident_high_water
 from data.synthetic import write_synthetic_cocostuff
 from engine.evaluation import evaluate_heads, make_protocol
-from engine.sweep import HeadsOnBackbone, heads_on
+from engine.trainer import HeadsOnBackbone, heads_on
 from engine.training import HeadRun, TrainableHead, train_loader, train_one_epoch
 from modules.loss import IDDCLoss
 from modules.model import IDDCModel

@@ -212,7 +212,7 @@ class HeadRun:
     """One trained head (projection head + classifier, and its linear probe) with its loss,
     optimisers and log: what a run trains on top of the frozen backbone.
 
-    A single run trains one; a sweep (engine/sweep.py) trains several on the same backbone
+    A single run trains one; a sweep (engine/trainer.py, engine/sweep.py) trains several on the same backbone
     features. ``name`` prefixes its readable log lines ("" for a single run); ``epoch_sums``
     holds the sums of the epoch so far (an epoch resumed midway starts from the saved ones).
     """

@@ -27,7 +27,8 @@ from test_train import head_weights, max_weight_difference, read_log
 import eval as eval_cli
 import train as train_cli
 from data.synthetic import write_synthetic_cocostuff
-from engine.sweep import MANIFEST_FILE, PENDING_RESUME_FILE, RESUME_FILE, initial_head_states
+from engine.sweep import MANIFEST_FILE, PENDING_RESUME_FILE, RESUME_FILE
+from engine.trainer import initial_head_states
 from engine.training import seed_everything
 from modules.checkpoint import new_iddc_model
 from modules.model import LinearProbe
@@ -311,12 +312,13 @@ def test_bad_sweeps_get_one_line(fixture_dir, tmp_path, capsys, sweep, culprit):
 def test_grid_and_disk_space(fixture_dir, tmp_path, capsys, monkeypatch):
     """A grid expands to the cartesian product; a sweep the disk cannot hold is refused in one line."""
     import engine.sweep
+    import engine.trainer
 
     sweep = {"variants": [{"name": "paper"}], "grid": {"neg_weight": [1.0, 2.0], "lr": ["1e-3", 2.0e-3]}}
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
-    real = engine.sweep.shutil.disk_usage
-    monkeypatch.setattr(engine.sweep.shutil, "disk_usage", lambda where: real(where)._replace(free=1000))
+    real = engine.trainer.shutil.disk_usage
+    monkeypatch.setattr(engine.trainer.shutil, "disk_usage", lambda where: real(where)._replace(free=1000))
     capsys.readouterr()
     assert train_cli.main(flags(fixture_dir, tmp_path / "out", "--sweep", str(path), num_workers=0)) == 2
     captured = capsys.readouterr()
