@@ -28,15 +28,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import PngImagePlugin
 from tqdm import tqdm
 
-from data.photos import open_photo
+from data.photos import IMAGE_EXTENSIONS, OUTPUT_MARK, open_photo, written_by_iddc
 from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from data.spec import DataError
-from data.transforms import to_normalized_tensor, upscaled_size
 from engine.crf import CRFPool, require_pydensecrf
-from engine.evaluation import resize_nearest, sliding_class_maps, sliding_probabilities
+from engine.segment import at_size, segment, window_probabilities
 from engine.visualize import colorize, indexed_png, legend, map_clusters, overlay
 from modules.checkpoint import load_iddc_model
 from modules.weights import CheckpointError
@@ -47,16 +46,7 @@ from utils.log import setup_logger
 
 OUTPUT_SUFFIXES = ("_clusters.png", "_color.png", "_overlay.png")
 LEGEND_FILE = "legend.png"
-# Every PNG predict.py writes carries this text chunk: an existing file without it is the user's
-# own and is never replaced, and a folder of earlier outputs can be given as --input again.
-OUTPUT_MARK = ("Software", "iddc predict.py")
 SHOW_NAMES = 5
-# What makes a file of an input folder an image: its extension (any case). Formats PIL cannot
-# decode (HEIC without a plugin) are listed too, so that such photos are reported, not skipped.
-IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .jfif .png .apng .bmp .dib .gif .tif .tiff .webp .avif .heic .heif .jp2 .j2k .jpx "
-    ".ppm .pgm .pbm .pnm .tga .qoi .ico .psd .sgi".split()
-)
 
 
 class InputError(ReportedError, ValueError):
@@ -115,15 +105,6 @@ def output_paths(stem, out_dir):
     return [Path(out_dir) / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
 
 
-def written_by_predict(path):
-    """Whether ``path`` is a PNG this script wrote (it carries OUTPUT_MARK)."""
-    try:
-        with Image.open(path) as image:
-            return image.format == "PNG" and image.info.get(OUTPUT_MARK[0]) == OUTPUT_MARK[1]
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return False
-
-
 def list_images(inputs):
     """(images, skipped) from files and folders.
 
@@ -139,7 +120,7 @@ def list_images(inputs):
             for path in sorted(p for p in entry.iterdir() if p.is_file() and not p.name.startswith(".")):
                 if path.suffix.lower() not in IMAGE_EXTENSIONS:
                     skipped.append(path)
-                elif not written_by_predict(path):
+                elif not written_by_iddc(path):
                     images.append(path)
         elif entry.is_file():
             images.append(entry)
@@ -186,7 +167,7 @@ def check_outputs(images, out_dir, protected):
             raise OutputError(
                 f"--output-dir {out_dir}: {what} would replace {out}, an input of this run; choose another --output-dir"
             )
-        if not written_by_predict(out):
+        if not written_by_iddc(out):
             raise OutputError(
                 f"--output-dir {out_dir}: {what} would replace {out}, which predict.py did not write; "
                 f"move it away or choose another --output-dir"
@@ -212,39 +193,6 @@ def load_assignment(path, num_clusters, num_classes):
             f"got {sorted(set(cluster_to_class.tolist()))}"
         )
     return cluster_to_class
-
-
-def segment(model, image, device, window=224, overlap=75, flip=True, precision="fp32", batch_size=32):
-    """Cluster map (H, W) of a PIL image at its original size, by overlapping windows.
-
-    Images with a side under the window are upscaled first (aspect kept, as eval.py's sliding
-    protocol) and the map is brought back with torch's legacy nearest. Windows are stitched band
-    by band into the class map, so memory stays bounded whatever the image size.
-    """
-    size = upscaled_size(*image.size, window)
-    resized = image if size == image.size else image.resize(size, Image.BILINEAR)
-    pixels = to_normalized_tensor(resized).to(device)  # (3, H', W')
-    with torch.no_grad():
-        clusters = sliding_class_maps(model, [pixels], window, overlap, flip, precision, batch_size)[0][0]  # (H', W')
-    if resized.size != image.size:
-        clusters = resize_nearest(clusters, (image.height, image.width))  # (H, W)
-    return clusters.cpu().numpy()
-
-
-def window_probabilities(model, image, device, window=224, overlap=75, flip=True, precision="fp32", batch_size=32):
-    """(normalised image (3, H', W'), cluster probabilities (K, H', W')) of a PIL image, for the CRF,
-    which needs the stitched probabilities (held whole at the image's size: only with --crf)."""
-    resized = image.resize(upscaled_size(*image.size, window), Image.BILINEAR)
-    pixels = to_normalized_tensor(resized).to(device)  # (3, H', W')
-    with torch.no_grad():
-        return pixels, sliding_probabilities(model, pixels, window, overlap, flip, precision, batch_size)
-
-
-def at_image_size(clusters, image):
-    """A (H', W') map brought to the PIL image's size with torch's legacy nearest, as a numpy array."""
-    if tuple(clusters.shape) != (image.height, image.width):
-        clusters = resize_nearest(clusters, (image.height, image.width))  # (H, W)
-    return clusters.cpu().numpy()
 
 
 def cluster_colours(cluster_to_class, palette):
@@ -328,7 +276,7 @@ def predict_all(model, paths, out_dir, cluster_to_class, args, device, logger, p
 def write_refined(finished, out_dir, cluster_to_class, palette):
     """The PNGs of the images whose CRF is done: [((path, image), maps (1, H', W'))]."""
     for (path, image), maps in finished:
-        write_outputs(image, at_image_size(maps[0], image), path.stem, out_dir, cluster_to_class, palette)
+        write_outputs(image, at_size(maps[0], image.size), path.stem, out_dir, cluster_to_class, palette)
 
 
 @entry_point

@@ -607,7 +607,7 @@ def test_predict_again_into_its_input_folder(work, photos, tmp_path):
 
 def test_predict_reads_photos_upright_and_16_bit(work, tmp_path):
     from data.photos import open_photo
-    from predict import segment
+    from engine.segment import segment
 
     model = small_model()
     rng = np.random.default_rng(0)

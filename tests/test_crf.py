@@ -17,6 +17,7 @@ import predict as predict_cli
 from data.synthetic import make_scene, write_synthetic_cocostuff
 from engine.crf import CRFPool, crf_image, crf_inputs, crf_maps, dense_crf, fit_size
 from engine.evaluation import evaluate, make_protocol
+from engine.segment import at_size, window_probabilities
 from modules.checkpoint import load_iddc_model
 from utils.cli import run_cli
 from utils.constants import IMAGENET_MEAN, IMAGENET_STD
@@ -238,8 +239,8 @@ def test_predict_crf_writes_maps_at_the_image_size(tmp_path, small_checkpoint):
         clusters = np.array(Image.open(out / f"{name}_clusters.png"))
         assert clusters.shape == (height, width)
         image = Image.open(image_dir / f"{name}.png").convert("RGB")
-        pixels, probs = predict_cli.window_probabilities(model, image, "cpu")
+        pixels, probs = window_probabilities(model, image, "cpu")
         with CRFPool(workers=0) as pool:
             pool.submit(pixels, probs, name)
             ((_, maps),) = pool.finished()
-        np.testing.assert_array_equal(clusters, predict_cli.at_image_size(maps[0], image))
+        np.testing.assert_array_equal(clusters, at_size(maps[0], image.size))
