@@ -7,6 +7,8 @@ shows what predict.py will write.
 
 The API, for a list of image paths::
 
+    paths, labels = find_gallery_images(data_root)       # or (inputs=[files and folders])
+    chosen = seeded_sample(len(paths), 60, seed=0)       # indices of a seeded sample, in order
     gallery = scan_clusters(model, paths, device, labels=None, per_cluster=12, short_side=None)
     gallery.shares()                            # (K,) fraction of all pixels scanned, per cluster
     gallery.top[k]                              # [GalleryEntry], best first: label, share, picture, clusters
@@ -37,7 +39,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw, PngImagePlugin
 
-from data.photos import OUTPUT_MARK, display_path, read_photo, written_by_iddc
+from data.photos import OUTPUT_MARK, display_path, read_photo, scan_images, written_by_iddc
 from data.spec import DataError
 from engine.names import DEFAULT_NAME, colour_text, file_sha256, write_names
 from engine.segment import segment
@@ -107,6 +109,37 @@ class ClusterGallery:
             keys = [(-other.shares[cluster], other.index) for other in ranked]
             ranked.insert(bisect.bisect(keys, (-shares[cluster], index)), entry)
             del ranked[self.per_cluster :]
+
+
+def find_gallery_images(data_root=None, inputs=()):
+    """(paths, labels as shown) of every image under ``data_root`` (a folder dataset's root: its
+    labels/ folder apart) or ``inputs`` (files, and folders searched at any depth), as the folder
+    dataset finds them; labels are relative to the folder each image was found in."""
+    option, exclude_top = ("--data-root", ("labels",)) if data_root is not None else ("--input", ())
+    paths, labels, skipped = [], [], 0
+    for entry in [Path(data_root)] if data_root is not None else map(Path, inputs or ()):
+        if entry.is_dir():
+            found = scan_images(entry, exclude_top=exclude_top, check_stems=False)
+            paths += [found.root / path for path in found.images]
+            labels += [display_path(path) for path in found.images]
+            skipped += len(found.skipped)
+        elif entry.is_file() and data_root is None:
+            paths.append(entry)
+            labels.append(display_path(entry.name))
+        else:
+            raise DataError(f"{option} {entry}: no such {'folder' if data_root is not None else 'file or folder'}")
+    if not paths:
+        where = f"--data-root {data_root}" if data_root is not None else f"--input {' '.join(map(str, inputs))}"
+        others = f" ({skipped} file(s) that are not images by their extension)" if skipped else ""
+        raise DataError(f"{where}: no images found{others}")
+    return paths, labels
+
+
+def seeded_sample(count, sample, seed=0):
+    """Indices of ``sample`` of ``count`` items, in their order; all of them when there are fewer."""
+    if count <= sample:
+        return list(range(count))
+    return sorted(np.random.default_rng(seed).choice(count, size=sample, replace=False).tolist())
 
 
 def empty_gallery(num_clusters, per_cluster):

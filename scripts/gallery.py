@@ -20,7 +20,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -28,9 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a file, the script only sees scripts/
     sys.path.insert(0, str(REPO_ROOT))
 
-from data.photos import display_path, scan_images
-from data.spec import DataError
-from engine.gallery import check_gallery_outputs, scan_clusters, write_gallery
+from engine.gallery import check_gallery_outputs, find_gallery_images, scan_clusters, seeded_sample, write_gallery
 from engine.names import default_names, resolve_names
 from modules.checkpoint import load_iddc_model
 from utils.cli import ArgumentParser, check_at_least, entry_point, resolve_device
@@ -78,38 +75,6 @@ def build_parser():
     return parser
 
 
-def find_images(args):
-    """(paths, labels): every image found, labels relative to the folder each was found in."""
-    if args.data_root is not None:
-        found = scan_images(args.data_root, exclude_top=("labels",), check_stems=False)
-        paths, labels, skipped = [found.root / path for path in found.images], found.images, len(found.skipped)
-    else:
-        paths, labels, skipped = [], [], 0
-        for entry in map(Path, args.input):
-            if entry.is_dir():
-                found = scan_images(entry, check_stems=False)
-                paths += [found.root / path for path in found.images]
-                labels += found.images
-                skipped += len(found.skipped)
-            elif entry.is_file():
-                paths.append(entry)
-                labels.append(Path(entry.name))
-            else:
-                raise DataError(f"--input {entry}: no such file or folder")
-    if not paths:
-        where = f"--data-root {args.data_root}" if args.data_root is not None else f"--input {' '.join(args.input)}"
-        others = f" ({skipped} file(s) that are not images by their extension)" if skipped else ""
-        raise DataError(f"{where}: no images found{others}")
-    return paths, [display_path(label) for label in labels]
-
-
-def seeded_sample(count, sample, seed):
-    """Indices of ``sample`` of ``count`` items, in their order; all of them when there are fewer."""
-    if count <= sample:
-        return list(range(count))
-    return sorted(np.random.default_rng(seed).choice(count, size=sample, replace=False).tolist())
-
-
 @entry_point
 def main(argv=None):
     args = build_parser().parse_args(argv)
@@ -120,7 +85,7 @@ def main(argv=None):
     device = torch.device(resolve_device(args.device))
     out_dir = check_writable_dir(args.output_dir, "--output-dir")
     logger = setup_logger()
-    paths, labels = find_images(args)
+    paths, labels = find_gallery_images(args.data_root, args.input)
     model, extra = load_iddc_model(args.checkpoint)
     num_clusters = model.num_classes
     names = resolve_names(args.checkpoint, num_clusters, args.names, args.strict_names, logger)

@@ -40,6 +40,8 @@ def tree(tmp_path_factory):
     (root / "labels").mkdir()
     Image.fromarray(np.zeros((80, 96), np.uint8)).save(root / "labels" / "s0.png")
     (root / "notes.txt").write_text("not an image")
+    (base / "no_images").mkdir()
+    (base / "no_images" / "clip.mp4").write_bytes(b"not an image by its extension")
     mark = PngImagePlugin.PngInfo()
     mark.add_text(*OUTPUT_MARK)
     Image.new("RGB", (96, 80), "red").save(root / "s0_color.png", pnginfo=mark)
@@ -95,6 +97,7 @@ def runs(tree):
         ),
         "sample": gallery("--data-root", root, "--sample", 2, "--seed", 1, "--output-dir", base / "sample"),
         "bad_names": gallery("--data-root", root, "--names", tree["bad"], "--output-dir", base / "bad"),
+        "no_images": gallery("--input", base / "no_images", "--output-dir", base / "none"),
     }
     done = {key: (result, None) for key, result in run_command_lines(first).items()}
     for key in ("first", "again", "input", "sample"):
@@ -216,7 +219,7 @@ def test_input_names_and_an_unreadable_image(tree, runs):
     assert (pixels == (0x01, 0xFE, 0x00)).all(axis=1).any() and not (pixels == (0x02, 0xFE, 0x01)).all(axis=1).any()
 
 
-def test_sample_and_bad_names(runs):
+def test_sample_and_refusals(tree, runs):
     _, files = succeeded(runs, "sample")
     page = files["index.html"].decode()
     assert "<p>2 images scanned" in page
@@ -225,6 +228,12 @@ def test_sample_and_bad_names(runs):
     assert result.code == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "bad.yaml" in last and "colour 'red'" in last
+    result, _ = runs["no_images"]
+    folder = tree["base"] / "no_images"
+    assert result.code == 2 and result.stderr.strip().splitlines()[-1] == (
+        f"error: --input {folder}: no images found (1 file(s) that are not images by their extension)"
+    )
+    assert not (tree["base"] / "none").exists()
 
 
 def test_highlight_keeps_the_cluster_and_dims_the_rest():
