@@ -5,17 +5,17 @@ looking at them. scripts/gallery.py and the naming tab of app.py's page show the
 made here, from maps made by the one function predict.py uses (engine/segment.py), so the gallery
 shows what predict.py will write.
 
-The API, for a list of image paths::
+The API (app.py calls it on its examples or its --data-root as scripts/gallery.py does)::
 
-    paths, labels = find_gallery_images(data_root)       # or (inputs=[files and folders])
-    chosen = seeded_sample(len(paths), 60, seed=0)       # indices of a seeded sample, in order
-    gallery = scan_clusters(model, paths, device, labels=None, per_cluster=12, short_side=None)
-    gallery.shares()                            # (K,) fraction of all pixels scanned, per cluster
-    gallery.top[k]                              # [GalleryEntry], best first: label, share, picture, clusters
-    highlight(entry.picture, entry.clusters, k, colour)  # the cluster as it is, the rest dimmed
-    cluster_sheet(gallery, k, names)            # one PIL picture per cluster (names: engine.names.ClusterNames)
-    check_gallery_outputs(out_dir, K)           # before the work: no file of the user's would be replaced
-    write_gallery(gallery, out_dir, names, checkpoint, logger)   # index.html, the sheets, clusters.yaml
+    paths, labels = find_gallery_images(data_root)   # or inputs=[files and folders]
+    chosen = seeded_sample(len(paths), 60, seed=0)   # indices of a seeded sample, in order
+    gallery = scan_clusters(model, paths, device, labels=labels, per_cluster=12, short_side=None)
+    gallery.shares()                    # (K,) each cluster's fraction of all the pixels scanned
+    gallery.top[k]                      # [GalleryEntry], best first: .label, .shares (K,), .picture, .clusters
+    entry_panels(entry, k, colours)     # (cluster k highlighted, the rest dimmed; the whole segmentation)
+    cluster_sheet(gallery, k, names)    # cluster k's sheet, a PIL image (names: engine.names.ClusterNames)
+    check_gallery_outputs(out_dir, K)   # before the work: no file of the user's would be replaced
+    write_gallery(gallery, out_dir, names, checkpoint, logger)   # the sheets, clusters.yaml, index.html
 
 Shares are counted on the maps at each image's original size, as predict.py writes them, so the
 gallery's shares and predict's ``shares.csv`` agree. The pictures are thumbnails: the working
@@ -208,6 +208,12 @@ def highlight(picture, clusters, cluster, colour):
     return Image.fromarray(shown)
 
 
+def entry_panels(entry, cluster, colours):
+    """(the cluster highlighted, the whole segmentation) of one GalleryEntry, in ``colours`` (K, 3)
+    (``ClusterNames.merged_colours()``: clusters of one name in one colour)."""
+    return highlight(entry.picture, entry.clusters, cluster, colours[cluster]), colorize(entry.clusters, colours)
+
+
 def _fit_text(draw, text, width):
     """``text`` cut from the left ("...") to fit ``width`` pixels: the file name stays readable."""
     if draw.textlength(text) <= width:
@@ -244,11 +250,7 @@ def cluster_sheet(gallery, cluster, names):
     for position, entry in enumerate(entries):
         left = MARGIN + (position % SHEET_COLUMNS) * (tile_width + MARGIN)
         top = HEADER_HEIGHT + (position // SHEET_COLUMNS) * (tile_height + MARGIN)
-        panels = (
-            highlight(entry.picture, entry.clusters, cluster, colours[cluster]),
-            colorize(entry.clusters, colours),
-        )
-        for column, panel in enumerate(panels):
+        for column, panel in enumerate(entry_panels(entry, cluster, colours)):
             box_left = left + column * (THUMBNAIL[0] + PANEL_GAP)
             draw.rectangle((box_left, top, box_left + THUMBNAIL[0] - 1, top + THUMBNAIL[1] - 1), fill=PANEL_BACKGROUND)
             offset = ((THUMBNAIL[0] - panel.size[0]) // 2, (THUMBNAIL[1] - panel.size[1]) // 2)
