@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image, ImageDraw, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from data.photos import OUTPUT_MARK, display_path, read_photo, scan_images, written_by_iddc
 from data.spec import DataError
@@ -48,7 +48,8 @@ from utils.errors import OutputError
 from utils.files import save_image_atomic, write_text_atomic
 
 THUMBNAIL = (192, 144)  # (width, height) box each picture is scaled to fit
-PANEL_GAP, MARGIN, CAPTION_HEIGHT, HEADER_HEIGHT, SHEET_COLUMNS = 4, 8, 16, 30, 3
+PANEL_GAP, MARGIN, CAPTION_HEIGHT, HEADER_HEIGHT, SHEET_COLUMNS = 4, 8, 18, 30, 3
+FONT_SIZE = 13  # Pillow's own font (FreeType's when Pillow has it, its bitmap font otherwise)
 PANEL_BACKGROUND = (235, 235, 235)
 # Outside the cluster a pixel keeps a quarter of its value over a dark grey: the scene stays
 # recognisable while the cluster stands out; the cluster's outline is drawn in its colour.
@@ -239,6 +240,7 @@ def cluster_sheet(gallery, cluster, names):
     width = MARGIN + SHEET_COLUMNS * (tile_width + MARGIN)
     sheet = Image.new("RGB", (width, HEADER_HEIGHT + rows * (tile_height + MARGIN) + MARGIN), "white")
     draw = ImageDraw.Draw(sheet)
+    draw.font = ImageFont.load_default(size=FONT_SIZE)
     swatch = HEADER_HEIGHT - 2 * MARGIN
     draw.rectangle((MARGIN, MARGIN, MARGIN + swatch, MARGIN + swatch), fill=tuple(int(v) for v in colours[cluster]))
     title = (
