@@ -244,3 +244,8 @@ def test_highlight_keeps_the_cluster_and_dims_the_rest():
     assert (shown[2:4, 3:6] == 200).all()  # inside: as it is
     assert (shown[1, 2:7] == (255, 0, 0)).all() and (shown[4, 2:7] == (255, 0, 0)).all()  # its outline
     assert (shown[clusters != 3] < 120).all()  # outside: dimmed
+
+
+def test_the_docs_show_the_gallery():
+    page = (ROOT / "docs" / "own_data.md").read_text()
+    assert "](gallery_example.png)" in page and (ROOT / "docs" / "gallery_example.png").is_file()
