@@ -88,7 +88,7 @@ def runs(tree):
 
     {name: (Done, {file name: bytes} after that run)}."""
     base, root = tree["base"], tree["root"]
-    common = ["--checkpoint", tree["checkpoint"], "--device", "cpu", "--no-flip", "--per-cluster", PER_CLUSTER]
+    common = ["--checkpoint", tree["checkpoint"], "--device", "cpu", "--per-cluster", PER_CLUSTER]
 
     def gallery(*argv):
         return ("scripts/gallery.py", [*common, *map(str, argv)], ())
@@ -104,6 +104,7 @@ def runs(tree):
             tree["big"],
             "--names",
             tree["names"],
+            "--no-flip",
             "--output-dir",
             base / "input",
         ),
@@ -141,7 +142,7 @@ def model(tree):
 def expected_counts(model, tree, relative):
     """Pixel counts per cluster of one image, segmented independently as predict.py segments it."""
     image, original = read_photo(tree["root"] / relative, SHORT_SIDE)
-    clusters = segment(model, image, "cpu", flip=False, size=original)  # (H, W)
+    clusters = segment(model, image, "cpu", size=original)  # (H, W), flip averaging on as by default
     return np.bincount(clusters.reshape(-1), minlength=NUM_CLUSTERS)
 
 
