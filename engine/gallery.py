@@ -130,7 +130,7 @@ def find_gallery_images(data_root=None, inputs=()):
         else:
             raise DataError(f"{option} {entry}: no such {'folder' if data_root is not None else 'file or folder'}")
     if not paths:
-        where = f"--data-root {data_root}" if data_root is not None else f"--input {' '.join(map(str, inputs))}"
+        where = f"{option} {data_root if data_root is not None else ' '.join(map(str, inputs))}"
         others = f" ({skipped} file(s) that are not images by their extension)" if skipped else ""
         raise DataError(f"{where}: no images found{others}")
     return paths, labels
