@@ -4,7 +4,7 @@ They serve twice, from this one place: the benchmarks measure the optimised code
 (bench_loss.py, bench_train.py), and the tests use them as independent oracles (tests/test_loss.py,
 tests/test_pairs.py). Training, evaluation and prediction never run them.
 
-* ``reference_loss``: SPEC section 3 term by term, as ``modules.loss.IDDCLoss`` must equal it:
+* ``reference_loss``: docs/method.md#the-loss term by term, as ``modules.loss.IDDCLoss`` must equal it:
   einsum correlations over every pair of positions, boolean-mask means and the Weibull formula
   written out. It keeps every correlation tensor alive and gives NaN for an empty mask, exactly
   like the original code.
@@ -40,7 +40,7 @@ def reference_loss(
     w0: float = 1.4,
     w1: float = 0.4,
 ) -> Dict[str, torch.Tensor]:
-    """SPEC section 3 term by term; ``shifts`` are the negative shifts (partner (b + s) mod B)."""
+    """docs/method.md#the-loss term by term; ``shifts`` are the negative shifts (partner (b + s) mod B)."""
     p0 = F.softmax(z0, dim=1)  # (B, K, h, w)
     p1 = F.softmax(z1, dim=1)  # (B, K, h, w)
     u0 = F.normalize(f0, dim=1)  # (B, C, h, w)

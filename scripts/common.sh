@@ -24,6 +24,21 @@ short_arch() {
   fi
 }
 
+# The value of a flag in the arguments that follow it (`--flag VALUE` or `--flag=VALUE`; the last one
+# given wins, as argparse takes it), or nothing.
+flag_value() {
+  local flag=$1 value=""
+  shift
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      "$flag") value=${2:-} ;;
+      "$flag"=*) value=${1#*=} ;;
+    esac
+    shift
+  done
+  echo "$value"
+}
+
 # Sets the array `data_args`: --data-root from DATA_ROOT, or nothing when the flags give one.
 set_data_args() {
   data_args=()

@@ -55,8 +55,8 @@ DOWNLOADS = "downloads"  # the default --zips-dir, under the data root
 COCO_IMAGES_BASE_URL = "http://images.cocodataset.org/"
 COCO_LABELS_ZIP = "stuffthingmaps_trainval2017.zip"
 COCO_LABELS_URL = f"http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/{COCO_LABELS_ZIP}"
-# Prefixes of the md5 of the curated lists the project ships (SPEC §6): they define the splits
-# behind the published numbers, so a damaged copy must not spread into data roots.
+# Prefixes of the md5 of the curated lists the project ships (docs/datasets.md#coco-stuff-27-cocostuff27):
+# they define the splits behind the published numbers, so a damaged copy must not spread into data roots.
 CURATED_MD5_PREFIX = {"train": "bf3d54a2", "val": "de66cfb9"}
 
 CITYSCAPES_DOWNLOADS = "https://www.cityscapes-dataset.com/downloads/"

@@ -1,7 +1,7 @@
 """Release-layout random weights and a plain functional ViT forward over them, as references.
 
 ``release_state`` writes random tensors under the key names and shapes the DINO and DINOv2
-projects publish (SPEC §1 and §9; DINOv2: ``pos_embed`` with the class token's row,
+projects publish (docs/method.md#the-model and docs/backbones.md; DINOv2: ``pos_embed`` with the class token's row,
 ``register_tokens``, ``mask_token``, ``ls1.gamma``/``ls2.gamma``), without going through timm or
 ``modules/``. ``reference_features`` reads those tensors directly, following the official
 forwards step by step (DINO's vision_transformer.py, DINOv2's dinov2/models/vision_transformer.py

@@ -1,0 +1,131 @@
+"""docs/method.md and what cites it: the paper's recipes against its table, citations that resolve,
+recipe values the paper does not give marked `# untuned`, and recipe output folders that never collide."""
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_docs import _anchors, common_sh_names, listed_recipes, short_arch
+
+ROOT = Path(__file__).resolve().parents[1]
+METHOD = ROOT / "docs" / "method.md"
+PAPER_RECIPES = {"vits16": "configs/train_cocostuff27_vits16.yaml", "vits8": "configs/train_cocostuff27_vits8.yaml"}
+# The training hyper-parameters a recipe sets; the loss's three negative shifts belong to the method itself.
+HYPER_PARAMETERS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "probe_lr",
+    "lr_power",
+    "pos_threshold",
+    "neg_threshold",
+    "neg_weight",
+    "balance_weight",
+    "seed",
+)
+TEXT_SUFFIXES = {".py", ".md", ".sh", ".yaml", ".yml", ".toml", ".txt", ".cfg", ".ini"}
+
+
+def method_recipe_table():
+    """{column arch: {key: value}} of the table under '## The paper's recipes', values read as YAML."""
+    section = METHOD.read_text(encoding="utf-8").split("## The paper's recipes", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    header = next(line for line in section.splitlines() if line.startswith("| key |"))
+    arches = re.findall(r"`cocostuff27 (\w+)`", header)
+    table = {arch: {} for arch in arches}
+    for row in rows:
+        cells = [cell.strip().strip("`") for cell in row.strip("|").split("|")]
+        for arch, cell in zip(arches, cells[1 : 1 + len(arches)]):
+            table[arch][cells[0]] = yaml.safe_load(cell)
+    return table
+
+
+def test_the_paper_recipes_hold_every_value_of_the_method_table():
+    table = method_recipe_table()
+    assert set(table) == set(PAPER_RECIPES), f"docs/method.md's recipe table has columns {sorted(table)}"
+    for arch, config in PAPER_RECIPES.items():
+        recipe = yaml.safe_load((ROOT / config).read_text())
+        assert recipe == table[arch], f"{config} differs from docs/method.md#the-papers-recipes"
+
+
+def project_text_files():
+    """The project's own text files (tracked or new, ignored ones left out); tests/golden is data."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    for name in listed:
+        path = ROOT / name
+        if path.suffix in TEXT_SUFFIXES and not name.startswith("tests/golden/") and path.is_file():
+            yield name, path.read_text(encoding="utf-8", errors="replace")
+
+
+def test_nothing_cites_a_spec_the_repository_does_not_hold():
+    citing = [
+        f"{name}:{number}: {line.strip()}"
+        for name, text in project_text_files()
+        for number, line in enumerate(text.splitlines(), 1)
+        if re.search(r"\bSPEC\b", line)
+    ]
+    assert not citing, "cite docs/*.md, not a document the repository does not hold:\n" + "\n".join(citing)
+
+
+def test_every_cited_docs_anchor_exists():
+    cited = 0
+    for name, text in project_text_files():
+        for page, anchor in re.findall(r"docs/([\w.-]+\.md)#([\w-]+)", text):
+            cited += 1
+            path = ROOT / "docs" / page
+            assert path.is_file(), f"{name} cites docs/{page}, which does not exist"
+            assert anchor in _anchors(path), f"{name} cites docs/{page}#{anchor}, which no heading gives"
+    assert cited >= 10, f"found only {cited} docs anchors cited: the search broke"
+
+
+def test_recipe_values_the_paper_does_not_give_are_marked_untuned():
+    """The paper gives every value of the two COCO-Stuff-27 recipes and the loss's four values of
+    COCO-Stuff-171 and Cityscapes-27 (marked `(paper)`); every other hyper-parameter is ours."""
+    for config in sorted((ROOT / "configs").glob("train_*.yaml")):
+        if str(config.relative_to(ROOT)) in PAPER_RECIPES.values():
+            continue
+        lines = {line.split(":", 1)[0]: line for line in config.read_text().splitlines() if ":" in line}
+        for key in HYPER_PARAMETERS:
+            assert key in lines, f"{config.name} sets no {key}"
+            comment = lines[key].partition("#")[2]
+            assert "untuned" in comment or "(paper)" in comment, f"{config.name}: {key} is neither untuned nor the paper's"
+
+
+def train_sh_output_dir(dataset, arch, *flags):
+    """The folder `bash train.sh DATASET ARCH FLAGS` trains into, read off the command it starts."""
+    env = {**os.environ, "PYTHON": "echo", "DATA_ROOT": "data", "NPROC": "1", "NNODES": "1"}
+    result = subprocess.run(
+        ["bash", str(ROOT / "train.sh"), dataset, arch, *flags], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    argv = result.stdout.split()
+    given = [argv[i + 1] for i, word in enumerate(argv) if word == "--output-dir"]
+    if given:
+        return given[-1]
+    config = argv[argv.index("--config") + 1]
+    return yaml.safe_load(Path(config).read_text())["output_dir"]
+
+
+@pytest.mark.parametrize("dataset", sorted({dataset for dataset, _ in listed_recipes()}))
+def test_recipe_folders_never_collide(dataset):
+    """Every recipe with its own backbone or with any other `--backbone` trains into its own folder."""
+    folders = {}
+    for recipe_dataset, recipe_arch in listed_recipes():
+        if recipe_dataset != dataset:
+            continue
+        for arch in common_sh_names("arch_names"):
+            flags = () if arch == recipe_arch else ("--backbone", arch if "_" in arch else f"dino_{arch}")
+            folder = train_sh_output_dir(dataset, recipe_arch, *flags)
+            assert folder not in folders, f"{dataset} {recipe_arch} {flags} and {folders[folder]} share {folder}"
+            folders[folder] = f"{dataset} {recipe_arch} {flags}"
+    assert train_sh_output_dir(dataset, short_arch(recipe_arch), "--output-dir", "mine") == "mine"
