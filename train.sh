@@ -21,20 +21,22 @@ source "$here/scripts/common.sh"
 
 usage="usage: bash train.sh DATASET ARCH [train.py flags], DATASET ARCH one of:"
 # Dataset names hold no underscore: the first one of a recipe's name ends its DATASET.
-recipes=$(cd "$here/configs" && ls train_*.yaml | sed -e 's/^train_//' -e 's/\.yaml$//' -e 's/_/ /' | sort | paste -sd, - | sed -e 's/,/, /g')
+recipes() {
+  (cd "$here/configs" && ls train_*.yaml | sed -e 's/^train_//' -e 's/\.yaml$//' -e 's/_/ /' | sort | paste -sd, - | sed -e 's/,/, /g')
+}
 if [[ $# -eq 0 ]]; then
-  echo "$usage $recipes"
+  echo "$usage $(recipes)"
   exit 0
 fi
 if [[ $# -lt 2 ]]; then
-  fail "train.sh needs DATASET ARCH; $usage $recipes"
+  fail "train.sh needs DATASET ARCH; $usage $(recipes)"
 fi
 dataset=$1
 arch=$(short_arch "$2")
 shift 2
 config="$here/configs/train_${dataset}_${arch}.yaml"
 if [[ ! -f "$config" ]]; then
-  fail "no recipe for '$dataset $arch' (configs/train_${dataset}_${arch}.yaml); $usage $recipes"
+  fail "no recipe for '$dataset $arch' (configs/train_${dataset}_${arch}.yaml); $usage $(recipes)"
 fi
 set_data_args "$@"
 set_launcher

@@ -350,7 +350,14 @@ def build_parser(dataset=None, description=__doc__):
     prepares that dataset only (scripts/prepare_cocostuff.py), without the DATASET argument."""
     parser = ArgumentParser(description=description)
     if dataset is None:
-        parser.add_argument("dataset", choices=DATASET_NAMES)
+        parser.add_argument("dataset", nargs="?", choices=DATASET_NAMES, help="the dataset to prepare (or --dataset)")
+        parser.add_argument(
+            "--dataset",
+            dest="dataset_option",
+            choices=DATASET_NAMES,
+            metavar="DATASET",
+            help="the same as the positional DATASET, under the name train.py and eval.py give it",
+        )
     parser.add_argument("--data-root", type=Path, required=True, help="folder to fill (or check)")
     parser.add_argument(
         "--splits",
@@ -401,8 +408,17 @@ def prepare(spec, args, splits):
 
 def run(argv=None, *, dataset=None, description=__doc__):
     """``prepare_data.py [DATASET] ARGS``; ``dataset`` fixes the dataset (an alias's command line)."""
-    args = build_parser(dataset, description).parse_args(argv)
-    spec = get_dataset(dataset or args.dataset)
+    parser = build_parser(dataset, description)
+    args = parser.parse_args(argv)
+    if dataset is None:
+        given = sorted({args.dataset, args.dataset_option} - {None})
+        if len(given) != 1:
+            parser.error(
+                f"give the dataset once, as DATASET or --dataset, one of {', '.join(DATASET_NAMES)}"
+                + (f"; got {' and '.join(given)}" if given else "")
+            )
+        dataset = given[0]
+    spec = get_dataset(dataset)
     splits = list(dict.fromkeys(args.splits))
     if not args.check:
         prepare(spec, args, splits)

@@ -6,10 +6,9 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
-from tests.test_docs import _anchors, common_sh_names, listed_recipes, short_arch
+from tests.test_docs import _anchors, common_sh_names, listed_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD = ROOT / "docs" / "method.md"
@@ -101,31 +100,39 @@ def test_recipe_values_the_paper_does_not_give_are_marked_untuned():
             assert "untuned" in comment or "(paper)" in comment, f"{config.name}: {key} lacks its mark"
 
 
-def train_sh_output_dir(dataset, arch, *flags):
-    """The folder `bash train.sh DATASET ARCH FLAGS` trains into, read off the command it starts."""
-    env = {**os.environ, "PYTHON": "echo", "DATA_ROOT": "data", "NPROC": "1", "NNODES": "1"}
-    result = subprocess.run(
-        ["bash", str(ROOT / "train.sh"), dataset, arch, *flags], capture_output=True, text=True, env=env, timeout=30
-    )
-    assert result.returncode == 0, result.stderr
-    argv = result.stdout.split()
-    given = [argv[i + 1] for i, word in enumerate(argv) if word == "--output-dir"]
-    if given:
-        return given[-1]
-    config = argv[argv.index("--config") + 1]
-    return yaml.safe_load(Path(config).read_text())["output_dir"]
+def train_sh_output_dirs(runs):
+    """The folder each `bash train.sh DATASET ARCH [--backbone NAME]` of ``runs`` ((dataset, arch,
+    backbone or None) triples) trains into, read off the command it starts; one bash for all."""
+    env = {
+        **os.environ,
+        "PYTHON": "echo",
+        "DATA_ROOT": "data",
+        "NPROC": "1",
+        "NNODES": "1",
+        "TRAIN_SH": str(ROOT / "train.sh"),
+    }
+    loop = 'while read -r data arch backbone; do bash "$TRAIN_SH" $data $arch ${backbone:+--backbone $backbone}; done'
+    lines = "".join(f"{dataset} {arch} {backbone or ''}\n" for dataset, arch, backbone in runs)
+    result = subprocess.run(["bash", "-c", loop], input=lines, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    folders = []
+    for command in result.stdout.splitlines():
+        argv = command.split()
+        given = [argv[i + 1] for i, word in enumerate(argv) if word == "--output-dir"]
+        config = Path(argv[argv.index("--config") + 1])
+        folders.append(given[-1] if given else yaml.safe_load(config.read_text())["output_dir"])
+    assert len(folders) == len(runs), result.stdout
+    return folders
 
 
-@pytest.mark.parametrize("dataset", sorted({dataset for dataset, _ in listed_recipes()}))
-def test_recipe_folders_never_collide(dataset):
+def test_recipe_folders_never_collide():
     """Every recipe with its own backbone or with any other `--backbone` trains into its own folder."""
+    runs = [
+        (dataset, recipe_arch, None if arch == recipe_arch else (arch if "_" in arch else f"dino_{arch}"))
+        for dataset, recipe_arch in listed_recipes()
+        for arch in common_sh_names("arch_names")
+    ]
     folders = {}
-    for recipe_dataset, recipe_arch in listed_recipes():
-        if recipe_dataset != dataset:
-            continue
-        for arch in common_sh_names("arch_names"):
-            flags = () if arch == recipe_arch else ("--backbone", arch if "_" in arch else f"dino_{arch}")
-            folder = train_sh_output_dir(dataset, recipe_arch, *flags)
-            assert folder not in folders, f"{dataset} {recipe_arch} {flags} and {folders[folder]} share {folder}"
-            folders[folder] = f"{dataset} {recipe_arch} {flags}"
-    assert train_sh_output_dir(dataset, short_arch(recipe_arch), "--output-dir", "mine") == "mine"
+    for run, folder in zip(runs, train_sh_output_dirs(runs)):
+        assert folder not in folders, f"train.sh {run} and {folders[folder]} both train into {folder}"
+        folders[folder] = run
