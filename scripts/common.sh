@@ -39,6 +39,15 @@ flag_value() {
   echo "$value"
 }
 
+# The backbone name of a recipe arch: vits16 is dino_vits16; other names stay as they are.
+full_arch() {
+  if [[ "$1" =~ ^vit[sb][0-9]+$ ]]; then
+    echo "dino_$1"
+  else
+    echo "$1"
+  fi
+}
+
 # Sets the array `data_args`: --data-root from DATA_ROOT, or nothing when the flags give one.
 set_data_args() {
   data_args=()

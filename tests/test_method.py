@@ -1,5 +1,7 @@
-"""docs/method.md and what cites it: the paper's recipes against its table, citations that resolve,
-recipe values the paper does not give marked `# untuned`, and recipe output folders that never collide."""
+"""docs/method.md and what cites it, and statements of the docs that a test can hold: the paper's
+recipes against the method's table, citations that resolve, recipe values the paper does not give
+marked `# untuned`, recipe output folders that never collide, and val.sh's advice naming recipes
+that exist."""
 
 import os
 import re
@@ -8,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.test_docs import _anchors, common_sh_names, listed_recipes
+from tests.test_docs import _anchors, common_sh_names, listed_recipes, short_arch
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD = ROOT / "docs" / "method.md"
@@ -136,3 +138,26 @@ def test_recipe_folders_never_collide():
     for run, folder in zip(runs, train_sh_output_dirs(runs)):
         assert folder not in folders, f"train.sh {run} and {folders[folder]} both train into {folder}"
         folders[folder] = run
+
+
+def test_val_sh_names_a_recipe_that_exists_for_every_checkpoint_it_lacks(tmp_path):
+    """For every (dataset, arch) val.sh accepts but holds no checkpoint of (the two released ones
+    apart, which it downloads), its advice trains with a recipe that exists."""
+    pairs = [
+        (dataset, arch)
+        for dataset in common_sh_names("dataset_names")
+        for arch in common_sh_names("arch_names")
+        if (dataset, arch) not in {("cocostuff27", "vits16"), ("cocostuff27", "vits8")}
+    ]
+    env = {**os.environ, "CHECKPOINT_DIR": str(tmp_path), "DATA_ROOT": str(tmp_path), "VAL_SH": str(ROOT / "val.sh")}
+    loop = 'while read -r data arch; do bash "$VAL_SH" $data $arch; echo "exit $?" >&2; done'
+    lines = "".join(f"{dataset} {arch}\n" for dataset, arch in pairs)
+    result = subprocess.run(["bash", "-c", loop], input=lines, capture_output=True, text=True, env=env, timeout=120)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == len(pairs) and result.stderr.count("exit 2") == len(pairs), result.stderr
+    for (dataset, arch), error in zip(pairs, errors):
+        advice = re.search(r"'bash train\.sh (\S+) (\S+)(?: --backbone (\S+))?'", error)
+        assert advice, f"val.sh {dataset} {arch}: no training command in {error!r}"
+        recipe_dataset, recipe_arch, backbone = advice.groups()
+        assert recipe_dataset == dataset and (ROOT / "configs" / f"train_{dataset}_{recipe_arch}.yaml").is_file(), error
+        assert backbone is None or short_arch(backbone) == arch, error
