@@ -1,4 +1,4 @@
-"""Train IDDC on a benchmark (default COCO-Stuff-27; SPEC §3-4), on one device or many (torchrun).
+"""Train IDDC (docs/method.md) on a benchmark (default COCO-Stuff-27), on one device or many (torchrun).
 
     python train.py --data-root DIR --config configs/train_cocostuff27_vits16.yaml
     python train.py --data-root DIR --config configs/train_cityscapes27_vits8.yaml     # its dataset: cityscapes27

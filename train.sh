@@ -8,10 +8,12 @@
 #   NPROC=4 DATA_ROOT=/path/to/cocostuff bash train.sh cocostuff171 vits8     # 4 processes (GPUs)
 #   NNODES=2 NODE_RANK=0|1 MASTER_ADDR=host0 NPROC=4 DATA_ROOT=... bash train.sh cityscapes27 vitb8   # 2 machines
 #
-# Recipes: every configs/train_<DATASET>_<ARCH>.yaml; `bash train.sh` lists them.
+# Recipes: every configs/train_<DATASET>_<ARCH>.yaml; `bash train.sh` lists them (exit 0).
 # Outputs go to the config's output_dir (outputs/train_<dataset>_<arch>/; outputs/train_coco27_<arch>/ for
-# the COCO-Stuff-27 recipes, as the paper's script always wrote) unless --output-dir is given;
-# add --resume to continue a run.
+# the COCO-Stuff-27 recipes, as the paper's script always wrote), under the current folder, unless
+# --output-dir is given. A --backbone other than the recipe's trains into a folder that names the
+# backbone and the recipe (outputs/train_coco27_vitb16_with_vits16_recipe for `cocostuff27 vits16
+# --backbone dino_vitb16`), so two runs never share a folder; add --resume to continue a run.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -19,17 +21,31 @@ source "$here/scripts/common.sh"
 
 usage="usage: bash train.sh DATASET ARCH [train.py flags], DATASET ARCH one of:"
 # Dataset names hold no underscore: the first one of a recipe's name ends its DATASET.
-recipes=$(cd "$here/configs" && ls train_*.yaml | sed -e 's/^train_//' -e 's/\.yaml$//' -e 's/_/ /' | sort | paste -sd, - | sed -e 's/,/, /g')
+recipes() {
+  (cd "$here/configs" && ls train_*.yaml | sed -e 's/^train_//' -e 's/\.yaml$//' -e 's/_/ /' | sort | paste -sd, - | sed -e 's/,/, /g')
+}
+if [[ $# -eq 0 ]]; then
+  echo "$usage $(recipes)"
+  exit 0
+fi
 if [[ $# -lt 2 ]]; then
-  fail "train.sh needs DATASET ARCH; $usage $recipes"
+  fail "train.sh needs DATASET ARCH; $usage $(recipes)"
 fi
 dataset=$1
 arch=$(short_arch "$2")
 shift 2
 config="$here/configs/train_${dataset}_${arch}.yaml"
 if [[ ! -f "$config" ]]; then
-  fail "no recipe for '$dataset $arch' (configs/train_${dataset}_${arch}.yaml); $usage $recipes"
+  fail "no recipe for '$dataset $arch' (configs/train_${dataset}_${arch}.yaml); $usage $(recipes)"
 fi
 set_data_args "$@"
 set_launcher
-"${launcher[@]}" "$here/train.py" --config "$config" --dataset "$dataset" "${data_args[@]}" "$@"
+output_args=()
+backbone=$(flag_value --backbone "$@")
+if [[ -n "$backbone" && "$(short_arch "$backbone")" != "$arch" && -z "$(flag_value --output-dir "$@")" ]]; then
+  # Another backbone on this recipe: a folder that names both, which no recipe's own folder and no
+  # other (recipe, backbone) pair can have.
+  recipe_dir=$(sed -n 's/^output_dir: *\([^ #]*\).*/\1/p' "$config")
+  output_args=(--output-dir "${recipe_dir%"$arch"}$(short_arch "$backbone")_with_${arch}_recipe")
+fi
+"${launcher[@]}" "$here/train.py" --config "$config" --dataset "$dataset" "${data_args[@]}" "${output_args[@]}" "$@"

@@ -34,9 +34,15 @@ if [[ ! -f "$checkpoint" ]]; then
   if [[ "$dataset" == cocostuff27 && ( "$arch" == vits16 || "$arch" == vits8 ) ]]; then
     echo "val.sh: $checkpoint is missing; downloading the released checkpoint"
     "$python_bin" "$here/scripts/download_checkpoint.py" "$arch" --dest "$checkpoint" || exit 1
-  else
+  elif [[ -f "$here/configs/train_${dataset}_${arch}.yaml" ]]; then
     fail "$checkpoint is missing; no released checkpoint exists for $dataset $arch: train one with" \
          "'bash train.sh $dataset $arch' and copy its best_model.pth or last_model.pth to $checkpoint"
+  else
+    recipe=$(cd "$here/configs" && ls "train_${dataset}_"*.yaml | head -1 | sed -e "s/^train_${dataset}_//" -e 's/\.yaml$//')
+    fail "$checkpoint is missing; no released checkpoint exists for $dataset $arch, and no recipe either:" \
+         "train one with a recipe of $dataset and --backbone, e.g. 'bash train.sh $dataset $recipe --backbone" \
+         "$(full_arch "$arch")' ('bash train.sh' lists the recipes), and copy its best_model.pth or" \
+         "last_model.pth to $checkpoint"
   fi
 fi
 

@@ -4,15 +4,18 @@ They serve twice, from this one place: the benchmarks measure the optimised code
 (bench_loss.py, bench_train.py), and the tests use them as independent oracles (tests/test_loss.py,
 tests/test_pairs.py). Training, evaluation and prediction never run them.
 
-* ``reference_loss``: SPEC section 3 term by term, as ``modules.loss.IDDCLoss`` must equal it:
+* ``reference_loss``: docs/method.md#the-loss term by term, as ``modules.loss.IDDCLoss`` must equal it:
   einsum correlations over every pair of positions, boolean-mask means and the Weibull formula
   written out. It keeps every correlation tensor alive and gives NaN for an empty mask, exactly
   like the original code.
 * ``whole_image_pair``: the training-pair pipeline as first written (flip, resize and normalise
-  the whole image, then crop), which ``data.pairs.TrainingPairs`` replaced. It draws the same
-  random numbers in the same order.
+  the whole image, then crop), which ``data.pairs.TrainingPairs`` replaced. Its resize factors and
+  crop offsets are transcribed here from the original's ``random_resize`` and
+  ``random_crop_overlap`` (docs/method.md#training-pairs), not taken from ``data.pairs``, and it
+  draws the same random numbers in the same order: flip, two resize factors, four crop fractions.
 """
 
+import math
 from typing import Dict, Sequence
 
 import numpy as np
@@ -20,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from data.pairs import overlapping_crops, random_resize_size
 from data.transforms import label_tensor, to_normalized_tensor
 
 
@@ -40,7 +42,7 @@ def reference_loss(
     w0: float = 1.4,
     w1: float = 0.4,
 ) -> Dict[str, torch.Tensor]:
-    """SPEC section 3 term by term; ``shifts`` are the negative shifts (partner (b + s) mod B)."""
+    """docs/method.md#the-loss term by term; ``shifts`` are the negative shifts (partner (b + s) mod B)."""
     p0 = F.softmax(z0, dim=1)  # (B, K, h, w)
     p1 = F.softmax(z1, dim=1)  # (B, K, h, w)
     u0 = F.normalize(f0, dim=1)  # (B, C, h, w)
@@ -76,6 +78,33 @@ def reference_loss(
     return {"pos": pos, "neg": neg, "balance": balance, "entropy": entropy, "total": total}
 
 
+def original_resized_size(width, height, rng, crop):
+    """The original's ``random_resize``: width and height times ``(1.2 - 0.8) * p + 0.8`` for two
+    uniform draws p, truncated to integers; then, where the original would fail on a side under the
+    crop, the short side raised to the crop with the aspect kept (rounded up)."""
+    factor_w, factor_h = ((1.2 - 0.8) * p + 0.8 for p in rng.random(2))
+    resized_w, resized_h = int(width * factor_w), int(height * factor_h)
+    short = min(resized_w, resized_h)
+    if short < crop:
+        resized_w, resized_h = math.ceil(resized_w * crop / short), math.ceil(resized_h * crop / short)
+    return max(resized_w, crop), max(resized_h, crop)
+
+
+def original_crop_offsets(width, height, rng, crop):
+    """The original's ``random_crop_overlap``: four uniform draws place the first crop's left and top
+    at rounded fractions of the free range, then the second's within half a crop of the first's,
+    clipped to the image: ((top0, left0), (top1, left1))."""
+    draws = rng.random(4)  # left of crop 0, top of crop 0, left of crop 1, top of crop 1
+    left0 = round((width - crop) * draws[0])
+    top0 = round((height - crop) * draws[1])
+    offsets = []
+    for first, length, draw in ((left0, width, draws[2]), (top0, height, draws[3])):
+        low, high = max(first - crop // 2, 0), min(first + crop // 2, length - crop)
+        offsets.append(low + round((high - low) * draw))
+    left1, top1 = offsets
+    return (top0, left0), (top1, left1)
+
+
 def whole_image_pair(spec, data_root, split, item, seed, epoch, index, crop=224):
     """The training pair of ``item`` (key (epoch, index)) of dataset ``spec``, cut from the whole
     flipped and resized image and its whole mapped label: {'image', 'image_aug'} normalised float
@@ -86,10 +115,10 @@ def whole_image_pair(spec, data_root, split, item, seed, epoch, index, crop=224)
     if rng.random() <= 0.5:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
         label = label.transpose(Image.FLIP_LEFT_RIGHT)
-    size = random_resize_size(*image.size, rng, min_side=crop)
+    size = original_resized_size(*image.size, rng, crop)
     image = image.resize(size, Image.BILINEAR)
     label = label.resize(size, Image.NEAREST)
-    (top0, left0), (top1, left1) = overlapping_crops(*size, rng, crop)
+    (top0, left0), (top1, left1) = original_crop_offsets(*size, rng, crop)
     return {
         "image": to_normalized_tensor(image.crop((left0, top0, left0 + crop, top0 + crop))),
         "image_aug": to_normalized_tensor(image.crop((left1, top1, left1 + crop, top1 + crop))),

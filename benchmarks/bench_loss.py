@@ -1,4 +1,6 @@
-"""Benchmark: ``modules.loss.IDDCLoss`` against the plain SPEC transcription (benchmarks/baselines.py).
+"""Benchmark: ``modules.loss.IDDCLoss`` against a plain transcription (benchmarks/baselines.py).
+
+The transcription follows docs/method.md#the-loss term by term.
 
 For each map size (B = 16, C = 384, K = 27 by default) it reports, for forward and forward+backward:
 

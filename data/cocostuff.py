@@ -1,6 +1,6 @@
 """COCO-Stuff-27: split lists, the fine -> coarse label map and image/label reading.
 
-Layout under a data root (SPEC §6)::
+Layout under a data root (docs/datasets.md#coco-stuff-27-cocostuff27)::
 
     images/{train2017,val2017}/ID.jpg
     annotations/{train2017,val2017}/ID.png      # stuffthingmaps: fine ids 0..181, 255 unlabelled
@@ -22,7 +22,8 @@ LABEL_MAP_FILE = PACKAGE_DIR / "cocostuff27.json"
 SHIPPED_CURATED_DIR = PACKAGE_DIR / "curated"
 SPLIT_LIST_NAME = "Coco164kFull_Stuff_Coarse_7.txt"
 SPLITS = ("train", "val")
-# The curated lists behind the published numbers (SPEC §6): 49,629 train and 2,175 val images.
+# The curated lists behind the published numbers: 49,629 train and 2,175 val images
+# (docs/datasets.md#coco-stuff-27-cocostuff27).
 CURATED_SIZES = {"train": 49629, "val": 2175}
 
 # One colour per COCO-Stuff-27 class, in the order of cocostuff27.json's coarse_names. Stuff that
@@ -103,7 +104,8 @@ def check_data_root(data_root, split):
 
 
 class CocoStuffSpec(DatasetSpec):
-    """The COCO-Stuff layout (SPEC §6) with a fine id -> class map file; COCO-Stuff-27 and -171.
+    """The COCO-Stuff layout with a fine id -> class map file; COCO-Stuff-27 and -171
+    (docs/datasets.md#coco-stuff-27-cocostuff27).
 
     The map file (cocostuff27.json, cocostuff171.json) holds ``fine_to_coarse`` ({fine id: class})
     and ``coarse_names``; fine ids it does not list are data errors, not a class.

@@ -1,4 +1,4 @@
-"""Training pairs (SPEC §4): two overlapping 224 crops of one randomly flipped and resized image.
+"""Training pairs (docs/method.md#training-pairs): two overlapping 224 crops of one randomly flipped and resized image.
 
 The dataset spec (data/spec.py) gives the images: ``train_items`` and ``read_train_raw`` (which may
 preprocess, e.g. Cityscapes' five crops); the sampling below is the same for every dataset.

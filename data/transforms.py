@@ -1,4 +1,4 @@
-"""Image and label transforms of the evaluation protocols (SPEC §5 and §7)."""
+"""Image and label transforms of the evaluation protocols (docs/method.md#evaluation-protocols)."""
 
 import math
 

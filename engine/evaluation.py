@@ -63,7 +63,8 @@ def make_protocol(
     peers' centre crop (center320); ``flip`` None keeps each protocol's own default; ``crf``
     refines the probabilities with STEGO's dense CRF (engine/crf.py) before the argmax."""
     if name == "sliding":
-        # SPEC §5: 224 windows, overlap 75, flip averaging, scored at 320x320 (legacy nearest).
+        # 224 windows, overlap 75, flip averaging, scored at 320x320 with legacy nearest
+        # (docs/method.md#evaluation-protocols).
         return Protocol(
             "sliding",
             window=window,
@@ -141,7 +142,8 @@ def argmax_per_head(probs, heads):
 
 
 def sliding_probabilities(model, image, window, overlap, flip, precision, batch_size):
-    """Per-pixel cluster probabilities (K, H, W) of one image by overlapping windows (SPEC §5)."""
+    """Per-pixel cluster probabilities (K, H, W) of one image by overlapping windows
+    (docs/method.md#evaluation-protocols)."""
     return sliding_probabilities_many(model, [image], window, overlap, flip, precision, batch_size)[0]
 
 

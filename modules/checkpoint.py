@@ -1,6 +1,7 @@
 """Checkpoint formats: the released IDDC files and the project's own.
 
-Released IDDC format (SPEC §2), which the project also writes so the original code can load it::
+Released IDDC format (docs/method.md#checkpoint-formats), which the project also writes so the
+original code can load it::
 
     {'backbone': {'model.<vit key>': T}, 'head_nonlinear': {'0.weight', ...}, 'classifier': {...}}
 

@@ -1,4 +1,4 @@
-"""The IDDC training loss (SPEC section 3; official ``CrossContrastiveCorrelationLoss``).
+"""The IDDC training loss (docs/method.md#the-loss; official ``CrossContrastiveCorrelationLoss``).
 
 The loss has four parts, all computed from two augmented crops of the same images:
 
@@ -65,7 +65,7 @@ def weibull_balance(x: torch.Tensor, scale: float = 5.0, shape: float = 0.3) -> 
 
     ``x`` (K,) are the mean cluster probabilities, normalised by their maximum (+1e-6) by the
     caller. With k < 1 the density is decreasing and steep near 0, so a dying cluster is punished
-    hard while a small but alive one is only pushed mildly (SPEC section 3).
+    hard while a small but alive one is only pushed mildly (docs/method.md#the-loss).
     """
     z = x / scale  # (K,)
     return ((shape / scale) * torch.pow(z, shape - 1.0) * torch.exp(-torch.pow(z, shape))).mean()

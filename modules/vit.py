@@ -7,7 +7,7 @@ load with strict=True); DINOv2 release files are converted on loading (``modules
 
 What timm does not reproduce is the positional-embedding interpolation for inputs other than the
 training size: timm resamples to a size, bicubic with antialias, while DINO (and with it the
-original IDDC code, SPEC §1) passes the scale factor ``(n + 0.1) / sqrt(N)`` without antialias.
+original IDDC code, docs/method.md#the-model) passes the scale factor ``(n + 0.1) / sqrt(N)`` without antialias.
 The two differ numerically, so :meth:`VisionTransformer.forward` is this project's own and takes
 the interpolation each release's code uses. Features are the last block's tokens after the final
 LayerNorm, class (and register) tokens dropped.

@@ -24,6 +24,30 @@ short_arch() {
   fi
 }
 
+# The value of a flag in the arguments that follow it (`--flag VALUE` or `--flag=VALUE`; the last one
+# given wins, as argparse takes it), or nothing.
+flag_value() {
+  local flag=$1 value=""
+  shift
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      "$flag") value=${2:-} ;;
+      "$flag"=*) value=${1#*=} ;;
+    esac
+    shift
+  done
+  echo "$value"
+}
+
+# The backbone name of a recipe arch: vits16 is dino_vits16; other names stay as they are.
+full_arch() {
+  if [[ "$1" =~ ^vit[sb][0-9]+$ ]]; then
+    echo "dino_$1"
+  else
+    echo "$1"
+  fi
+}
+
 # Sets the array `data_args`: --data-root from DATA_ROOT, or nothing when the flags give one.
 set_data_args() {
   data_args=()

@@ -55,8 +55,8 @@ DOWNLOADS = "downloads"  # the default --zips-dir, under the data root
 COCO_IMAGES_BASE_URL = "http://images.cocodataset.org/"
 COCO_LABELS_ZIP = "stuffthingmaps_trainval2017.zip"
 COCO_LABELS_URL = f"http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/{COCO_LABELS_ZIP}"
-# Prefixes of the md5 of the curated lists the project ships (SPEC §6): they define the splits
-# behind the published numbers, so a damaged copy must not spread into data roots.
+# Prefixes of the md5 of the curated lists the project ships (docs/datasets.md#coco-stuff-27-cocostuff27):
+# they define the splits behind the published numbers, so a damaged copy must not spread into data roots.
 CURATED_MD5_PREFIX = {"train": "bf3d54a2", "val": "de66cfb9"}
 
 CITYSCAPES_DOWNLOADS = "https://www.cityscapes-dataset.com/downloads/"
@@ -350,7 +350,14 @@ def build_parser(dataset=None, description=__doc__):
     prepares that dataset only (scripts/prepare_cocostuff.py), without the DATASET argument."""
     parser = ArgumentParser(description=description)
     if dataset is None:
-        parser.add_argument("dataset", choices=DATASET_NAMES)
+        parser.add_argument("dataset", nargs="?", choices=DATASET_NAMES, help="the dataset to prepare (or --dataset)")
+        parser.add_argument(
+            "--dataset",
+            dest="dataset_option",
+            choices=DATASET_NAMES,
+            metavar="DATASET",
+            help="the same as the positional DATASET, under the name train.py and eval.py give it",
+        )
     parser.add_argument("--data-root", type=Path, required=True, help="folder to fill (or check)")
     parser.add_argument(
         "--splits",
@@ -401,8 +408,17 @@ def prepare(spec, args, splits):
 
 def run(argv=None, *, dataset=None, description=__doc__):
     """``prepare_data.py [DATASET] ARGS``; ``dataset`` fixes the dataset (an alias's command line)."""
-    args = build_parser(dataset, description).parse_args(argv)
-    spec = get_dataset(dataset or args.dataset)
+    parser = build_parser(dataset, description)
+    args = parser.parse_args(argv)
+    if dataset is None:
+        given = sorted({args.dataset, args.dataset_option} - {None})
+        if len(given) != 1:
+            parser.error(
+                f"give the dataset once, as DATASET or --dataset, one of {', '.join(DATASET_NAMES)}"
+                + (f"; got {' and '.join(given)}" if given else "")
+            )
+        dataset = given[0]
+    spec = get_dataset(dataset)
     splits = list(dict.fromkeys(args.splits))
     if not args.check:
         prepare(spec, args, splits)

@@ -55,6 +55,7 @@ SLOW_FILES_FIRST = (
     "test_demo.py",
     "test_gpu_check.py",
     "test_device.py",
+    "test_user_start.py",
 )
 
 

@@ -1,6 +1,6 @@
 """Builders shared by the tests: small random IDDC models saved in the official formats, the
 golden fake checkpoints; a command line started in a process group of its own; the ranks of a
-process group forked from the test's."""
+process group forked from the test's; a user's environment."""
 
 import contextlib
 import functools
@@ -67,6 +67,14 @@ def start_command_line(script, argv, out_path, err_path):
     (``os.waitpid``) and reads its output from ``out_path`` and ``err_path``.
     """
     return fork_script(script, argv, out_path, err_path, setup=os.setsid)
+
+
+def user_env(**extra):
+    """The environment a user starts a command in: this one without what the test runner or a
+    developer's shell adds to Python's imports (PYTHONPATH, pytest's variables), plus ``extra``."""
+    dropped = ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "IDDC_DEBUG")
+    env = {name: value for name, value in os.environ.items() if name not in dropped and not name.startswith("PYTEST")}
+    return {**env, **extra}
 
 
 def free_port():

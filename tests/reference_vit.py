@@ -1,22 +1,49 @@
 """Release-layout random weights and a plain functional ViT forward over them, as references.
 
 ``release_state`` writes random tensors under the key names and shapes the DINO and DINOv2
-projects publish (SPEC §1 and §9; DINOv2: ``pos_embed`` with the class token's row,
-``register_tokens``, ``mask_token``, ``ls1.gamma``/``ls2.gamma``), without going through timm or
-``modules/``. ``reference_features`` reads those tensors directly, following the official
-forwards step by step (DINO's vision_transformer.py, DINOv2's dinov2/models/vision_transformer.py
-and hub/backbones.py): patch conv, class token, positional embedding interpolated by the release's
-own rule, registers inserted after the class token, blocks with hand-written attention and
-optional LayerScale, final LayerNorm. It is deliberately naive, a second reading of the same facts
-against which ``modules/backbones.py`` (timm + conversion) is compared.
+projects publish (docs/method.md#the-model and docs/backbones.md; DINOv2: ``pos_embed`` with the
+class token's row, ``register_tokens``, ``mask_token``, ``ls1.gamma``/``ls2.gamma``), without going
+through timm or ``modules/``: the releases' facts (width, heads, patch, registers, LayerScale and
+positional interpolation) are this file's own table, ``RELEASES``, not the project's.
+``reference_features`` reads those tensors directly, following the official forwards step by step
+(DINO's vision_transformer.py, DINOv2's dinov2/models/vision_transformer.py and hub/backbones.py):
+patch conv, class token, positional embedding interpolated by the release's own rule, registers
+inserted after the class token, blocks with hand-written attention and optional LayerScale, final
+LayerNorm. It is deliberately naive, a second reading of the same facts against which
+``modules/backbones.py`` (timm + conversion) is compared.
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from modules.backbones import SPECS
+
+class Release(NamedTuple):
+    family: str  # "dino" or "dinov2"
+    patch_size: int
+    embed_dim: int
+    num_heads: int
+    num_registers: int
+    layer_scale: bool
+    # DINO's interpolate_pos_encoding: bicubic, scale factor (n + 0.1) / sqrt(N), no antialias;
+    # DINOv2 keeps that rule for its plain models, while its hub builds the register models with
+    # interpolate_offset=0 (to the size) and interpolate_antialias=True.
+    offset: float
+    antialias: bool
+
+
+RELEASES = {
+    "dino_vits16": Release("dino", 16, 384, 6, 0, False, 0.1, False),
+    "dino_vits8": Release("dino", 8, 384, 6, 0, False, 0.1, False),
+    "dino_vitb16": Release("dino", 16, 768, 12, 0, False, 0.1, False),
+    "dino_vitb8": Release("dino", 8, 768, 12, 0, False, 0.1, False),
+    "dinov2_vits14": Release("dinov2", 14, 384, 6, 0, True, 0.1, False),
+    "dinov2_vitb14": Release("dinov2", 14, 768, 12, 0, True, 0.1, False),
+    "dinov2_vits14_reg": Release("dinov2", 14, 384, 6, 4, True, 0.0, True),
+    "dinov2_vitb14_reg": Release("dinov2", 14, 768, 12, 4, True, 0.0, True),
+}
 
 
 def release_state(name, depth=None, embed_dim=None, grid=None, seed=0):
@@ -25,7 +52,7 @@ def release_state(name, depth=None, embed_dim=None, grid=None, seed=0):
     Full size by default (depth 12, the release's width, and its training grid: 224 px for DINO,
     518 px = 37x37 patches for DINOv2); ``depth``/``embed_dim``/``grid`` shrink it.
     """
-    spec = SPECS[name]
+    spec = RELEASES[name]
     dim = embed_dim or spec.embed_dim
     depth = depth or 12
     grid = grid or (224 // spec.patch_size if spec.family == "dino" else 37)
@@ -93,7 +120,7 @@ def _interpolated_pos_embed(pos_embed, grid_h, grid_w, offset, antialias):
 
 def reference_features(name, state, images):
     """Patch features (B, C, H/p, W/p) of ``images`` under release-layout ``state``."""
-    spec = SPECS[name]
+    spec = RELEASES[name]
     dim = state["cls_token"].shape[-1]
     heads = spec.num_heads if dim == spec.embed_dim else max(1, dim // 64)
     p = spec.patch_size
@@ -102,9 +129,7 @@ def reference_features(name, state, images):
     x = F.conv2d(images, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], stride=p)
     x = x.flatten(2).transpose(1, 2)
     x = torch.cat((state["cls_token"].expand(batch, -1, -1), x), dim=1)
-    x = x + _interpolated_pos_embed(
-        state["pos_embed"], grid_h, grid_w, spec.interpolation.offset, spec.interpolation.antialias
-    )
+    x = x + _interpolated_pos_embed(state["pos_embed"], grid_h, grid_w, spec.offset, spec.antialias)
     if "register_tokens" in state:
         x = torch.cat((x[:, :1], state["register_tokens"].expand(batch, -1, -1), x[:, 1:]), dim=1)
     depth = len({key.split(".")[1] for key in state if key.startswith("blocks.")})

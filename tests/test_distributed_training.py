@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import finish_ranks, free_port, start_ranks
+from helpers import finish_ranks, free_port, start_ranks, user_env
 from test_train import max_weight_difference, read_log
 
 import eval as eval_cli
@@ -60,8 +60,7 @@ def start_two_nodes(out, data_root, dino_file):
     port = free_port()
     launches = []
     for node_rank in (0, 1):
-        env = dict(
-            os.environ,
+        env = user_env(  # a user's environment: train.py must start from its own folder, no PYTHONPATH
             OMP_NUM_THREADS="1",
             NNODES="2",
             NODE_RANK=str(node_rank),

@@ -398,8 +398,9 @@ def full_backbone(arch):
 def listed_recipes():
     """(dataset, arch) pairs of `bash train.sh`'s usage, the one command this test runs."""
     result = subprocess.run(["bash", str(ROOT / "train.sh")], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2, f"bash train.sh without arguments: exit {result.returncode}, expected 2"
-    usage = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 0, f"bash train.sh without arguments: exit {result.returncode}, expected 0"
+    assert not result.stderr, f"bash train.sh lists the recipes as a normal answer, on stdout: {result.stderr!r}"
+    usage = result.stdout.strip().splitlines()[-1]
     assert "one of:" in usage, f"bash train.sh: cannot find the recipes in its usage: {usage!r}"
     return tuple(tuple(pair.split()) for pair in usage.split("one of:", 1)[1].split(","))
 

@@ -1,7 +1,7 @@
-"""Tests of modules.loss.IDDCLoss (SPEC section 3).
+"""Tests of modules.loss.IDDCLoss (docs/method.md#the-loss).
 
 * golden: the two cases that the original code produced (tests/golden/loss.npz, loss.json);
-* reference: a plain transcription of SPEC section 3 (benchmarks/baselines.py) on more batch and
+* reference: a plain transcription of docs/method.md#the-loss (benchmarks/baselines.py) on more batch and
   map sizes, B = 2 included, and with several chunk sizes;
 * the fixes over the original: empty masks, B = 1, invalid shifts, bf16 autocast.
 """

@@ -1,4 +1,4 @@
-"""Training-pair geometry (SPEC §4): overlap, bounds, small images, label mapping."""
+"""Training-pair geometry (docs/method.md#training-pairs): overlap, bounds, small images, label mapping."""
 
 import numpy as np
 import pytest

@@ -96,6 +96,18 @@ def test_check_finds_each_kind_of_problem_file_by_file(name, tmp_path, capsys):
     assert f"{spec.name} {train}: checking the first 1 of 2 ids of {spec.split_source(root, 'train')}" in out
 
 
+def test_the_dataset_is_positional_or_dataset_as_in_train_and_eval(tmp_path, capsys):
+    """docs/datasets.md writes `--dataset`, the README the positional DATASET: both work, once."""
+    root = str(tmp_path / "missing")
+    assert prepare_data.main(["--dataset", "potsdam3", "--data-root", root, "--check"]) == 2
+    assert "imgs/" in capsys.readouterr().err  # Potsdam-3's layout is the one checked
+    for argv in ([], ["cocostuff27", "--dataset", "potsdam3"]):
+        with pytest.raises(SystemExit) as done:
+            prepare_data.main([*argv, "--data-root", root])
+        assert done.value.code == 2
+        assert "give the dataset once, as DATASET or --dataset" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["cocostuff27", "potsdam3"])
 def test_check_names_a_missing_image(name, tmp_path, capsys):
     """Datasets with split lists can list an image that is not there (Cityscapes finds its ids in

@@ -1,4 +1,5 @@
-"""Window placement, stitching, flip averaging and the 320 scoring grid against SPEC §5, transcribed."""
+"""Window placement, stitching, flip averaging and the 320 scoring grid, transcribed from
+docs/method.md#evaluation-protocols."""
 
 import json
 import math
@@ -13,7 +14,8 @@ from engine.evaluation import make_protocol, predict_head_clusters, resize_neare
 
 
 def spec_windows(height, width, crop=224, overlap=75):
-    """SPEC §5 literally: n = ceil((L - 224) / 149 + 1) windows at min(k * 149, L - 224), row-major."""
+    """docs/method.md#evaluation-protocols literally: n = ceil((L - 224) / 149 + 1) windows at
+    min(k * 149, L - 224), row-major."""
     stride = crop - overlap
     n_h, n_w = math.ceil((height - crop) / stride + 1), math.ceil((width - crop) / stride + 1)
     return [(min(i * stride, height - crop), min(j * stride, width - crop)) for i in range(n_h) for j in range(n_w)]
