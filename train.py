@@ -36,6 +36,7 @@ from utils.cli import ArgumentParser, check_at_least, check_finite, entry_point,
 from utils.config import parse_args_with_config
 from utils.errors import OptionError, OutputError
 from utils.files import check_writable_dir, same_file
+from utils.lock import hold_folder_lock
 from utils.log import setup_logger
 
 
@@ -213,7 +214,8 @@ def main(argv=None):
     require_tensorboard()
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     device = distributed.init_from_env(args.device)
-    try:
+    try:  # one writer per folder: a second run, or a --resume while this one trains, is refused
+        hold_folder_lock([output_dir, *(variant.folder for variant in variants)], "--output-dir")
         trainer = Trainer(args, variants, device, output_dir, sweep)
         trainer.load()  # every input read (resume files, backbone) before the first write
         if args.overwrite and distributed.is_main():

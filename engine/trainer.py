@@ -40,7 +40,7 @@ from modules.model import IDDCModel, LinearProbe
 from modules.weights import CheckpointError, load_file, save_atomic
 from utils import distributed
 from utils.config import save_config
-from utils.errors import OutputError
+from utils.errors import DiskFullError
 from utils.files import write_text_atomic
 from utils.log import JsonlLog, LogGroup, git_commit
 
@@ -263,8 +263,7 @@ class Trainer:
                     drawn[head_seed] = initial_head_states(base, head_seed, args.num_heads)
                 load_head_states(variant.model, variant.probe, drawn[head_seed])
         self.vit = base.vit
-        if self.sweep:
-            self.check_disk_space()
+        self.check_disk_space()
 
     def _setup_variant(self, variant):
         vargs = variant.args
@@ -294,7 +293,7 @@ class Trainer:
         variant.run = HeadRun(head, variant.probe, loss_fn, optimizer, probe_optimizer, log, variant.name, epoch_sums)
 
     def check_disk_space(self):
-        """Refuse a sweep whose checkpoints do not fit on the disk, before anything is written.
+        """Refuse a run or a sweep whose checkpoints do not fit on the disk, before anything is written.
 
         Each variant holds best and last checkpoints (backbone + head) and a resume file (backbone,
         head, probe and their Adam moments), written beside the previous one while the sweep commits.
@@ -313,16 +312,17 @@ class Trainer:
         )
         existing = next(folder for folder in (self.output_dir, *self.output_dir.parents) if folder.exists())
         free = shutil.disk_usage(existing).free  # the folder itself is made only when the sweep starts writing
-        message = (
-            f"{len(self.variants)} variants x {_bytes_text(per_variant)} (best, last and resume checkpoints, each "
-            f"with the backbone) = {_bytes_text(needed)}"
-        )
+        what = "the sweep" if self.sweep else "the run"
+        message = f"{_bytes_text(per_variant)} (best, last and resume checkpoints, each with the backbone)"
+        if self.sweep:
+            message = f"{len(self.variants)} variants x {message} = {_bytes_text(needed)}"
         if needed > free + replaced:
-            raise OutputError(
-                f"--output-dir {self.output_dir}: the sweep writes up to {message}, but the disk has "
-                f"{_bytes_text(free)} free; free some space, choose another --output-dir or sweep fewer variants"
+            raise DiskFullError(
+                f"--output-dir {self.output_dir}: {what} writes up to {message}, but the disk has "
+                f"{_bytes_text(free)} free; free some space, choose another --output-dir"
+                + (" or sweep fewer variants" if self.sweep else "")
             )
-        self.disk_message = f"the sweep writes up to {message}; {_bytes_text(free)} free in {self.output_dir}"
+        self.disk_message = f"{what} writes up to {message}; {_bytes_text(free)} free in {self.output_dir}"
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def resume_state(self, variant, epoch, batch, step, epoch_sums):
@@ -433,7 +433,7 @@ class Trainer:
             logger.info(
                 "sweep of %d variants on one backbone pass: %s", len(variants), ", ".join(v.name for v in variants)
             )
-            logger.info(self.disk_message)
+        logger.info(self.disk_message)
         for variant in variants:
             self._setup_variant(variant)
         start_epoch, start_batch, step = 0, 0, 0
