@@ -33,7 +33,7 @@ from engine.training import (
     train_loader,
     train_one_epoch,
 )
-from modules.backbones import backbone_from_state_dict
+from modules.backbones import backbone_from_state_dict, with_architecture_record
 from modules.checkpoint import iddc_state, model_from_iddc_state, new_iddc_model
 from modules.loss import IDDCLoss
 from modules.model import IDDCModel, LinearProbe
@@ -64,7 +64,9 @@ def initial_head_states(model, head_seed, num_heads=None):
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(head_seed)
-        twin = backbone_from_state_dict(model.backbone_name, model.vit.state_dict(), "the backbone", num_heads)
+        twin = backbone_from_state_dict(
+            model.backbone_name, with_architecture_record(model.vit), "the backbone", num_heads
+        )
         fresh = IDDCModel(twin, num_classes=model.num_classes)
         probe = LinearProbe(twin.embed_dim, model.num_classes)
     return fresh.head_nonlinear.state_dict(), fresh.classifier.state_dict(), probe.state_dict()

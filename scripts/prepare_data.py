@@ -17,9 +17,10 @@ Every step can be interrupted and re-run: zips download to --zips-dir (default D
 resume, a folder only appears once its zip is fully unpacked, and folders already there are
 skipped. A zip is deleted once unpacked (unless --keep-zips) only if this command downloaded it
 (ZIP.downloaded beside it says so): a zip you put in --zips-dir yourself is never touched. One
-command at a time fills a data root (a second one is refused while the first runs). A check of every listed id ends every run (data/check.py): each image and label decoded,
-the label's values in the dataset's map, its size equal to its image's. Problems are listed file by
-file; the last line summarises them per split, and the exit code is 1 when there are any.
+command at a time fills a data root (a second one is refused while the first runs). A check of
+every listed id ends every run (data/check.py): each image and label decoded, the label's values
+in the dataset's map, its size equal to its image's. Problems are listed file by file; the last
+line summarises them per split, and the exit code is 1 when there are any.
 """
 
 import hashlib

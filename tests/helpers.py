@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from cli_runner import ROOT, fork_script
 
+from modules.backbones import with_architecture_record
 from modules.checkpoint import iddc_state
 from modules.model import IDDCModel
 from modules.vit import VisionTransformer
@@ -40,8 +41,9 @@ def save_released(model, path, **extra):
 
 
 def save_dino(model, path):
-    """Save the backbone as a DINO release file (plain ViT state_dict)."""
-    torch.save(model.vit.state_dict(), path)
+    """Save the backbone as a DINO release file (plain ViT state_dict) of a reduced model, which
+    records its depth and width (modules/backbones.py ARCHITECTURE_KEY)."""
+    torch.save(with_architecture_record(model.vit), path)
     return path
 
 

@@ -16,18 +16,19 @@ import math
 import torch
 import torch.nn.functional as F
 
-from modules.backbones import SPECS
+from modules.backbones import ARCHITECTURE_KEY, SPECS
 
 
 def release_state(name, depth=None, embed_dim=None, grid=None, seed=0):
     """Random weights of backbone ``name`` in its project's release layout.
 
     Full size by default (depth 12, the release's width, and its training grid: 224 px for DINO,
-    518 px = 37x37 patches for DINOv2); ``depth``/``embed_dim``/``grid`` shrink it.
+    518 px = 37x37 patches for DINOv2); ``depth``/``embed_dim``/``grid`` shrink it, and a shrunk
+    state records its depth and width (``ARCHITECTURE_KEY``), as a reduced model must.
     """
     spec = SPECS[name]
     dim = embed_dim or spec.embed_dim
-    depth = depth or 12
+    depth = depth or spec.depth
     grid = grid or (224 // spec.patch_size if spec.family == "dino" else 37)
     generator = torch.Generator().manual_seed(seed)
 
@@ -68,6 +69,8 @@ def release_state(name, depth=None, embed_dim=None, grid=None, seed=0):
             state[block + "ls2.gamma"] = normal(dim, std=0.2, mean=0.5)
     state["norm.weight"] = normal(dim, std=0.1, mean=1.0)
     state["norm.bias"] = normal(dim)
+    if (depth, dim) != (spec.depth, spec.embed_dim):
+        state[ARCHITECTURE_KEY] = {"depth": depth, "embed_dim": dim}
     return state
 
 
