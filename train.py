@@ -209,13 +209,15 @@ def main(argv=None):
     # Everything is checked and read before the first write, so that a refused run changes nothing.
     check_options(args)
     variants, sweep = plan_variants(args, check_options)  # a single run is one variant, in --output-dir
+    # One writer per folder (rank 0): a second run, or a --resume while this one trains, is refused.
+    check_writable_dir(args.output_dir, "--output-dir")
+    hold_folder_lock([args.output_dir, *(variant.folder for variant in variants)], "--output-dir")
     output_dir = check_sweep_output(args, variants) if sweep else check_output_dir(args)
     check_data(args)
     require_tensorboard()
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     device = distributed.init_from_env(args.device)
-    try:  # one writer per folder: a second run, or a --resume while this one trains, is refused
-        hold_folder_lock([output_dir, *(variant.folder for variant in variants)], "--output-dir")
+    try:
         trainer = Trainer(args, variants, device, output_dir, sweep)
         trainer.load()  # every input read (resume files, backbone) before the first write
         if args.overwrite and distributed.is_main():

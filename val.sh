@@ -28,6 +28,7 @@ shift 2
 [[ " $arch_names " == *" $arch "* ]] || fail "val.sh: unknown arch '$arch'; $usage"
 [[ "$arch" =~ vit[a-z]+([0-9]+) ]]
 patch_size=${BASH_REMATCH[1]}
+set_data_args "$@"
 
 # What names the results, and the checkpoint asked for: the flags, over the --config file's values.
 protocol="" crf="" precision="" config="" own_checkpoint=""

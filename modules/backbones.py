@@ -216,16 +216,15 @@ def unwrap_state_dict(obj, source):
     if isinstance(obj, dict):
         if "patch_embed.proj.weight" in obj:
             return obj
+        # A record of the backbone's size (the project's IDDC files, a reduced model's) goes with it.
+        record = {ARCHITECTURE_KEY: obj[ARCHITECTURE_KEY]} if ARCHITECTURE_KEY in obj else {}
         if isinstance(obj.get("teacher"), dict):
             teacher = {key.removeprefix("module."): value for key, value in obj["teacher"].items()}
             return {
                 key.removeprefix("backbone."): value for key, value in teacher.items() if key.startswith("backbone.")
-            }
+            } | record
         if isinstance(obj.get("backbone"), dict) and "model.patch_embed.proj.weight" in obj["backbone"]:
-            state = {key.removeprefix("model."): value for key, value in obj["backbone"].items()}
-            if ARCHITECTURE_KEY in obj:  # an IDDC file of this project records its backbone's size
-                state[ARCHITECTURE_KEY] = obj[ARCHITECTURE_KEY]
-            return state
+            return {key.removeprefix("model."): value for key, value in obj["backbone"].items()} | record
     raise CheckpointError(f"{source}: not a ViT state_dict (no 'patch_embed.proj.weight' key)")
 
 

@@ -262,12 +262,27 @@ def test_prepare_only_val_keeping_the_zips(coco_server, data_root, tmp_path):
     zips = tmp_path / "zips"
     args = ["--data-root", str(data_root), "--splits", "val", "--keep-zips", "--zips-dir", str(zips)]
     assert prepare_data.main(["cocostuff27", *args, "--base-url", coco_server.url()]) == 0
-    assert sorted(path.name for path in zips.iterdir()) == [COCO_LABELS_ZIP, "val2017.zip"]
+    assert sorted(path.name for path in zips.glob("*.zip")) == [COCO_LABELS_ZIP, "val2017.zip"]
     assert not (data_root / "downloads").exists()
     assert (data_root / "annotations" / "val2017").is_dir()
     assert not (data_root / "annotations" / "train2017").exists()
     assert not (data_root / "images" / "train2017").exists()
     assert coco_server.requests_for("zips/train2017.zip") == []
+
+
+def test_the_users_own_zips_stay_byte_for_byte(coco_server, data_root, fixture_root, tmp_path):
+    """Zips put in --zips-dir by hand are unpacked and left as they were; only a zip the command
+    downloaded itself (marked ZIP.downloaded) is deleted once unpacked."""
+    zips = tmp_path / "zips"
+    zips.mkdir()
+    (zips / "val2017.zip").write_bytes(zip_folders(fixture_root / "images", ["val2017"], ".jpg"))
+    own = (zips / "val2017.zip").read_bytes()
+    args = ["--data-root", str(data_root), "--splits", "val", "--zips-dir", str(zips), "--base-url", coco_server.url()]
+    assert prepare_data.main(["cocostuff27", *args]) == 0
+    assert (data_root / "images" / "val2017").is_dir() and (data_root / "annotations" / "val2017").is_dir()
+    assert sorted(path.name for path in zips.iterdir()) == ["val2017.zip"]  # the labels zip: downloaded, deleted
+    assert (zips / "val2017.zip").read_bytes() == own
+    assert coco_server.requests_for("zips/val2017.zip") == []
 
 
 def test_output_locations_are_checked_before_downloading(coco_server, data_root, tmp_path, capsys):

@@ -46,7 +46,7 @@ def folder_lock(folders, option):
     """
     folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
     with contextlib.ExitStack() as held:
-        if distributed.is_main():
+        if distributed.is_main() and int(os.environ.get("RANK", 0)) == 0:  # also before the process group starts
             for folder in dict.fromkeys(Path(folder) for folder in folders):
                 held.enter_context(_locked(folder, option))
         yield
@@ -61,6 +61,7 @@ def hold_folder_lock(folders, option):
 def _locked(folder, option):
     path = folder / LOCK_FILE
     created = [parent for parent in (folder, *folder.parents) if not parent.exists()]  # deepest first
+    new_file = not path.exists()
     with reporting_disk_full(path):
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -82,12 +83,12 @@ def _locked(folder, option):
                 flush=True,
             )
         else:
-            with reporting_disk_full(path):
+            with contextlib.suppress(OSError):  # the holder's name is for the refusal's message; a full disk refuses it
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"pid {os.getpid()} host {socket.gethostname()}\n".encode(), 0)
         yield
     except BaseException:
-        if created:  # a refused command leaves no trace: the folders it made for the lock go again
+        if new_file:  # a refused command leaves no trace: the lock file and the folders made for it go
             with contextlib.suppress(OSError):
                 path.unlink()
                 for made in created:
