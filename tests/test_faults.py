@@ -27,7 +27,7 @@ from modules.backbones import ARCHITECTURE_KEY
 from modules.checkpoint import load_iddc_model
 from modules.weights import load_file
 from scripts import summarize
-from utils.lock import LOCK_FILE, folder_lock
+from utils.lock import folder_lock
 from utils.log import JsonlLog, setup_logger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def test_second_writer_and_resume_are_refused_while_a_run_trains(work, tmp_path,
 
     first = fork_script(
         "train.py",
-        train_flags(work, out, "--epochs", "2"),
+        train_flags(work, out, "--checkpoint-every", "1"),
         tmp_path / "1.out",
         tmp_path / "1.err",
         setup=pause_after_first_epoch,
@@ -127,7 +127,7 @@ def test_second_writer_and_resume_are_refused_while_a_run_trains(work, tmp_path,
     assert code == 0, (tmp_path / "1.err").read_text()[-2000:]
     for name in ("best_model.pth", "last_model.pth"):
         assert load_iddc_model(out / name)[0].vit.depth == 1
-    assert load_file(out / "resume.pth")["epoch"] == 1
+    assert load_file(out / "resume.pth")["step"] == 2  # the end of the epoch
 
 
 def test_a_killed_holder_leaves_the_folder_free(work, tmp_path, capsys):
@@ -139,28 +139,14 @@ def test_a_killed_holder_leaves_the_folder_free(work, tmp_path, capsys):
         os._exit(0)
     os.waitpid(holder, os.WUNTRACED)  # it holds the lock now
     capsys.readouterr()
-    assert (
-        run(
-            predict_cli,
-            [
-                "--checkpoint",
-                work / "model.pth",
-                "--input",
-                work / "data/images/val2017",
-                "--output-dir",
-                out,
-                "--device",
-                "cpu",
-            ],
-        )
-        == 2
-    )
+    images = work / "data/images/val2017"
+    argv = ["--checkpoint", work / "model.pth", "--input", images, "--output-dir", out, "--device", "cpu"]
+    assert run(predict_cli, argv) == 2
     assert f"another process is writing there (pid {holder} host" in last_line(capsys)
     os.kill(holder, signal.SIGKILL)
     os.waitpid(holder, 0)
-    assert run(train_cli, train_flags(work, out)) == 0
-    assert load_iddc_model(out / "last_model.pth")[0].vit.depth == 1
-    assert (out / LOCK_FILE).is_file()
+    assert run(predict_cli, argv) == 0
+    assert len(list(out.glob("*.png"))) == 3
 
 
 # ---------------------------------------------------------------- a full disk
@@ -179,8 +165,8 @@ def test_runs_that_the_disk_cannot_hold_are_refused_before_training(work, tmp_pa
 
 
 def test_a_checkpoint_write_on_a_full_disk(work, tmp_path):
-    """The disk fills during the second epoch: one line naming the file, exit 1, and the first
-    epoch's checkpoints and resume file still load; no temporary file is left behind."""
+    """The disk fills before the end of the epoch's resume.pth: one line naming it, exit 1; the
+    resume file of step 1 and the checkpoints still load; no temporary file is left behind."""
     with small_disk(tmp_path / "disk", "4m") as disk:
         out = disk / "run"
 
@@ -191,7 +177,7 @@ def test_a_checkpoint_write_on_a_full_disk(work, tmp_path):
 
             def save(obj, path):
                 calls.append(path)
-                if len(calls) == 4:  # epoch 1 wrote best, last and resume
+                if len(calls) == 4:  # resume.pth of step 1, then best and last at the epoch's end
                     fill(disk)
                 real(obj, path)
 
@@ -199,7 +185,7 @@ def test_a_checkpoint_write_on_a_full_disk(work, tmp_path):
 
         pid = fork_script(
             "train.py",
-            train_flags(work, out, "--epochs", "2"),
+            train_flags(work, out, "--checkpoint-every", "1"),
             tmp_path / "out",
             tmp_path / "err",
             setup=fill_before_the_second_epochs_checkpoint,
@@ -208,11 +194,11 @@ def test_a_checkpoint_write_on_a_full_disk(work, tmp_path):
         err = (tmp_path / "err").read_text()
         assert "Traceback" not in err and "Logging error" not in err, err
         line = err.strip().splitlines()[-1]
-        assert line.startswith(f"error: {out}/") and "the disk is full (0.0 MB free" in line, line
+        assert line.startswith(f"error: {out / 'resume.pth'}: cannot write it, the disk is full (0.0 MB free"), line
         (disk / "filler").unlink()
         for name in ("best_model.pth", "last_model.pth"):
             assert load_iddc_model(out / name)[0].vit.depth == 1
-        assert load_file(out / "resume.pth")["epoch"] == 0
+        assert load_file(out / "resume.pth")["step"] == 1  # the previous one, whole
         assert not [path.name for path in out.iterdir() if path.name.endswith(".tmp")]
 
 
