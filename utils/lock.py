@@ -29,7 +29,7 @@ from utils.cli import hold_until_exit
 from utils.errors import OutputError
 from utils.files import reporting_disk_full
 
-LOCK_FILE = ".iddc.lock"  # left in the folder: deleting a lock file races with the next holder
+LOCK_FILE = ".iddc.lock"  # in the folder while its holder runs (one that was killed leaves it, unlocked)
 _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
@@ -61,20 +61,43 @@ def hold_folder_lock(folders, option):
 def _locked(folder, option):
     path = folder / LOCK_FILE
     created = [parent for parent in (folder, *folder.parents) if not parent.exists()]  # deepest first
-    new_file = not path.exists()
     with reporting_disk_full(path):
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
+        fd = _acquire(path, folder, option)
+    except BaseException:
+        _remove_folders(created)
+        raise
+    ended = False
+    try:
+        yield
+        ended = True
+    finally:
+        with contextlib.suppress(OSError):  # removed while held: the next holder makes a new one
+            path.unlink()
+        os.close(fd)  # releases the lock
+        if not ended:  # a refused or failed command leaves no folder it made only for the lock
+            _remove_folders(created)
+
+
+def _acquire(path, folder, option):
+    """The descriptor of ``path``, locked (unless the file system refuses locks); the holder's
+    pid and host written in it. Refused with :class:`FolderBusyError` while another process holds it."""
+    while True:
+        with reporting_disk_full(path):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             if err.errno in (errno.EACCES, errno.EAGAIN):
+                holder = _holder(fd)
+                os.close(fd)
                 raise FolderBusyError(
-                    f"{option} {folder}: another process is writing there ({_holder(fd)}); wait for it to end, "
+                    f"{option} {folder}: another process is writing there ({holder}); wait for it to end, "
                     f"or choose another {option}"
                 ) from None
             if err.errno not in _UNSUPPORTED:
+                os.close(fd)
                 raise
             print(
                 f"warning: {option} {folder}: the file system refuses locks ({err.strerror}); going on without "
@@ -82,20 +105,24 @@ def _locked(folder, option):
                 file=sys.stderr,
                 flush=True,
             )
-        else:
+            return fd
+        try:
+            opened, named = os.fstat(fd), os.stat(path)
+            current = (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
+        except FileNotFoundError:
+            current = False
+        if current:
             with contextlib.suppress(OSError):  # the holder's name is for the refusal's message; a full disk refuses it
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"pid {os.getpid()} host {socket.gethostname()}\n".encode(), 0)
-        yield
-    except BaseException:
-        if new_file:  # a refused command leaves no trace: the lock file and the folders made for it go
-            with contextlib.suppress(OSError):
-                path.unlink()
-                for made in created:
-                    made.rmdir()
-        raise
-    finally:
-        os.close(fd)  # releases the lock
+            return fd
+        os.close(fd)  # locked a file its holder removed on leaving: lock the one in its place
+
+
+def _remove_folders(created):
+    with contextlib.suppress(OSError):
+        for made in created:
+            made.rmdir()
 
 
 def _holder(fd):
