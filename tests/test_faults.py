@@ -27,7 +27,7 @@ from modules.backbones import ARCHITECTURE_KEY
 from modules.checkpoint import load_iddc_model
 from modules.weights import load_file
 from scripts import summarize
-from utils.lock import folder_lock
+from utils.lock import LOCK_FILE, folder_lock
 from utils.log import JsonlLog, setup_logger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,7 +146,7 @@ def test_a_killed_holder_leaves_the_folder_free(work, tmp_path, capsys):
     os.kill(holder, signal.SIGKILL)
     os.waitpid(holder, 0)
     assert run(predict_cli, argv) == 0
-    assert len(list(out.glob("*.png"))) == 3
+    assert len(list(out.glob("*_overlay.png"))) == 1 and not (out / LOCK_FILE).exists()
 
 
 # ---------------------------------------------------------------- a full disk
