@@ -18,12 +18,13 @@ from forked_python import run_script as run_bash
 from helpers import save_dino, save_released, small_model, wait_exit
 from reference_vit import release_state
 
+import baseline_kmeans
 import eval as eval_cli
 import predict as predict_cli
 import train as train_cli
 from data.registry import DATASET_NAMES, get_dataset
 from data.synthetic import write_synthetic_cocostuff
-from modules.backbones import ARCHITECTURE_KEY
+from modules.backbones import ARCHITECTURE_KEY, release_cache_path
 from modules.checkpoint import load_iddc_model
 from modules.weights import load_file
 from scripts import summarize
@@ -270,7 +271,7 @@ class Payload:
         return (Path.touch, (Path(self.marker),))
 
 
-def test_hostile_pickles_and_yaml_run_nothing(work, tmp_path, capsys):
+def test_hostile_pickles_and_yaml_run_nothing(work, tmp_path, capsys, monkeypatch):
     marker = tmp_path / "marker"
     pickle_file = tmp_path / "hostile.pth"
     torch.save({"backbone": Payload(marker), "head_nonlinear": {}, "classifier": {}}, pickle_file)
@@ -285,8 +286,19 @@ def test_hostile_pickles_and_yaml_run_nothing(work, tmp_path, capsys):
     summarized.mkdir()
     (summarized / "log.jsonl").write_text('{"kind": "val", "epoch": 0}\n')
     (summarized / "config.yaml").write_bytes(hostile_yaml.read_bytes())
+    hub = tmp_path / "hub"  # the torch hub cache, where a release file is looked up without --backbone-weights
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    cached = release_cache_path("dino_vits16")
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(pickle_file.read_bytes())
+    no_weights = train_flags(work, tmp_path / "run")
+    at = no_weights.index("--backbone-weights")
+    del no_weights[at : at + 2]
     data = ["--data-root", work / "data"]
     cases = [
+        (train_cli, no_weights, str(cached)),
+        (baseline_kmeans, [*data, "--backbone-weights", pickle_file, "--device", "cpu"], str(pickle_file)),
+        (baseline_kmeans, [*data, "--config", hostile_yaml], f"--config {hostile_yaml}: holds a YAML tag"),
         (eval_cli, [*data, "--checkpoint", pickle_file], str(pickle_file)),
         (
             predict_cli,
