@@ -86,12 +86,12 @@ def fill(disk):
 # ---------------------------------------------------------------- one writer per run folder
 
 
-def test_second_writer_and_resume_are_refused_while_a_run_trains(work, tmp_path, capsys):
-    """Two train.py on one folder: one trains, the other is refused naming the holder; a --resume
-    while it trains is refused too, and the run finishes unharmed."""
+def test_two_runs_at_once_and_a_resume_while_one_trains(work, tmp_path, capsys):
+    """Two train.py started at once on one folder: one trains, the other is refused naming its pid
+    and host; a --resume while it trains is refused too, and the run finishes unharmed."""
     out, go = tmp_path / "run", tmp_path / "go"
 
-    def pause_after_first_epoch():  # in the first run: hold the folder until the test says go
+    def pause_at_the_first_resume_file():  # in the runs: hold the folder until the test says go
         import engine.trainer
 
         real = engine.trainer.save_atomic
@@ -103,29 +103,33 @@ def test_second_writer_and_resume_are_refused_while_a_run_trains(work, tmp_path,
 
         engine.trainer.save_atomic = save_then_wait
 
-    first = fork_script(
-        "train.py",
-        train_flags(work, out, "--checkpoint-every", "1"),
-        tmp_path / "1.out",
-        tmp_path / "1.err",
-        setup=pause_after_first_epoch,
-    )
+    argv = train_flags(work, out, "--checkpoint-every", "1")
+    logs = {index: (tmp_path / f"{index}.out", tmp_path / f"{index}.err") for index in (0, 1)}
+    pids = [fork_script("train.py", argv, *logs[index], setup=pause_at_the_first_resume_file) for index in (0, 1)]
+    host = socket.gethostname()
     try:
-        deadline = time.monotonic() + 60
+        deadline, ended = time.monotonic() + 60, {}
+        while not ended and time.monotonic() < deadline:
+            for pid in pids:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    ended[pid] = os.waitstatus_to_exitcode(status)
+            time.sleep(0.02)
+        assert list(ended.values()) == [2]  # the other one holds the folder and waits
+        loser = pids.index(next(iter(ended)))
+        winner = pids[1 - loser]
+        refusal = logs[loser][1].read_text().strip().splitlines()[-1]
+        expected = f"error: --output-dir {out}: another process is writing there (pid {winner} host {host})"
+        assert refusal.startswith(expected), refusal
         while not (out / "resume.pth").is_file() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        host = socket.gethostname()
+            time.sleep(0.02)
         capsys.readouterr()
-        for extra in ([], ["--resume"]):
-            assert run(train_cli, train_flags(work, out, *extra)) == 2
-            line = last_line(capsys)
-            assert line.startswith(
-                f"error: --output-dir {out}: another process is writing there (pid {first} host {host})"
-            )
+        assert run(train_cli, [*argv, "--resume"]) == 2
+        assert last_line(capsys).startswith(expected)
     finally:
         go.touch()
-        code = wait_exit(first, time.monotonic() + 60)
-    assert code == 0, (tmp_path / "1.err").read_text()[-2000:]
+        codes = [wait_exit(pid, time.monotonic() + 60) for pid in pids if pid not in ended]
+    assert codes == [0], logs[1 - loser][1].read_text()[-2000:]
     for name in ("best_model.pth", "last_model.pth"):
         assert load_iddc_model(out / name)[0].vit.depth == 1
     assert load_file(out / "resume.pth")["step"] == 2  # the end of the epoch
