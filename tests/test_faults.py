@@ -1,7 +1,6 @@
 """What a shared machine does to runs (docs/troubleshooting.md): one writer per run folder, a full
 disk, a backbone file with a block too few or too many, hostile pickles and YAML, and val.sh."""
 
-import contextlib
 import json
 import os
 import signal
@@ -15,7 +14,7 @@ import torch
 import yaml
 from cli_runner import fork_script
 from forked_python import run_script as run_bash
-from helpers import save_dino, save_released, small_model, wait_exit
+from helpers import fill, save_dino, save_released, small_disk, small_model, wait_exit
 from reference_vit import release_state
 
 import baseline_kmeans
@@ -60,27 +59,6 @@ def last_line(capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
     return err.strip().splitlines()[-1]
-
-
-@contextlib.contextmanager
-def small_disk(path, size="2m"):
-    """A tmpfs of ``size`` at ``path`` (root can mount one, here and in CI); skipped where it cannot."""
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill ({mounted.stderr.decode().strip() or 'not root'})")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
-
-
-def fill(disk):
-    """Take every free byte of ``disk``."""
-    with open(disk / "filler", "ab") as filler, contextlib.suppress(OSError):
-        while True:
-            filler.write(b"\0" * 65536)
-            filler.flush()
 
 
 # ---------------------------------------------------------------- one writer per run folder
