@@ -23,10 +23,12 @@ import predict as predict_cli
 import train as train_cli
 from data.registry import DATASET_NAMES, get_dataset
 from data.synthetic import write_synthetic_cocostuff
+from engine.tensorboard import TensorboardLog
 from modules.backbones import ARCHITECTURE_KEY, release_cache_path
 from modules.checkpoint import load_iddc_model
 from modules.weights import load_file
 from scripts import summarize
+from utils.errors import DiskFullError
 from utils.lock import LOCK_FILE, folder_lock
 from utils.log import JsonlLog, setup_logger
 
@@ -205,15 +207,20 @@ def test_eval_predict_and_logs_on_a_full_disk(work, tmp_path, capsys):
         assert line.startswith(f"error: {disk / 'pngs'}/") and ".png: cannot write it, the disk is full" in line
         assert not list(disk.glob("pngs/*.png"))
 
-        with pytest.raises(Exception, match="the disk is full") as caught:
+        with pytest.raises(DiskFullError, match="the disk is full") as caught:
             JsonlLog(disk / "log.jsonl").write(step=2, loss=float("nan"), note="x" * 10000)
         assert caught.value.exit_code == 1
         assert (disk / "log.jsonl").read_text() == '{"step": 1}\n'  # no half line
         logger = setup_logger("iddc.faults", log_file=disk / "train.log")
-        with pytest.raises(Exception, match=f"{disk / 'train.log'}: cannot write it, the disk is full"):
+        with pytest.raises(DiskFullError, match=f"{disk / 'train.log'}: cannot write it, the disk is full"):
             logger.info("x" * 100000)
         assert "Logging error" not in capsys.readouterr().err
         logger.handlers.clear()
+        with pytest.raises(DiskFullError, match=f"{disk / 'tensorboard'}: cannot write it, the disk is full"):
+            board = TensorboardLog(disk / "tensorboard")
+            for step in range(100):
+                board.write("train", step=step, loss=1.0, per_class={str(k): 0.5 for k in range(200)})
+        assert "Traceback" not in capsys.readouterr().err  # TensorBoard's writer thread stays quiet
 
 
 # ---------------------------------------------------------------- a backbone file is whole
