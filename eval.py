@@ -338,9 +338,10 @@ def report(result, checkpoint, model, meta, spec, protocol, args, commit, path, 
     )
     # For scripts/summarize.py: what was evaluated and the training seed, when the checkpoint records it.
     output.update(method="iddc", seed=(meta.get("config") or {}).get("seed"))
+    replaced = path.exists()
     write_text_atomic(path, json.dumps(output, indent=1))
     save_config(args, path.with_suffix(".config.yaml"))
-    logger.info("results written to %s", path)
+    logger.info("results written to %s%s", path, " (it replaces the results that file held)" if replaced else "")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from modules.weights import CheckpointError
 from utils.cli import ArgumentParser, check_at_least, entry_point, resolve_device
 from utils.errors import EXIT_OK, EXIT_PROBLEMS, OptionError, OutputError, ReportedError
 from utils.files import check_writable_dir, save_image_atomic
+from utils.lock import hold_folder_lock
 from utils.log import setup_logger
 
 OUTPUT_SUFFIXES = ("_clusters.png", "_color.png", "_overlay.png")
@@ -296,6 +297,7 @@ def main(argv=None):
     paths, skipped = list_images(args.input)
     out_dir = check_writable_dir(args.output_dir, "--output-dir")
     check_outputs(paths, out_dir, [args.checkpoint, args.assignment])
+    hold_folder_lock(out_dir, "--output-dir")
     model = load_model(args, device, spec)
     cluster_to_class = None
     if args.assignment:

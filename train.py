@@ -36,6 +36,7 @@ from utils.cli import ArgumentParser, check_at_least, check_finite, entry_point,
 from utils.config import parse_args_with_config
 from utils.errors import OptionError, OutputError
 from utils.files import check_writable_dir, same_file
+from utils.lock import hold_folder_lock
 from utils.log import setup_logger
 
 
@@ -208,6 +209,9 @@ def main(argv=None):
     # Everything is checked and read before the first write, so that a refused run changes nothing.
     check_options(args)
     variants, sweep = plan_variants(args, check_options)  # a single run is one variant, in --output-dir
+    # One writer per folder (rank 0): a second run, or a --resume while this one trains, is refused.
+    check_writable_dir(args.output_dir, "--output-dir")
+    hold_folder_lock([args.output_dir, *(variant.folder for variant in variants)], "--output-dir")
     output_dir = check_sweep_output(args, variants) if sweep else check_output_dir(args)
     check_data(args)
     require_tensorboard()

@@ -36,13 +36,11 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from engine.tensorboard import TensorboardLog
 from engine.training import HeadRun
 from modules.model import IDDCModel, LinearProbe
 from utils.errors import OptionError, OutputError
-from utils.files import check_writable_dir, same_file
+from utils.files import check_writable_dir, read_yaml, same_file
 from utils.log import JsonlLog
 
 RESUME_FILE = "resume.pth"
@@ -140,10 +138,7 @@ def read_sweep(value, shared_options):
         path = Path(value)
         if not path.is_file():
             raise OptionError(f"{source}: no such file")
-        try:
-            content = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise OptionError(f"{source}: not valid YAML ({str(err).splitlines()[0]})") from err
+        content = read_yaml(path, source)
     expected = "expected a mapping with 'variants' (a list of overrides) and/or 'grid' (lists of values)"
     if not isinstance(content, dict) or not content:
         raise OptionError(f"{source}: {expected}")

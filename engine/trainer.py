@@ -33,14 +33,14 @@ from engine.training import (
     train_loader,
     train_one_epoch,
 )
-from modules.backbones import backbone_from_state_dict
+from modules.backbones import backbone_from_state_dict, with_architecture_record
 from modules.checkpoint import iddc_state, model_from_iddc_state, new_iddc_model
 from modules.loss import IDDCLoss
 from modules.model import IDDCModel, LinearProbe
 from modules.weights import CheckpointError, load_file, save_atomic
 from utils import distributed
 from utils.config import save_config
-from utils.errors import OutputError
+from utils.errors import DiskFullError
 from utils.files import write_text_atomic
 from utils.log import JsonlLog, LogGroup, git_commit
 
@@ -64,7 +64,9 @@ def initial_head_states(model, head_seed, num_heads=None):
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(head_seed)
-        twin = backbone_from_state_dict(model.backbone_name, model.vit.state_dict(), "the backbone", num_heads)
+        twin = backbone_from_state_dict(
+            model.backbone_name, with_architecture_record(model.vit), "the backbone", num_heads
+        )
         fresh = IDDCModel(twin, num_classes=model.num_classes)
         probe = LinearProbe(twin.embed_dim, model.num_classes)
     return fresh.head_nonlinear.state_dict(), fresh.classifier.state_dict(), probe.state_dict()
@@ -263,8 +265,7 @@ class Trainer:
                     drawn[head_seed] = initial_head_states(base, head_seed, args.num_heads)
                 load_head_states(variant.model, variant.probe, drawn[head_seed])
         self.vit = base.vit
-        if self.sweep:
-            self.check_disk_space()
+        self.check_disk_space()
 
     def _setup_variant(self, variant):
         vargs = variant.args
@@ -294,7 +295,7 @@ class Trainer:
         variant.run = HeadRun(head, variant.probe, loss_fn, optimizer, probe_optimizer, log, variant.name, epoch_sums)
 
     def check_disk_space(self):
-        """Refuse a sweep whose checkpoints do not fit on the disk, before anything is written.
+        """Refuse a run or a sweep whose checkpoints do not fit on the disk, before anything is written.
 
         Each variant holds best and last checkpoints (backbone + head) and a resume file (backbone,
         head, probe and their Adam moments), written beside the previous one while the sweep commits.
@@ -313,16 +314,17 @@ class Trainer:
         )
         existing = next(folder for folder in (self.output_dir, *self.output_dir.parents) if folder.exists())
         free = shutil.disk_usage(existing).free  # the folder itself is made only when the sweep starts writing
-        message = (
-            f"{len(self.variants)} variants x {_bytes_text(per_variant)} (best, last and resume checkpoints, each "
-            f"with the backbone) = {_bytes_text(needed)}"
-        )
+        what = "the sweep" if self.sweep else "the run"
+        message = f"{_bytes_text(per_variant)} (best, last and resume checkpoints, each with the backbone)"
+        if self.sweep:
+            message = f"{len(self.variants)} variants x {message} = {_bytes_text(needed)}"
         if needed > free + replaced:
-            raise OutputError(
-                f"--output-dir {self.output_dir}: the sweep writes up to {message}, but the disk has "
-                f"{_bytes_text(free)} free; free some space, choose another --output-dir or sweep fewer variants"
+            raise DiskFullError(
+                f"--output-dir {self.output_dir}: {what} writes up to {message}, but the disk has "
+                f"{_bytes_text(free)} free; free some space, choose another --output-dir"
+                + (" or sweep fewer variants" if self.sweep else "")
             )
-        self.disk_message = f"the sweep writes up to {message}; {_bytes_text(free)} free in {self.output_dir}"
+        self.disk_message = f"{what} writes up to {message}; {_bytes_text(free)} free in {self.output_dir}"
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def resume_state(self, variant, epoch, batch, step, epoch_sums):
@@ -433,7 +435,7 @@ class Trainer:
             logger.info(
                 "sweep of %d variants on one backbone pass: %s", len(variants), ", ".join(v.name for v in variants)
             )
-            logger.info(self.disk_message)
+        logger.info(self.disk_message)
         for variant in variants:
             self._setup_variant(variant)
         start_epoch, start_batch, step = 0, 0, 0

@@ -12,9 +12,12 @@ with the class token's row, ``register_tokens``, ``mask_token``, LayerScale ``ls
 DINOv3: ``storage_tokens``, ``rope_embed.periods``, the masked k bias of ``qkv``, SwiGLU's
 ``w1``/``w2``/``w3``) and are converted to timm's layout on loading. DINO and DINOv2 are timm
 ``VisionTransformer`` models (``modules/vit.py``), DINOv3 an ``Eva`` (``modules/eva.py``). The name
-fixes the family, patch size, registers, MLP and positional rule; depth and width are read off the
-weights, so reduced test models load too, but a ViT-B file given for a ViT-S name (or the reverse)
-is an error that names the right one.
+fixes the family, patch size, registers, MLP and positional rule, and the release's depth and width:
+a file must hold that whole ViT (a missing or extra block is an error that lists it; a ViT-B file
+given for a ViT-S name, or the reverse, is an error that names the right one). A file may instead
+record its own depth and width under ``ARCHITECTURE_KEY`` (the project's own files do, and the
+reduced models of the tests and benchmarks), and is then checked against that record; the shapes
+of the tensors alone never decide the depth.
 
 Meta hands the DINOv3 files out after a licence form, so they are never downloaded: they are
 read from ``--backbone-weights FILE`` or from the torch hub cache under their release names.
@@ -55,6 +58,7 @@ class BackboneSpec:
     num_registers: int = 0  # DINOv3: its storage tokens
     interpolation: PositionalInterpolation = DINO_INTERPOLATION  # of the learned table; DINOv3 has none
     swiglu: bool = False  # DINOv3 ViT-S+: a SwiGLU MLP
+    depth: int = 12  # transformer blocks of the release
 
     @property
     def layer_scale(self):
@@ -132,13 +136,38 @@ _SPECS = (
         "dinov3_vitb16", "DINOv3 ViT-B/16", "dinov3", 16, 768, 12, "dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth", 4
     ),
     BackboneSpec(
-        "dinov3_vitl16", "DINOv3 ViT-L/16", "dinov3", 16, 1024, 16, "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth", 4
+        "dinov3_vitl16",
+        "DINOv3 ViT-L/16",
+        "dinov3",
+        16,
+        1024,
+        16,
+        "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth",
+        4,
+        depth=24,
     ),
 )
 SPECS = {spec.name: spec for spec in _SPECS}
 BACKBONES = tuple(SPECS)
 # --patch-size, the short form of the two backbones of the original code.
 PATCH_SIZE_SHORT_FORMS = {16: "dino_vits16", 8: "dino_vits8"}
+
+
+# {"depth": int, "embed_dim": int}: top-level in the project's IDDC files, or beside the tensors of a
+# release-layout state_dict of a reduced model (see :func:`with_architecture_record`).
+ARCHITECTURE_KEY = "backbone_architecture"
+
+
+def architecture_record(vit):
+    """What a file records of ``vit``: its depth and width."""
+    return {"depth": len(vit.blocks), "embed_dim": int(vit.embed_dim)}
+
+
+def with_architecture_record(vit):
+    """``vit``'s state_dict (a release file of DINO's layout), with its depth and width recorded
+    beside the tensors: the route of a reduced model (fewer blocks, narrower) into every loader that takes a
+    release file, explicitly, since a release file is otherwise held to its release's size."""
+    return {**vit.state_dict(), ARCHITECTURE_KEY: architecture_record(vit)}
 
 
 def backbone_spec(name):
@@ -187,13 +216,15 @@ def unwrap_state_dict(obj, source):
     if isinstance(obj, dict):
         if "patch_embed.proj.weight" in obj:
             return obj
+        # A record of the backbone's size (the project's IDDC files, a reduced model's) goes with it.
+        record = {ARCHITECTURE_KEY: obj[ARCHITECTURE_KEY]} if ARCHITECTURE_KEY in obj else {}
         if isinstance(obj.get("teacher"), dict):
             teacher = {key.removeprefix("module."): value for key, value in obj["teacher"].items()}
             return {
                 key.removeprefix("backbone."): value for key, value in teacher.items() if key.startswith("backbone.")
-            }
+            } | record
         if isinstance(obj.get("backbone"), dict) and "model.patch_embed.proj.weight" in obj["backbone"]:
-            return {key.removeprefix("model."): value for key, value in obj["backbone"].items()}
+            return {key.removeprefix("model."): value for key, value in obj["backbone"].items()} | record
     raise CheckpointError(f"{source}: not a ViT state_dict (no 'patch_embed.proj.weight' key)")
 
 
@@ -376,10 +407,16 @@ def infer_backbone_name(state, source="weights"):
     return (same_width or candidates)[0].name
 
 
-def backbone_from_state_dict(name, state, source="weights", num_heads=None):
+def backbone_from_state_dict(name, state, source="weights", num_heads=None, recorded=None):
     """Backbone ``name`` with the weights of ``state`` (release or timm layout), loaded strictly,
-    frozen and in eval mode; ``num_heads`` defaults to the release's (64 channels a head)."""
+    frozen and in eval mode; ``num_heads`` defaults to the release's (64 channels a head).
+
+    The ViT must be the release's whole depth and width, or those ``recorded`` (the file's
+    ``ARCHITECTURE_KEY`` record, which ``state`` may also hold beside its tensors).
+    """
     spec = backbone_spec(name)
+    state = dict(state)
+    recorded = state.pop(ARCHITECTURE_KEY, None) or recorded
     state = to_timm_layout(state, source)
     arch = architecture(state, source)
     if spec not in _candidates(arch):
@@ -394,6 +431,7 @@ def backbone_from_state_dict(name, state, source="weights", num_heads=None):
             f"{source} holds a {other_width[0].title} (width {arch.embed_dim}), not a {spec.title} "
             f"(width {spec.embed_dim}); use --backbone {other_width[0].name}"
         )
+    check_whole(spec, state, arch, recorded, source)
     heads = num_heads or (spec.num_heads if arch.embed_dim == spec.embed_dim else max(1, arch.embed_dim // 64))
     if arch.rope:
         vit = DinoV3VisionTransformer(
@@ -423,6 +461,36 @@ def backbone_from_state_dict(name, state, source="weights", num_heads=None):
     vit.name = name
     vit.requires_grad_(False)
     return vit.eval()
+
+
+def check_whole(spec, state, arch, recorded, source):
+    """The ViT in ``state`` has every block, and only those, of the release ``spec`` or of the
+    architecture the file ``recorded``; its width is theirs too."""
+    if recorded is not None:
+        try:
+            depth, width = int(recorded["depth"]), int(recorded["embed_dim"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"{source}: its {ARCHITECTURE_KEY} record {recorded!r} is not {{'depth': N, 'embed_dim': C}}"
+            ) from err
+        what = f"the {depth}-block, {width}-wide {spec.title} it records"
+    else:
+        depth, width, what = spec.depth, spec.embed_dim, f"the {spec.title} release"
+    if arch.embed_dim != width:
+        raise CheckpointError(
+            f"{source}: holds a ViT {arch.embed_dim} wide, not {what} ({width} wide); use the file of that backbone"
+        )
+    present = {int(key.split(".")[1]) for key in state if key.startswith("blocks.")}
+    missing = [f"blocks.{index}" for index in range(depth) if index not in present]
+    extra = [f"blocks.{index}" for index in sorted(present) if index >= depth]
+    if missing or extra:
+        found = "; ".join(
+            f"{title} {', '.join(blocks)}" for title, blocks in (("missing", missing), ("extra", extra)) if blocks
+        )
+        raise CheckpointError(
+            f"{source}: holds {len(present)} transformer blocks, not the {depth} of {what}: {found}; "
+            f"the file is incomplete or of another model"
+        )
 
 
 def build_backbone(name, weights_file=None, *, download=True, base_url=None, num_heads=None):

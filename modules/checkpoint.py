@@ -8,7 +8,9 @@ original code can load it::
 Extra top-level keys (``config``, ``epoch``, ``backbone_name``, ...) hold only plain Python values,
 so files load with ``torch.load(weights_only=True)``. ``backbone_name`` (one of
 ``modules.backbones.BACKBONES``) is what the project's files add so that evaluation needs no flag;
-the released files have none and their backbone is read off the tensor shapes. Backbone release
+the released files have none and their backbone is read off the tensor shapes. ``backbone_architecture``
+(its depth and width) is what the project's files record and are checked against; the released
+files record none and must hold their backbone's whole release (modules/backbones.py). Backbone release
 files (DINO, DINOv2, DINOv3) are read by ``modules/backbones.py``; both use ``modules/weights.py``.
 The ViT under ``backbone`` is a timm ``VisionTransformer`` (DINO, DINOv2) or, for DINOv3, an
 ``Eva`` (``modules/eva.py``, with its RoPE ``rope.periods``); a file holding DINOv3 weights falls
@@ -16,7 +18,9 @@ under Meta's DINOv3 licence.
 """
 
 from modules.backbones import (
+    ARCHITECTURE_KEY,
     SPECS,
+    architecture_record,
     backbone_from_state_dict,
     build_backbone,
     infer_backbone_name,
@@ -45,8 +49,8 @@ def detect_format(obj):
 def load_iddc_model(path, patch_size=None, num_heads=None):
     """Model and the file's extra metadata from a released or project IDDC checkpoint.
 
-    The backbone is the one the file records, or the one its tensor shapes show, and its depth
-    and width are read from the tensors, so small test models load as well; nothing is
+    The backbone is the one the file records, or the one its tensor shapes show; its depth and
+    width are those the file records (the project's files), else its release's; nothing is
     downloaded, since the file carries its backbone.
     """
     obj = load_file(path)
@@ -83,7 +87,7 @@ def model_from_iddc_state(state, source, patch_size=None, num_heads=None, backbo
         )
     if backbone is not None and name != backbone:
         raise CheckpointError(f"{source} holds a {name} model, but --backbone {backbone} was asked for")
-    vit = backbone_from_state_dict(name, vit_state, source, num_heads)
+    vit = backbone_from_state_dict(name, vit_state, source, num_heads, recorded=state.get(ARCHITECTURE_KEY))
     classifier_weight = state["classifier"].get("weight")
     if classifier_weight is None:
         raise CheckpointError(f"{source}: the 'classifier' weights have no 'weight' tensor")
@@ -98,6 +102,7 @@ def iddc_state(model, **extra):
     backbone = {key: value.detach().cpu() for key, value in model.backbone.state_dict().items()}
     state = {
         "backbone_name": model.backbone_name or infer_backbone_name(strip_prefix(backbone, BACKBONE_PREFIX, "model")),
+        ARCHITECTURE_KEY: architecture_record(model.vit),
         "backbone": backbone,
         "head_nonlinear": {key: value.detach().cpu() for key, value in model.head_nonlinear.state_dict().items()},
         "classifier": {key: value.detach().cpu() for key, value in model.classifier.state_dict().items()},

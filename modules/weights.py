@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from utils.errors import EXIT_PROBLEMS, ReportedError
-from utils.files import atomic_path
+from utils.files import write_binary_atomic
 
 
 class CheckpointError(ReportedError, ValueError):
@@ -86,8 +86,6 @@ def check_finite_weights(state_dict, what, source):
 
 
 def save_atomic(obj, path):
-    """Write to a temporary file beside ``path`` and rename, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """Write to a temporary file beside ``path`` and rename, so a crash never leaves half a file; a
+    full disk is one line naming the file and the free space (utils/errors.py DiskFullError)."""
+    write_binary_atomic(path, lambda file: torch.save(obj, file))

@@ -14,6 +14,11 @@ fail() {
   exit 2
 }
 
+# The protocol eval.py uses for a dataset when none is given (its default_protocol in data/).
+default_protocol() {
+  if [[ "$1" == potsdam3 ]]; then echo center320; else echo sliding; fi
+}
+
 # dino_vits16 and vits16 are both the recipe name vits16; other backbone names stay as they are.
 short_arch() {
   local arch=${1#dino_vit}

@@ -15,9 +15,12 @@ Potsdam-3 is STEGO's preparation, downloaded from STEGO's public storage.
 
 Every step can be interrupted and re-run: zips download to --zips-dir (default DIR/downloads) and
 resume, a folder only appears once its zip is fully unpacked, and folders already there are
-skipped. A check of every listed id ends every run (data/check.py): each image and label decoded,
-the label's values in the dataset's map, its size equal to its image's. Problems are listed file by
-file; the last line summarises them per split, and the exit code is 1 when there are any.
+skipped. A zip is deleted once unpacked (unless --keep-zips) only if this command downloaded it
+(ZIP.downloaded beside it says so): a zip you put in --zips-dir yourself is never touched. One
+command at a time fills a data root (a second one is refused while the first runs). A check of
+every listed id ends every run (data/check.py): each image and label decoded, the label's values
+in the dataset's map, its size equal to its image's. Problems are listed file by file; the last
+line summarises them per split, and the exit code is 1 when there are any.
 """
 
 import hashlib
@@ -48,9 +51,18 @@ from data.spec import DataError
 from utils.cli import ArgumentParser, entry_point
 from utils.download import download_file
 from utils.errors import EXIT_OK, EXIT_PROBLEMS
-from utils.files import atomic_path, check_writable_dir, save_image_atomic
+from utils.files import (
+    atomic_path,
+    check_writable_dir,
+    disk_full_error,
+    is_disk_full,
+    save_image_atomic,
+    write_text_atomic,
+)
+from utils.lock import hold_folder_lock
 
 DOWNLOADS = "downloads"  # the default --zips-dir, under the data root
+DOWNLOADED_SUFFIX = ".downloaded"  # beside a zip this command downloaded (see download_mark)
 
 COCO_IMAGES_BASE_URL = "http://images.cocodataset.org/"
 COCO_LABELS_ZIP = "stuffthingmaps_trainval2017.zip"
@@ -104,27 +116,48 @@ def unpack_folder(zip_path, folder, target, *, again="Delete it and run this com
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DamagedFile(f"{zip_path} is damaged or incomplete ({err}). {again}") from err
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)  # what was unpacked so far: the next run unpacks it again
+        if is_disk_full(err):
+            raise disk_full_error(target) from err
+        raise
     target.parent.mkdir(parents=True, exist_ok=True)
     (tmp / folder).replace(target)
     shutil.rmtree(tmp)
     return target
 
 
+def download_mark(zip_path):
+    """The file beside a zip that says this command downloaded it, completely: only such a zip is
+    ever deleted. A zip without it is the user's (put in --zips-dir by hand) and stays as it is."""
+    return zip_path.with_name(zip_path.name + DOWNLOADED_SUFFIX)
+
+
 def fetch_zip(url, zip_path, *, quiet=False):
-    """``zip_path``, downloaded from ``url`` (resuming a partial download) unless an earlier run did."""
+    """``zip_path``, downloaded from ``url`` (resuming a partial download) unless it is there."""
     say = (lambda message: None) if quiet else print
     if zip_path.exists():
-        say(f"using {zip_path}, downloaded earlier")
+        own = download_mark(zip_path).is_file()
+        say(f"using {zip_path}, {'downloaded earlier' if own else 'which is yours: it is kept'}")
     else:
         say(f"downloading {url} to {zip_path}")
         download_file(url, zip_path, quiet=quiet)
+        write_text_atomic(download_mark(zip_path), f"downloaded from {url}\n")
     return zip_path
+
+
+def remove_own_download(zip_path):
+    """Delete ``zip_path`` once unpacked, if this command downloaded it (see :func:`download_mark`)."""
+    if download_mark(zip_path).is_file():
+        zip_path.unlink()
+        download_mark(zip_path).unlink()
 
 
 def install_from_zip(url, zip_path, folders, parent, *, keep_zip=False, quiet=False):
     """Make ``parent/<folder>`` for each of ``folders`` from the zip at ``url``, skipping those present.
 
-    The zip is fetched only when something is missing, and deleted afterwards unless ``keep_zip``.
+    The zip is fetched only when something is missing, and deleted afterwards unless ``keep_zip``
+    or the user put it there (:func:`remove_own_download`).
     """
     zip_path, parent = Path(zip_path), Path(parent)
     say = (lambda message: None) if quiet else print
@@ -139,7 +172,7 @@ def install_from_zip(url, zip_path, folders, parent, *, keep_zip=False, quiet=Fa
         say(f"unpacking {folder}/ of {zip_path.name} to {parent / folder}")
         unpack_folder(zip_path, folder, parent / folder, quiet=quiet)
     if not keep_zip:
-        zip_path.unlink()
+        remove_own_download(zip_path)
 
 
 # ---------------------------------------------------------------- COCO-Stuff
@@ -311,7 +344,7 @@ def prepare_potsdam(data_root, splits, zips_dir, *, base_url=None, keep_zips=Fal
             with archive.open(member) as source, atomic_path(root / name) as tmp, open(tmp, "wb") as target:
                 shutil.copyfileobj(source, target)
     if not keep_zips:
-        zip_path.unlink()
+        remove_own_download(zip_path)
 
 
 # ---------------------------------------------------------------- command line
@@ -398,6 +431,7 @@ def prepare(spec, args, splits):
     root = check_writable_dir(args.data_root, "--data-root")
     if preparation.downloads:
         check_writable_dir(zips_dir, "--zips-dir")
+    hold_folder_lock(root, "--data-root")  # one command fills a data root at a time
     try:
         preparation.fill(root, splits, zips_dir, base_url=args.base_url, keep_zips=args.keep_zips)
     finally:

@@ -23,8 +23,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a file, the script only sees scripts/
     sys.path.insert(0, str(REPO_ROOT))
@@ -32,7 +30,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a file, the script only sees script
 from engine.evaluation import make_protocol  # noqa: E402
 from utils.cli import ArgumentParser, entry_point  # noqa: E402
 from utils.errors import OptionError, ReportedError  # noqa: E402
-from utils.files import check_writable_file, write_text_atomic  # noqa: E402
+from utils.files import check_writable_file, read_yaml, write_text_atomic  # noqa: E402
 
 GROUP_FIELDS = ("dataset", "backbone", "method", "protocol", "flip", "crf", "checkpoint")
 METRICS = ("acc", "miou", "probe_acc", "probe_miou")
@@ -78,10 +76,7 @@ def rows_from_run(run_dir):
         raise SummaryError(
             f"{run_dir}: not a training run (expected log.jsonl and config.yaml from train.py --output-dir)"
         )
-    try:
-        config = yaml.safe_load(config_path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise SummaryError(f"{config_path}: not readable as YAML ({' '.join(str(err).split())})") from err
+    config = read_yaml(config_path, str(config_path), SummaryError) or {}
     if not isinstance(config, dict):
         raise SummaryError(f"{config_path}: expected the mapping of options train.py writes")
     try:
@@ -177,7 +172,7 @@ def sweep_table(sweep_dir):
     for name, folder, _ in entries:
         run_dir = sweep_dir / folder
         rows = {row.checkpoint: row for row in rows_from_run(run_dir)[:2]}  # best, last (validation protocol)
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        config = read_yaml(run_dir / "config.yaml", str(run_dir / "config.yaml"), SummaryError) or {}
         line = {"variant": name, "protocol": rows["best"].protocol}
         line.update({key: config.get(key) for key in keys})  # resolved: a variant that kept a key shows its value
         line.update({(checkpoint, metric): getattr(rows[checkpoint], metric) for checkpoint, metric in SWEEP_METRICS})

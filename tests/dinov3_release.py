@@ -20,6 +20,8 @@ script can run this outside the project, next to Meta's code.
 import numpy as np
 import torch
 
+from modules.backbones import ARCHITECTURE_KEY
+
 ROPE_BASE = 100.0
 NUM_STORAGE_TOKENS = 4
 SWIGLU_ALIGN = 8
@@ -39,7 +41,8 @@ def swiglu_hidden(embed_dim, ffn_ratio):
 
 
 def meta_layout_state(embed_dim, depth, num_heads, swiglu=False, ffn_ratio=None, patch_size=16, seed=0, sat=False):
-    """A Meta-layout DINOv3 state_dict of random float32 tensors (ffn ratio: 6 for SwiGLU, else 4)."""
+    """A Meta-layout DINOv3 state_dict of random float32 tensors (ffn ratio: 6 for SwiGLU, else 4),
+    recording its depth and width (``ARCHITECTURE_KEY``): the route of a reduced model."""
     rng = np.random.default_rng(seed)
     dim = embed_dim
     ffn_ratio = ffn_ratio or (6 if swiglu else 4)
@@ -100,6 +103,7 @@ def meta_layout_state(embed_dim, depth, num_heads, swiglu=False, ffn_ratio=None,
     state.update(layer_norm("norm."))
     if sat:
         state.update(layer_norm("local_cls_norm."))
+    state[ARCHITECTURE_KEY] = {"depth": depth, "embed_dim": dim}
     return state
 
 

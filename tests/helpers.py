@@ -10,13 +10,16 @@ import os
 import runpy
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from cli_runner import ROOT, fork_script
 
+from modules.backbones import with_architecture_record
 from modules.checkpoint import iddc_state
 from modules.model import IDDCModel
 from modules.vit import VisionTransformer
@@ -40,8 +43,9 @@ def save_released(model, path, **extra):
 
 
 def save_dino(model, path):
-    """Save the backbone as a DINO release file (plain ViT state_dict)."""
-    torch.save(model.vit.state_dict(), path)
+    """Save the backbone as a DINO release file (plain ViT state_dict) of a reduced model, which
+    records its depth and width (modules/backbones.py ARCHITECTURE_KEY)."""
+    torch.save(with_architecture_record(model.vit), path)
     return path
 
 
@@ -119,3 +123,28 @@ def finish_ranks(pids, timeout=300):
         code = wait_exit(pid, deadline)
         output = out.read_text()[-2000:] + err.read_text()[-3000:]
         assert code == 0, f"{out} (exit {code}; None: still running after {timeout} s):\n{output}"
+
+
+@contextlib.contextmanager
+def small_disk(path, size="2m"):
+    """A tmpfs of ``size`` at ``path`` (root can mount one, here and in CI); skipped where it cannot."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        )
+    except FileNotFoundError:
+        pytest.skip("cannot mount a tmpfs to fill: no mount command")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill ({mounted.stderr.decode().strip() or 'not root'})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def fill(disk):
+    """Take every free byte of ``disk``."""
+    with open(disk / "filler", "ab", buffering=0) as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(b"\0" * 65536)

@@ -19,12 +19,15 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from modules.backbones import ARCHITECTURE_KEY  # how a reduced model records its size
+
 
 class Release(NamedTuple):
     family: str  # "dino" or "dinov2"
     patch_size: int
     embed_dim: int
     num_heads: int
+    depth: int
     num_registers: int
     layer_scale: bool
     # DINO's interpolate_pos_encoding: bicubic, scale factor (n + 0.1) / sqrt(N), no antialias;
@@ -35,14 +38,14 @@ class Release(NamedTuple):
 
 
 RELEASES = {
-    "dino_vits16": Release("dino", 16, 384, 6, 0, False, 0.1, False),
-    "dino_vits8": Release("dino", 8, 384, 6, 0, False, 0.1, False),
-    "dino_vitb16": Release("dino", 16, 768, 12, 0, False, 0.1, False),
-    "dino_vitb8": Release("dino", 8, 768, 12, 0, False, 0.1, False),
-    "dinov2_vits14": Release("dinov2", 14, 384, 6, 0, True, 0.1, False),
-    "dinov2_vitb14": Release("dinov2", 14, 768, 12, 0, True, 0.1, False),
-    "dinov2_vits14_reg": Release("dinov2", 14, 384, 6, 4, True, 0.0, True),
-    "dinov2_vitb14_reg": Release("dinov2", 14, 768, 12, 4, True, 0.0, True),
+    "dino_vits16": Release("dino", 16, 384, 6, 12, 0, False, 0.1, False),
+    "dino_vits8": Release("dino", 8, 384, 6, 12, 0, False, 0.1, False),
+    "dino_vitb16": Release("dino", 16, 768, 12, 12, 0, False, 0.1, False),
+    "dino_vitb8": Release("dino", 8, 768, 12, 12, 0, False, 0.1, False),
+    "dinov2_vits14": Release("dinov2", 14, 384, 6, 12, 0, True, 0.1, False),
+    "dinov2_vitb14": Release("dinov2", 14, 768, 12, 12, 0, True, 0.1, False),
+    "dinov2_vits14_reg": Release("dinov2", 14, 384, 6, 12, 4, True, 0.0, True),
+    "dinov2_vitb14_reg": Release("dinov2", 14, 768, 12, 12, 4, True, 0.0, True),
 }
 
 
@@ -50,11 +53,12 @@ def release_state(name, depth=None, embed_dim=None, grid=None, seed=0):
     """Random weights of backbone ``name`` in its project's release layout.
 
     Full size by default (depth 12, the release's width, and its training grid: 224 px for DINO,
-    518 px = 37x37 patches for DINOv2); ``depth``/``embed_dim``/``grid`` shrink it.
+    518 px = 37x37 patches for DINOv2); ``depth``/``embed_dim``/``grid`` shrink it, and a shrunk
+    state records its depth and width (``ARCHITECTURE_KEY``), as a reduced model must.
     """
     spec = RELEASES[name]
     dim = embed_dim or spec.embed_dim
-    depth = depth or 12
+    depth = depth or spec.depth
     grid = grid or (224 // spec.patch_size if spec.family == "dino" else 37)
     generator = torch.Generator().manual_seed(seed)
 
@@ -95,6 +99,8 @@ def release_state(name, depth=None, embed_dim=None, grid=None, seed=0):
             state[block + "ls2.gamma"] = normal(dim, std=0.2, mean=0.5)
     state["norm.weight"] = normal(dim, std=0.1, mean=1.0)
     state["norm.bias"] = normal(dim)
+    if (depth, dim) != (spec.depth, spec.embed_dim):
+        state[ARCHITECTURE_KEY] = {"depth": depth, "embed_dim": dim}
     return state
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import save_dino, save_released, small_model
 
-from modules.backbones import release_state_dict
+from modules.backbones import ARCHITECTURE_KEY, release_state_dict
 from modules.checkpoint import iddc_state, load_iddc_model, new_iddc_model
 from modules.weights import CheckpointError, save_atomic
 
@@ -47,7 +47,12 @@ def test_round_trip_released_format(tmp_path):
     model = small_model()
     path = save_released(model, tmp_path / "m.pth", epoch=3, config={"lr": 5e-4})
     loaded, meta = load_iddc_model(path)
-    assert meta == {"epoch": 3, "config": {"lr": 5e-4}, "backbone_name": "dino_vits16"}
+    assert meta == {
+        "epoch": 3,
+        "config": {"lr": 5e-4},
+        "backbone_name": "dino_vits16",
+        "backbone_architecture": {"depth": 2, "embed_dim": 64},
+    }
     assert (loaded.vit.depth, loaded.vit.embed_dim, loaded.patch_size, loaded.num_classes) == (2, 64, 16, 27)
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
@@ -60,6 +65,7 @@ def test_round_trip_released_format(tmp_path):
         "epoch",
         "config",
         "backbone_name",
+        "backbone_architecture",
     }
 
 
@@ -109,7 +115,8 @@ def test_dino_release_format_loads_strictly(tmp_path):
     # DINO's full training checkpoints keep the ViT under teacher/backbone.
     full = {
         "teacher": {f"backbone.{k}": v for k, v in source.vit.state_dict().items()}
-        | {"head.last_layer.weight": torch.zeros(1)}
+        | {"head.last_layer.weight": torch.zeros(1)},
+        ARCHITECTURE_KEY: state[ARCHITECTURE_KEY],  # a reduced model's record
     }
     torch.save(full, tmp_path / "dino_full.pth")
     assert new_iddc_model(16, backbone_weights=tmp_path / "dino_full.pth").vit.depth == 2

@@ -14,6 +14,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from helpers import small_disk
 from PIL import Image
 from scipy.io import savemat
 
@@ -274,12 +275,48 @@ def test_prepare_only_val_keeping_the_zips(coco_server, data_root, tmp_path):
     zips = tmp_path / "zips"
     args = ["--data-root", str(data_root), "--splits", "val", "--keep-zips", "--zips-dir", str(zips)]
     assert prepare_data.main(["cocostuff27", *args, "--base-url", coco_server.url()]) == 0
-    assert sorted(path.name for path in zips.iterdir()) == [COCO_LABELS_ZIP, "val2017.zip"]
+    assert sorted(path.name for path in zips.glob("*.zip")) == [COCO_LABELS_ZIP, "val2017.zip"]
     assert not (data_root / "downloads").exists()
     assert (data_root / "annotations" / "val2017").is_dir()
     assert not (data_root / "annotations" / "train2017").exists()
     assert not (data_root / "images" / "train2017").exists()
     assert coco_server.requests_for("zips/train2017.zip") == []
+
+
+def test_the_users_own_zips_stay_byte_for_byte(coco_server, data_root, fixture_root, tmp_path):
+    """Zips put in --zips-dir by hand are unpacked and left as they were; only a zip the command
+    downloaded itself (marked ZIP.downloaded) is deleted once unpacked."""
+    zips = tmp_path / "zips"
+    zips.mkdir()
+    (zips / "val2017.zip").write_bytes(zip_folders(fixture_root / "images", ["val2017"], ".jpg"))
+    own = (zips / "val2017.zip").read_bytes()
+    args = ["--data-root", str(data_root), "--splits", "val", "--zips-dir", str(zips), "--base-url", coco_server.url()]
+    assert prepare_data.main(["cocostuff27", *args]) == 0
+    assert (data_root / "images" / "val2017").is_dir() and (data_root / "annotations" / "val2017").is_dir()
+    assert sorted(path.name for path in zips.iterdir()) == ["val2017.zip"]  # the labels zip: downloaded, deleted
+    assert (zips / "val2017.zip").read_bytes() == own
+    assert coco_server.requests_for("zips/val2017.zip") == []
+
+
+def test_a_full_disk_while_downloading_or_unpacking(coco_server, data_root, tmp_path, capsys):
+    """One line naming the file or folder and the free space, exit 1; nothing half-made under a
+    final name; the next run, with space, finishes."""
+    args = ["--splits", "val", "--base-url", coco_server.url()]
+    zips = ["--zips-dir", str(tmp_path / "zips")]
+    with small_disk(tmp_path / "small", "160k") as disk:
+        assert prepare_data.main(["cocostuff27", *args, "--data-root", str(data_root), "--zips-dir", str(disk)]) == 1
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert line.startswith(f"error: {disk / 'val2017.zip.part'}: cannot write it, the disk is full"), line
+        assert not (disk / "val2017.zip").exists()
+        for path in disk.iterdir():
+            path.unlink()
+        shutil.copytree(data_root / "curated", disk / "coco" / "curated")
+        assert prepare_data.main(["cocostuff27", *args, "--data-root", str(disk / "coco"), *zips]) == 1
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert line.startswith(f"error: {disk / 'coco/images/val2017'}: cannot write it, the disk is full"), line
+        assert list((disk / "coco" / "images").iterdir()) == []  # the half-unpacked folder went
+    assert prepare_data.main(["cocostuff27", *args, "--data-root", str(data_root), *zips]) == 0
+    assert not any((tmp_path / "zips").iterdir())  # its own downloads, deleted once unpacked
 
 
 def test_output_locations_are_checked_before_downloading(coco_server, data_root, tmp_path, capsys):

@@ -180,11 +180,13 @@ def test_train_sh_and_val_sh_on_cityscapes(tmp_path):
     )
     checkpoints = tmp_path / "ckpts"
     checkpoints.mkdir()
-    shutil.copy(run / "last_model.pth", checkpoints / "cityscapes27_vits8.pth")
+    shutil.copy(run / "last_model.pth", checkpoints / "cityscapes27_vits8.pth")  # never looked up under that name
     done = run_script(
         "val.sh",
         "cityscapes27",
         "vits8",
+        "--checkpoint",
+        str(run / "last_model.pth"),
         "--patch-size",
         "16",
         "--device",
@@ -195,7 +197,7 @@ def test_train_sh_and_val_sh_on_cityscapes(tmp_path):
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    result = json.loads((tmp_path / "outputs" / "val_cityscapes27_vits8.json").read_text())
+    result = json.loads((tmp_path / "outputs" / "val_cityscapes27_vits8_sliding.json").read_text())
     assert result["dataset"] == "cityscapes27" and result["protocol"] == "sliding" and result["num_images"] == 1
     done = run_script(
         "val.sh", "potsdam3", "vits8", env={"DATA_ROOT": str(data), "CHECKPOINT_DIR": str(checkpoints)}, cwd=tmp_path
@@ -210,7 +212,8 @@ def test_train_sh_and_val_sh_on_cityscapes(tmp_path):
     env = {"DATA_ROOT": str(data), "CHECKPOINT_DIR": str(checkpoints)}
     done = run_script("val.sh", "cityscapes27", "dinov3_vits16", env=env, cwd=tmp_path)
     assert done.returncode == 2 and "no released checkpoint exists for cityscapes27 dinov3_vits16" in last_line(done)
-    done = run_script("val.sh", "cityscapes27", "dino_vits8", "--limit", "0", env=env, cwd=tmp_path)
+    own = ["--checkpoint", str(run / "last_model.pth")]
+    done = run_script("val.sh", "cityscapes27", "dino_vits8", *own, "--limit", "0", env=env, cwd=tmp_path)
     assert done.returncode == 2 and last_line(done).startswith("error: --limit"), done.stderr
     for dataset, arch, culprit in (("cityscapes27", "vitl32", "arch 'vitl32'"), ("coco", "vits8", "dataset 'coco'")):
         done = run_script("val.sh", dataset, arch, env=env, cwd=tmp_path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from forked_python import run_script as run_bash
-from helpers import save_released, small_model
+from helpers import save_dino, save_released, small_model
 from http_server import Reply
 
 from data.synthetic import write_synthetic_cocostuff
@@ -70,10 +70,7 @@ def test_val_script_offline_and_without_data_root(tmp_path, data_root, closed_po
 
 
 def test_train_script_passes_flags_over_the_config(tmp_path, data_root):
-    dino = tmp_path / "dino.pth"
-    import torch
-
-    torch.save(small_model().vit.state_dict(), dino)
+    dino = save_dino(small_model(), tmp_path / "dino.pth")
     out = tmp_path / "run"
     done = run_script(
         "train_coco27.sh",

@@ -320,7 +320,7 @@ def test_grid_and_disk_space(fixture_dir, tmp_path, capsys, monkeypatch):
     real = engine.trainer.shutil.disk_usage
     monkeypatch.setattr(engine.trainer.shutil, "disk_usage", lambda where: real(where)._replace(free=1000))
     capsys.readouterr()
-    assert train_cli.main(flags(fixture_dir, tmp_path / "out", "--sweep", str(path), num_workers=0)) == 2
+    assert train_cli.main(flags(fixture_dir, tmp_path / "out", "--sweep", str(path), num_workers=0)) == 1
     captured = capsys.readouterr()
     last = captured.err.strip().splitlines()[-1]
     assert "5 variants x" in last and "the disk has 0.0 MB free" in last

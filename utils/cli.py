@@ -35,6 +35,7 @@ from utils.errors import (
     OptionError,
     ReportedError,
 )
+from utils.files import disk_full_error, is_disk_full
 
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "IDDC_DEBUG"
@@ -91,8 +92,12 @@ def run_cli(main, argv=None):
     args = sys.argv[1:] if argv is None else list(argv)
     debug = DEBUG_FLAG in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        with _sigterm_raises():
-            return main(argv)
+        with _sigterm_raises(), contextlib.ExitStack() as held:
+            _COMMAND_SCOPES.append(held)
+            try:
+                return main(argv)
+            finally:
+                _COMMAND_SCOPES.pop()
     except (Exception, KeyboardInterrupt, Terminated) as err:
         if debug:
             raise
@@ -104,6 +109,18 @@ def run_cli(main, argv=None):
     _log_to_files(message)
     print(message, file=sys.stderr, flush=True)
     return code
+
+
+_COMMAND_SCOPES = []  # the ExitStack of each command running (demo.py runs others inside its own)
+
+
+def hold_until_exit(context_manager):
+    """Enter ``context_manager`` until the running command's ``main`` returns or fails (a lock on
+    its output folder, say), so that it takes one line in ``main``; outside a command, until the
+    process ends."""
+    if not _COMMAND_SCOPES:
+        _COMMAND_SCOPES.append(contextlib.ExitStack())  # never closed: the process's end releases it
+    return _COMMAND_SCOPES[-1].enter_context(context_manager)
 
 
 def worker_message(err):
@@ -148,6 +165,8 @@ def _classify(err):
             f"error: a data-loading worker was killed ({first_line}); usually out of memory: "
             f"lower --num-workers or --batch-size"
         )
+    if is_disk_full(err):  # a write outside the atomic helpers, which name their file themselves
+        return EXIT_PROBLEMS, str(disk_full_error(err.filename or os.getcwd()))
     if isinstance(err, OSError) and err.filename is not None:
         return EXIT_BAD_INPUT, f"error: {err.filename}: {err.strerror or err}"
     traceback.print_exc()
@@ -179,8 +198,9 @@ def _log_to_files(message):
     logger = logging.getLogger(LOGGER_NAME)
     for handler in logger.handlers:
         if isinstance(handler, logging.FileHandler):
-            handler.emit(logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message.strip(), None, None))
-            handler.flush()
+            with contextlib.suppress(Exception):  # the log's disk may be the full one: the terminal has it
+                handler.emit(logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message.strip(), None, None))
+                handler.flush()
 
 
 @contextlib.contextmanager

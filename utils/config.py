@@ -5,7 +5,7 @@ from pathlib import Path
 import yaml
 
 from utils.cli import ArgumentParser
-from utils.files import write_text_atomic
+from utils.files import read_yaml, write_text_atomic
 
 
 def parse_args_with_config(parser, argv=None):
@@ -17,8 +17,7 @@ def parse_args_with_config(parser, argv=None):
         path = Path(known.config)
         if not path.is_file():
             parser.error(f"--config {path}: no such file")
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
+        values = read_yaml(path, f"--config {path}") or {}
         if not isinstance(values, dict):
             parser.error(f"--config {path}: expected a mapping of option names to values")
         options = {action.dest for action in parser._actions}

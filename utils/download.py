@@ -18,6 +18,7 @@ from urllib.request import Request, build_opener
 from tqdm import tqdm
 
 from utils.errors import EXIT_PROBLEMS, ReportedError
+from utils.files import disk_full_error, is_disk_full
 from utils.optional import require
 
 GDOWN_REQUIREMENT = "gdown>=6.5"  # as requirements.txt writes it
@@ -111,6 +112,8 @@ def download_google_drive(file_id, dest, *, proxy=None, md5=None, sha256=None, t
             reason=reason,
         ) from err
     except (gdown.exceptions.DownloadError, requests.exceptions.RequestException, OSError) as err:
+        if is_disk_full(err):
+            raise disk_full_error(dest) from err
         reason = f"cannot download Google Drive file {file_id} ({type(err).__name__}: {err})"
         raise DownloadError(
             f"{reason}. What arrived is kept beside {dest} and resumed by the next run; or download the "
@@ -219,6 +222,8 @@ def _receive(response, url, dest, *, desc, chunk_size, quiet):
                 received += len(chunk)
                 bar.update(len(chunk))
         except (OSError, http.client.HTTPException) as err:
+            if is_disk_full(err):  # what arrived stays in the .part file, resumed once there is space
+                raise disk_full_error(part) from err
             raise _Interrupted(f"{type(err).__name__}: {err} after {received} bytes") from err
     if total is not None and received < total:
         raise _Interrupted(f"connection closed after {received} of {total} bytes")

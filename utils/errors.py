@@ -3,7 +3,7 @@
 Exit codes (docs/troubleshooting.md):
   0    the run did what was asked;
   1    the run worked but found problems: images it could not read and skipped, ``--check``
-       findings, a download that failed (the network, not the user's input);
+       findings, a download that failed (the network, not the user's input), a full disk;
   2    bad input or a bad option (a missing optional package included), reported before the long
        work where it can be found early; a refused command changes nothing on disk;
   130  interrupted by Ctrl-C (SIGINT), as shells report it;
@@ -37,6 +37,13 @@ class OptionError(ReportedError, ValueError):
 
 class OutputError(ReportedError):
     """An output location cannot be written, or writing it would replace something the user keeps."""
+
+
+class DiskFullError(OutputError):
+    """A write met a full disk (or quota): a problem the run met, not bad input (exit 1). The file
+    being written is named with the free space; the previous version of it is left as it was."""
+
+    exit_code = EXIT_PROBLEMS
 
 
 class MissingDependencyError(ReportedError, ImportError):

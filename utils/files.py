@@ -1,12 +1,77 @@
-"""Writing files without losing anything: atomic replacement with the user's permissions, and
+"""Writing files without losing anything: atomic replacement with the user's permissions, a full
+disk reported as one line that names the file (the previous version stays), safe YAML reading, and
 output locations proven writable (and not the user's inputs) before the long work starts."""
 
 import contextlib
+import errno
 import os
 import secrets
+import shutil
 from pathlib import Path
 
-from utils.errors import OutputError
+import yaml
+
+from utils.errors import DiskFullError, OptionError, OutputError
+
+# A full disk, or the user's quota on it.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(err):
+    return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
+
+
+def bytes_text(count):
+    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.1f} MB"
+
+
+def nearest_existing(path):
+    """``path`` or its nearest ancestor that exists (a folder not made yet has its parent's disk)."""
+    path = Path(path).absolute()
+    return next(folder for folder in (path, *path.parents) if folder.exists())
+
+
+def free_bytes(path):
+    return shutil.disk_usage(nearest_existing(path)).free
+
+
+def disk_full_error(path):
+    """The one-line error of a write of ``path`` that met a full disk."""
+    folder = nearest_existing(Path(path).parent)
+    return DiskFullError(
+        f"{path}: cannot write it, the disk is full ({bytes_text(free_bytes(folder))} free in {folder}); "
+        f"the previous version of the file, if any, is unchanged. Free some space and run the command again"
+    )
+
+
+@contextlib.contextmanager
+def reporting_disk_full(path):
+    """A full disk met while the block writes ``path`` becomes :func:`disk_full_error`."""
+    try:
+        yield
+    except OSError as err:
+        if is_disk_full(err):
+            raise disk_full_error(path) from err
+        raise
+
+
+class _WriteErrors:
+    """A binary file whose write errors are remembered: torch.save reports a failed write of a
+    file object as a RuntimeError of its own, which no longer says the disk was full."""
+
+    def __init__(self, file):
+        self.file = file
+        self.error = None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self):
+        self.file.flush()
 
 
 @contextlib.contextmanager
@@ -18,18 +83,58 @@ def atomic_path(path):
     make it 0600) and synced before the rename. ``path``'s folder is created if needed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with reporting_disk_full(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def write_binary_atomic(path, write):
+    """``write(file)`` into a temporary file beside ``path``, renamed onto it when complete.
+
+    A full disk is the one line of :func:`disk_full_error` even when ``write`` turns the OSError
+    into an error of its own (torch.save does).
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        writer = _WriteErrors(file)
+        try:
+            write(writer)
+        except Exception as err:
+            if writer.error is not None and is_disk_full(writer.error) and not is_disk_full(err):
+                raise disk_full_error(path) from err
+            raise
+
+
+def read_yaml(path, where, error=OptionError):
+    """The plain values (mappings, lists, strings, numbers) of the YAML file ``path``.
+
+    The one way the project reads YAML: a tag that would build a Python object (``!!python/object``,
+    which a full loader would run as code) or a file that is not YAML is one ``error`` naming
+    ``where`` (e.g. ``--config FILE``), never a traceback, and nothing of the file is executed.
+    """
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError as err:
+        raise error(f"{where}: not a YAML file (not text: {err.reason})") from err
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as err:
+        tag = f" ({err.problem.split('tag ', 1)[-1]})" if err.problem and "tag" in err.problem else ""
+        raise error(
+            f"{where}: holds a YAML tag{tag} that would build a Python object; only plain values "
+            f"(mappings, lists, strings, numbers) are read"
+        ) from err
+    except yaml.YAMLError as err:
+        raise error(f"{where}: not valid YAML ({' '.join(str(err).split())})") from err
 
 
 def write_text_atomic(path, text):

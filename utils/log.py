@@ -2,12 +2,14 @@
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from utils import distributed
-from utils.files import write_text_atomic
+from utils.errors import OutputError
+from utils.files import disk_full_error, is_disk_full, reporting_disk_full, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,10 +26,24 @@ def setup_logger(name="iddc", log_file=None):
     logger.addHandler(handler)
     if log_file is not None and distributed.is_main():
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_file)
+        file_handler = RunLogFileHandler(log_file)
         file_handler.setFormatter(formatter)
         logger.addHandler(file_handler)
     return logger
+
+
+class RunLogFileHandler(logging.FileHandler):
+    """A log file whose failed write stops the command with one line (a full disk names the file
+    and the free space) instead of logging's own "--- Logging error ---" traceback, after which the
+    run would go on without its log."""
+
+    def handleError(self, record):
+        err = sys.exc_info()[1]
+        if is_disk_full(err):
+            raise disk_full_error(self.baseFilename) from err
+        if isinstance(err, OSError):
+            raise OutputError(f"{self.baseFilename}: cannot write the log ({err.strerror or err})") from err
+        super().handleError(record)
 
 
 def git_commit():
@@ -57,9 +73,18 @@ class JsonlLog:
     def write(self, **values):
         if not distributed.is_main():
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(values, default=float) + "\n")
+        line = (json.dumps(values, default=float) + "\n").encode()
+        with reporting_disk_full(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "ab", buffering=0) as f:
+                kept = f.seek(0, os.SEEK_END)
+                try:
+                    written = 0
+                    while written < len(line):  # an unbuffered write may take part of it
+                        written += f.write(line[written:])
+                except OSError:  # no half line: the rows before it stay readable
+                    os.ftruncate(f.fileno(), kept)
+                    raise
 
     def drop_after(self, step):
         """Forget the rows of work beyond ``step`` (a resumed run redoes it): train and val rows of
