@@ -154,8 +154,8 @@ def test_train_sh_and_val_sh_on_cityscapes(tmp_path):
         "train.sh",
         "cityscapes27",
         "vits8",
-        "--patch-size",
-        "16",
+        "--backbone",
+        "dino_vits16",  # the small test model's patch, over the recipe's backbone
         "--backbone-weights",
         str(dino),
         "--epochs",
