@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
+from data.folder import DEFAULT_SHORT_SIDE, FILE_LIST
+from data.registry import ALL_DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from engine.evaluation import PROTOCOLS
 from engine.sweep import (
     OVERWRITTEN_FILES,
@@ -45,12 +46,22 @@ def build_parser():
         "--config", default=None, help="YAML file of defaults, e.g. configs/train_cocostuff27_vits16.yaml"
     )
     parser.add_argument(
-        "--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="benchmark (docs/datasets.md)"
+        "--dataset",
+        choices=ALL_DATASET_NAMES,
+        default=DEFAULT_DATASET,
+        help="a benchmark, or folder: your own images (docs/datasets.md, docs/own_data.md)",
     )
     parser.add_argument(
         "--data-root",
         default=None,
         help="the dataset's root folder (COCO-Stuff: images/, annotations/, curated/ optional)",
+    )
+    parser.add_argument(
+        "--short-side",
+        type=int,
+        default=None,
+        help=f"folder: images whose short side is above S are scaled down to it (default {DEFAULT_SHORT_SIDE}; "
+        "stored in the checkpoint, where eval.py and predict.py take it)",
     )
     parser.add_argument("--output-dir", default="outputs/train", help="checkpoints, config and logs go here")
     parser.add_argument("--backbone", choices=BACKBONES, default=None, help="frozen backbone (default dino_vits16)")
@@ -101,7 +112,12 @@ def build_parser():
         "reproducible bit for bit; docs/gpu.md)",
     )
     parser.add_argument("--num-workers", type=int, default=8, help="data-loading processes (of each process)")
-    parser.add_argument("--val-protocol", choices=PROTOCOLS, default="resize320", help="validation after every epoch")
+    parser.add_argument(
+        "--val-protocol",
+        choices=PROTOCOLS,
+        default=None,
+        help="validation after every epoch (default resize320; folder: photo, eval.py's protocol)",
+    )
     parser.add_argument(
         "--final-protocol", choices=(*PROTOCOLS, "none"), default="none", help="one more evaluation of the last model"
     )
@@ -148,6 +164,18 @@ def check_options(args):
     for option in ("lr_power", "pos_threshold", "neg_threshold", "neg_weight", "balance_weight"):
         check_finite(getattr(args, option), "--" + option.replace("_", "-"))
     check_at_least(args.head_seed, "--head-seed", 0)
+    if args.dataset == "folder":
+        args.short_side = DEFAULT_SHORT_SIDE if args.short_side is None else args.short_side
+        check_at_least(args.short_side, "--short-side", 1)
+        if args.val_protocol not in (None, "photo"):
+            raise OptionError(
+                f"--val-protocol {args.val_protocol}: --dataset folder validates with the photo protocol, "
+                f"as eval.py scores it"
+            )
+        args.val_protocol = "photo"
+    elif args.short_side is not None:
+        raise OptionError(f"--short-side applies to --dataset folder; {args.dataset} is read at its own size")
+    args.val_protocol = args.val_protocol or "resize320"
     if args.resume and args.overwrite:
         raise OptionError("--resume and --overwrite contradict each other: continue the run, or replace it")
     args.device = resolve_device(args.device)
@@ -183,9 +211,22 @@ def check_output_dir(args):
     return output_dir
 
 
-def check_data(args):
-    """A fast scan of both splits (the validation split too: it is first read after a whole epoch)."""
-    spec = get_dataset(args.dataset)
+def check_data(args, output_dir):
+    """A fast scan of both splits (the validation split too: it is first read after a whole epoch).
+
+    A ``folder`` root is scanned (file headers, its labels); a resumed run trains on the file list
+    it saved (data/folder.py).
+    """
+    spec = get_dataset(args.dataset, args.data_root)
+    if args.dataset == "folder":
+        spec.short_side = args.short_side
+        if args.resume:
+            spec.use_file_list(output_dir / FILE_LIST)
+        if spec.num_classes < 2:
+            raise OptionError(
+                f"--data-root {args.data_root}: its labels give {spec.num_classes} class(es); the folder dataset "
+                f"needs label files (labels/) with at least 2 classes, or a classes.txt, to set the clusters"
+            )
     spec.check_split_files(args.data_root, "train", args.train_limit)
     spec.check_split_files(args.data_root, "val", args.val_limit)
     items = len(spec.train_items(args.data_root, "train")[: args.train_limit])
@@ -209,7 +250,7 @@ def main(argv=None):
     check_options(args)
     variants, sweep = plan_variants(args, check_options)  # a single run is one variant, in --output-dir
     output_dir = check_sweep_output(args, variants) if sweep else check_output_dir(args)
-    check_data(args)
+    check_data(args, output_dir)
     require_tensorboard()
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     device = distributed.init_from_env(args.device)

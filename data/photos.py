@@ -180,6 +180,14 @@ def read_photo(path, short_side=None):
     return rgb, original
 
 
+def header_size(path):
+    """(width, height) of the upright image from its header alone (no decoding); raises what PIL
+    raises for a file it cannot open."""
+    with Image.open(path) as image:
+        width, height = image.size
+        return (height, width) if UPRIGHT.get(_orientation(image)) in SWAPS_SIDES else (width, height)
+
+
 def open_photo(path):
     """RGB PIL image at full size, as a viewer shows it (see :func:`read_photo`)."""
     return read_photo(path)[0]

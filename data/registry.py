@@ -2,21 +2,37 @@
 (see data/spec.py) and add its instance here; then a training config in configs/
 (docs/datasets.md, 'Adding a dataset')."""
 
+import os
+
 from data.cityscapes import CITYSCAPES27
 from data.cocostuff import COCOSTUFF27
 from data.cocostuff171 import COCOSTUFF171
+from data.folder import NAME as FOLDER
+from data.folder import FolderSpec
 from data.potsdam import POTSDAM3
 from data.spec import DataError, DatasetSpec
 
 DATASETS = {spec.name: spec for spec in (COCOSTUFF27, COCOSTUFF171, CITYSCAPES27, POTSDAM3)}
-DATASET_NAMES = tuple(DATASETS)
+DATASET_NAMES = tuple(DATASETS)  # the benchmarks
+ALL_DATASET_NAMES = (*DATASET_NAMES, FOLDER)  # what train.py, eval.py and prepare_data.py take
 DEFAULT_DATASET = COCOSTUFF27.name
 
 
-def get_dataset(dataset):
-    """The spec of a dataset name (a spec is returned as it is)."""
+_FOLDERS = {}  # one FolderSpec per root and process: its scan is done once
+
+
+def get_dataset(dataset, data_root=None):
+    """The spec of a dataset name (a spec is returned as it is). The benchmarks' specs are fixed;
+    ``folder``'s is built from ``data_root`` (data/folder.py), once per root."""
     if isinstance(dataset, DatasetSpec):
         return dataset
+    if dataset == FOLDER:
+        if data_root is None:
+            raise DataError("--dataset folder needs --data-root, the folder of images")
+        key = os.path.realpath(data_root)
+        if key not in _FOLDERS:
+            _FOLDERS[key] = FolderSpec(data_root)
+        return _FOLDERS[key]
     if dataset not in DATASETS:
-        raise DataError(f"--dataset must be one of {', '.join(DATASET_NAMES)}, got {dataset!r}")
+        raise DataError(f"--dataset must be one of {', '.join(ALL_DATASET_NAMES)}, got {dataset!r}")
     return DATASETS[dataset]

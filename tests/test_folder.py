@@ -1,0 +1,218 @@
+"""The ``folder`` dataset (docs/own_data.md) through the real entry points, on a folder the tests
+write: nested folders of mixed formats (JPEG, PNG, WebP, 16-bit and RGBA PNG, an EXIF-rotated
+JPEG, a 6000x4000 JPEG), a file with a garbage header, a truncated JPEG, a non-image file, names
+with spaces and undecodable bytes, and label files (one in palette mode).
+
+One module fixture trains the runs every test reads: straight with loader workers, killed and
+resumed, and two processes, started side by side."""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import finish_ranks, start_command_line, start_ranks, wait_exit
+from PIL import Image
+from test_train import max_weight_difference, read_log
+
+import eval as eval_cli
+import train as train_cli
+from data.folder import EXCLUDED_FILE, FILE_LIST
+from data.photos import read_photo
+from engine.metrics import confusion_matrix, segmentation_metrics
+from engine.segment import segment
+from modules.checkpoint import load_iddc_model
+
+CLASSES = ("sky", "grass", "road")
+SHORT_SIDE = 200
+RAW_NAME = os.fsdecode(b"raw\xffname.png")  # not UTF-8: kept by Python as a surrogate
+EPOCHS = 2
+KILL_AT_STEP = 3  # two steps an epoch (8 training images, batch 4): inside the second epoch
+
+
+def scene(width, height, seed):
+    """An RGB picture of three horizontal bands with noise, and its (H, W) class ids."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((height, width), dtype=np.uint8)
+    labels[height // 3 :] = 1
+    labels[2 * height // 3 :] = 2
+    colours = np.array([[90, 160, 230], [60, 170, 60], [110, 110, 110]], dtype=np.int16)
+    pixels = colours[labels] + rng.integers(-25, 25, size=(height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), labels
+
+
+def write_photo_folder(root):
+    """The test folder: 8 training images that decode, a truncated JPEG, 2 labelled images, files
+    that are left out. Returns {relative path: what it is}."""
+    root = Path(root)
+    for folder in ("a/b", "c", "labels/sub", "sub"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    scene(320, 240, 0)[0].save(root / "a/photo one.jpg", quality=90)
+    scene(300, 260, 1)[0].save(root / "a/b/deep.PNG")
+    scene(280, 250, 2)[0].save(root / "a/b/pic.webp", quality=90)
+    wide = (np.asarray(scene(260, 240, 3)[0].convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(wide, "I;16").save(root / "c/wide16.png")
+    rgba = scene(250, 250, 4)[0].convert("RGBA")
+    rgba.putalpha(200)
+    rgba.save(root / "c/rgba.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait
+    scene(320, 240, 5)[0].save(root / "c/rotated.jpg", exif=exif.tobytes())
+    scene(300, 200, 6)[0].resize((6000, 4000), Image.BILINEAR).save(root / "big.jpg", quality=80)
+    scene(240, 240, 7)[0].save(root / RAW_NAME)
+    truncated = root / "c/truncated.jpg"
+    scene(320, 240, 8)[0].save(truncated, quality=95)
+    truncated.write_bytes(truncated.read_bytes()[:2000])  # the header opens, the decode fails
+    (root / "c/garbage.jpg").write_bytes(b"this is not a JPEG" * 20)
+    (root / "notes.txt").write_text("not an image\n")
+    for relative, seed, mode in (("val one.jpg", 10, "L"), ("sub/val2.png", 11, "P")):
+        image, labels = scene(300, 240, seed)
+        labels[:10] = 255
+        image.save(root / relative)
+        label = Image.fromarray(labels, "L")
+        if mode == "P":
+            label = label.convert("P")
+            label.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+        label.save((root / "labels" / relative).with_suffix(".png"))
+    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    return root
+
+
+def folder_args(root, dino_file, output_dir, *extra, num_workers=2):
+    return [
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(root),
+        "--backbone-weights",
+        str(dino_file),
+        "--output-dir",
+        str(output_dir),
+        "--short-side",
+        str(SHORT_SIDE),
+        "--batch-size",
+        "4",
+        "--lr",
+        "5e-3",
+        "--num-workers",
+        str(num_workers),
+        "--device",
+        "cpu",
+        "--log-every",
+        "1",
+        "--epochs",
+        str(EPOCHS),
+        "--val-batch-size",
+        "8",
+        *extra,
+    ]
+
+
+def logged_step(output_dir):
+    try:
+        rows = read_log(output_dir)
+    except (OSError, ValueError):
+        return 0
+    return max((row["step"] for row in rows if row["kind"] == "train"), default=0)
+
+
+@pytest.fixture(scope="module")
+def folder_root(tmp_path_factory):
+    return write_photo_folder(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, folder_root, dino_file):
+    """{name: output folder} of the straight run (here, loader workers), the two-process run and a
+    run killed in the second epoch and resumed; the other two started first, beside this one."""
+    work = tmp_path_factory.mktemp("folder_runs")
+    out = {name: work / name for name in ("straight", "two", "killed")}
+    ranks = start_ranks([("train.py", folder_args(folder_root, dino_file, out["two"], num_workers=1))], 2, work)
+    streams = (work / "killed.out", work / "killed.err")
+    killed = start_command_line(
+        "train.py", folder_args(folder_root, dino_file, out["killed"], "--checkpoint-every", "1"), *streams
+    )
+    assert train_cli.main(folder_args(folder_root, dino_file, out["straight"])) == 0
+    deadline = time.monotonic() + 240
+    while logged_step(out["killed"]) < KILL_AT_STEP and time.monotonic() < deadline:
+        if os.waitpid(killed, os.WNOHANG)[0]:
+            pytest.fail("the run to kill ended first:\n" + streams[1].read_text()[-3000:])
+        time.sleep(0.02)
+    os.kill(killed, signal.SIGKILL)
+    assert wait_exit(killed, time.monotonic() + 30) == -signal.SIGKILL
+    (folder_root / "added later.png").write_bytes((folder_root / "c/rgba.png").read_bytes())
+    try:
+        assert train_cli.main(folder_args(folder_root, "/nonexistent-not-needed", out["killed"], "--resume")) == 0
+    finally:
+        (folder_root / "added later.png").unlink()
+    finish_ranks(ranks)
+    return out
+
+
+def test_scan_and_substitution(runs, folder_root):
+    """The file list holds the images that open; the garbage header is left out by the scan, the
+    truncated JPEG substituted in training; both are in excluded.txt; the run ends with exit 0."""
+    straight = runs["straight"]
+    files = json.loads((straight / FILE_LIST).read_text())
+    assert files["class_names"] == list(CLASSES)
+    assert files["val"] == ["sub/val2.png", "val one.jpg"]
+    assert len(files["train"]) == 9 and "c/truncated.jpg" in files["train"] and RAW_NAME in files["train"]
+    assert "c/garbage.jpg" not in files["train"] and "notes.txt" not in files["train"]
+    excluded = dict(line.split("\t") for line in (straight / EXCLUDED_FILE).read_text().splitlines())
+    assert set(excluded) == {"c/garbage.jpg", "c/truncated.jpg"}
+    assert "cannot open" in excluded["c/garbage.jpg"] and "replaced" in excluded["c/truncated.jpg"]
+    log = (straight / "train.log").read_text()
+    assert "c/garbage.jpg" in log and "c/truncated.jpg" in log
+    config = torch.load(straight / "last_model.pth", weights_only=True)["config"]
+    assert config["short_side"] == SHORT_SIDE and config["val_protocol"] == "photo"
+
+
+def test_two_processes_equal_one(runs):
+    assert max_weight_difference(runs["straight"] / "last_model.pth", runs["two"] / "last_model.pth") <= 1e-5
+    # The image the second process replaced is reported by rank 0 all the same.
+    assert "c/truncated.jpg" in (runs["two"] / EXCLUDED_FILE).read_text()
+
+
+def test_killed_and_resumed_equals_straight(runs):
+    """Killed in the second epoch, resumed after an image was added (ignored: the saved list)."""
+    assert max_weight_difference(runs["straight"] / "last_model.pth", runs["killed"] / "last_model.pth") <= 1e-6
+    assert [row["epoch"] for row in read_log(runs["killed"]) if row["kind"] == "val"] == list(range(EPOCHS))
+
+
+def test_eval_equals_predict_maps(runs, folder_root, tmp_path):
+    """eval.py's Acc/mIoU equal the metrics computed here from the maps of predict's function at the
+    checkpoint's working size, and the last validation's."""
+    checkpoint = runs["straight"] / "last_model.pth"
+    result = tmp_path / "eval.json"
+    argv = ["--dataset", "folder", "--data-root", str(folder_root), "--checkpoint", str(checkpoint)]
+    assert eval_cli.main([*argv, "--device", "cpu", "--num-workers", "0", "--output-json", str(result)]) == 0
+    scores = json.loads(result.read_text())
+    model, _ = load_iddc_model(checkpoint)
+    confusion = 0
+    for relative in ("sub/val2.png", "val one.jpg"):
+        image, original = read_photo(folder_root / relative, SHORT_SIDE)
+        clusters = segment(model.eval(), image, "cpu", size=original)  # (H, W) at the label's size
+        label = np.array(Image.open((folder_root / "labels" / relative).with_suffix(".png")))
+        confusion = confusion + confusion_matrix(torch.from_numpy(clusters), torch.from_numpy(label), len(CLASSES))
+    expected = segmentation_metrics(confusion)
+    assert scores["num_images"] == 2 and scores["protocol"] == "photo"
+    assert scores["acc"] == pytest.approx(float(expected["acc"])) and scores["miou"] == pytest.approx(
+        float(expected["miou"])
+    )
+    last_val = [row for row in read_log(runs["straight"]) if row["kind"] == "val"][-1]
+    assert last_val["miou"] == pytest.approx(scores["miou"])
+
+
+def test_resume_with_an_image_gone(runs, folder_root, tmp_path, capsys):
+    moved = tmp_path / "moved.webp"
+    os.replace(folder_root / "a/b/pic.webp", moved)
+    try:
+        code = train_cli.main(folder_args(folder_root, "/x", runs["killed"], "--resume", "--epochs", "3"))
+    finally:
+        os.replace(moved, folder_root / "a/b/pic.webp")
+    assert code == 1
+    assert "a/b/pic.webp" in capsys.readouterr().err
