@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data.photos import display_path, header_size, read_photo, scan_images
+from data.photos import display_path, escape_undecodable, header_size, read_photo, scan_images
 from data.spec import DataError, DatasetSpec, distinct_palette
 
 NAME = "folder"
@@ -150,7 +150,7 @@ def scan_folder(root):
 
 def excluded_lines(excluded):
     """``excluded.txt``'s lines: the relative path (undecodable bytes as \\xNN), a tab, the reason."""
-    return "".join(f"{display_path(path)}\t{reason}\n" for path, reason in excluded)
+    return "".join(f"{display_path(path)}\t{escape_undecodable(reason)}\n" for path, reason in excluded)
 
 
 class FolderSpec(DatasetSpec):

@@ -50,7 +50,11 @@ SWAPS_SIDES = (
 def display_path(path):
     """A path as text for logs and lists: ``/`` separators, undecodable bytes of a file name (kept
     by Python as surrogates) written ``\\xNN``."""
-    text = Path(path).as_posix()
+    return escape_undecodable(Path(path).as_posix())
+
+
+def escape_undecodable(text):
+    """``text`` with the undecodable bytes of file names (kept by Python as surrogates) written ``\\xNN``."""
     return "".join(f"\\x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF else char for char in text)
 
 

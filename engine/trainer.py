@@ -16,7 +16,6 @@ import torch
 import torch.nn as nn
 
 from data.folder import EXCLUDED_FILE, FILE_LIST, excluded_lines
-from data.photos import display_path
 from data.registry import get_dataset
 from engine.evaluation import evaluate_heads, make_protocol
 from engine.metrics import segmentation_metrics
@@ -443,14 +442,17 @@ class Trainer:
     def _write_excluded(self, entries, what):
         """Warn about ``entries`` ((relative path, reason)) in one block and add them to excluded.txt."""
         path = self.output_dir / EXCLUDED_FILE
+        before = path.read_text(encoding="utf-8") if path.is_file() else ""
+        entries = [entry for entry in entries if excluded_lines([entry]) not in before]  # a resumed run's repeats
+        if not entries:
+            return
         self.logger.warning(
             "%d image(s) %s (listed in %s):\n%s",
             len(entries),
             what,
             path,
-            "\n".join(f"  {display_path(relative)}: {reason}" for relative, reason in entries),
+            "".join(f"  {line}" for line in excluded_lines(entries).splitlines(keepends=True)).rstrip(),
         )
-        before = path.read_text(encoding="utf-8") if path.is_file() else ""
         write_text_atomic(path, before + excluded_lines(entries))
 
     def _report_damaged(self, pairs):

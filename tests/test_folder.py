@@ -9,6 +9,7 @@ resumed, and two processes, started side by side."""
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def write_photo_folder(root):
     scene(300, 260, 1)[0].save(root / "a/b/deep.PNG")
     scene(280, 250, 2)[0].save(root / "a/b/pic.webp", quality=90)
     wide = (np.asarray(scene(260, 240, 3)[0].convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
-    Image.fromarray(wide, "I;16").save(root / "c/wide16.png")
+    Image.fromarray(wide).save(root / "c/wide16.png")
     rgba = scene(250, 250, 4)[0].convert("RGBA")
     rgba.putalpha(200)
     rgba.save(root / "c/rgba.png")
@@ -120,6 +121,18 @@ def logged_step(output_dir):
     return max((row["step"] for row in rows if row["kind"] == "train"), default=0)
 
 
+def kill_at_step(pid, output_dir, ended, timeout=240):
+    """In a thread: SIGKILL the run ``pid`` once it has logged KILL_AT_STEP; ``ended['code']`` is how it ended."""
+    deadline = time.monotonic() + timeout
+    while logged_step(output_dir) < KILL_AT_STEP and time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            ended["code"] = "ended before it was killed"
+            return
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    ended["code"] = wait_exit(pid, time.monotonic() + 30)
+
+
 @pytest.fixture(scope="module")
 def folder_root(tmp_path_factory):
     return write_photo_folder(tmp_path_factory.mktemp("photos"))
@@ -136,14 +149,12 @@ def runs(tmp_path_factory, folder_root, dino_file):
     killed = start_command_line(
         "train.py", folder_args(folder_root, dino_file, out["killed"], "--checkpoint-every", "1"), *streams
     )
+    ended = {}
+    watcher = threading.Thread(target=kill_at_step, args=(killed, out["killed"], ended))
+    watcher.start()
     assert train_cli.main(folder_args(folder_root, dino_file, out["straight"])) == 0
-    deadline = time.monotonic() + 240
-    while logged_step(out["killed"]) < KILL_AT_STEP and time.monotonic() < deadline:
-        if os.waitpid(killed, os.WNOHANG)[0]:
-            pytest.fail("the run to kill ended first:\n" + streams[1].read_text()[-3000:])
-        time.sleep(0.02)
-    os.kill(killed, signal.SIGKILL)
-    assert wait_exit(killed, time.monotonic() + 30) == -signal.SIGKILL
+    watcher.join()
+    assert ended["code"] == -signal.SIGKILL, streams[1].read_text()[-3000:]
     (folder_root / "added later.png").write_bytes((folder_root / "c/rgba.png").read_bytes())
     try:
         assert train_cli.main(folder_args(folder_root, "/nonexistent-not-needed", out["killed"], "--resume")) == 0
@@ -179,7 +190,9 @@ def test_two_processes_equal_one(runs):
 
 def test_killed_and_resumed_equals_straight(runs):
     """Killed in the second epoch, resumed after an image was added (ignored: the saved list)."""
-    assert max_weight_difference(runs["straight"] / "last_model.pth", runs["killed"] / "last_model.pth") <= 1e-6
+    # Within float noise: the killed run's first part ran in a process of its own (an in-process
+    # resume at an epoch's end is bit for bit, as tests/test_train.py checks on the benchmarks).
+    assert max_weight_difference(runs["straight"] / "last_model.pth", runs["killed"] / "last_model.pth") <= 1e-5
     assert [row["epoch"] for row in read_log(runs["killed"]) if row["kind"] == "val"] == list(range(EPOCHS))
 
 
@@ -214,5 +227,5 @@ def test_resume_with_an_image_gone(runs, folder_root, tmp_path, capsys):
         code = train_cli.main(folder_args(folder_root, "/x", runs["killed"], "--resume", "--epochs", "3"))
     finally:
         os.replace(moved, folder_root / "a/b/pic.webp")
-    assert code == 1
+    assert code == 2
     assert "a/b/pic.webp" in capsys.readouterr().err
