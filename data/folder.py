@@ -136,16 +136,22 @@ def scan_folder(root):
         raise DataError(f"--data-root {root}: label values go up to {largest}; class ids are 0..254 (255 is ignored)")
     contents.val = [relative for relative in sizes if relative in labelled]
     contents.train = [relative for relative in sizes if relative not in labelled]
-    images = {str(Path(relative).with_suffix("")) for relative in sizes}
-    labels_root = root / LABELS_DIR
-    if labels_root.is_dir():
-        for folder, _, files in os.walk(labels_root):
-            for name in files:
-                relative = Path(folder, name).relative_to(labels_root)
-                if relative.suffix.lower() == ".png" and str(relative.with_suffix("")) not in images:
-                    contents.orphan_labels.append(str(relative))
-    contents.orphan_labels.sort()
+    contents.orphan_labels = orphan_labels(root, sizes)
     return contents
+
+
+def orphan_labels(root, images):
+    """The label PNGs under ``root/labels`` (relative to it, sorted) that no image of ``images``
+    (relative paths) has."""
+    stems = {str(Path(relative).with_suffix("")) for relative in images}
+    labels_root = Path(root, LABELS_DIR)
+    found = []
+    for folder, _, files in os.walk(labels_root):
+        for name in files:
+            relative = Path(folder, name).relative_to(labels_root)
+            if relative.suffix.lower() == ".png" and str(relative.with_suffix("")) not in stems:
+                found.append(relative)
+    return sorted(found)
 
 
 def excluded_lines(excluded):
