@@ -9,6 +9,7 @@ resumed, and two processes, started side by side."""
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -27,6 +28,9 @@ from data.photos import read_photo
 from engine.metrics import confusion_matrix, segmentation_metrics
 from engine.segment import segment
 from modules.checkpoint import load_iddc_model
+from scripts import prepare_data
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CLASSES = ("sky", "grass", "road")
 SHORT_SIDE = 200
@@ -229,3 +233,77 @@ def test_resume_with_an_image_gone(runs, folder_root, tmp_path, capsys):
         os.replace(moved, folder_root / "a/b/pic.webp")
     assert code == 2
     assert "a/b/pic.webp" in capsys.readouterr().err
+
+
+def small_folder(root, count=5, size=(240, 232)):
+    """``count`` plain training JPEGs in ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        scene(*size, 20 + index)[0].save(root / f"img{index}.jpg")
+    return root
+
+
+def add_label(root, relative, labels):
+    path = (root / "labels" / relative).with_suffix(".png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(labels).save(path)
+    return path
+
+
+def bad_folders(tmp_path):
+    """{case: (folder, what the error line must name)} for every refusal of a folder's content."""
+    cases = {}
+    (tmp_path / "empty").mkdir()
+    cases["empty"] = (tmp_path / "empty", "no image found")
+    only_text = tmp_path / "only_text"
+    only_text.mkdir()
+    (only_text / "readme.md").write_text("no image\n")
+    cases["no image"] = (only_text, "no image found (1 other file(s) skipped)")
+    three = small_folder(tmp_path / "three", count=3)
+    (three / "classes.txt").write_text("sky\nground\n")
+    cases["fewer than the batch"] = (three, "--batch-size 4: the training split has only 3")
+    big_value = small_folder(tmp_path / "big_value")
+    labels = scene(240, 232, 0)[1]
+    labels[5, 5] = 7
+    path = add_label(big_value, "img0.jpg", labels)
+    (big_value / "classes.txt").write_text("a\nb\nc\n")
+    cases["label value >= C"] = (big_value, f"{path}: label value 7")
+    other_size = small_folder(tmp_path / "other_size")
+    path = add_label(other_size, "img1.jpg", scene(200, 200, 0)[1])
+    cases["label of another size"] = (other_size, f"{path}: label is 200x200")
+    repeated = small_folder(tmp_path / "repeated")
+    add_label(repeated, "img0.jpg", scene(240, 232, 0)[1])
+    (repeated / "classes.txt").write_text("sky\ngrass\nsky\n")
+    cases["repeated class name"] = (repeated, "class name 'sky' is given more than once")
+    stems = small_folder(tmp_path / "stems")
+    scene(240, 232, 0)[0].save(stems / "img0.png")
+    cases["two stems"] = (stems, "img0.jpg and")
+    return cases
+
+
+def test_bad_folders_refused_before_any_write(tmp_path, dino_file, capsys):
+    """One error line naming the culprit, exit 2, and no output folder."""
+    for case, (root, named) in bad_folders(tmp_path).items():
+        out = tmp_path / f"out_{case.replace(' ', '_')}"
+        assert train_cli.main(folder_args(root, dino_file, out, num_workers=0)) == 2, case
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines[-1].startswith("error: ") and named in lines[-1], (case, lines[-1])
+        assert not out.exists(), case
+
+
+def test_prepare_data_check_and_train_sh(folder_root, capsys):
+    """The check names every problem of the test folder and ends like the benchmarks' checks."""
+    assert prepare_data.main(["folder", "--data-root", str(folder_root), "--check"]) == 1
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "images per format: jpg 6, png 5, webp 1" in out and "non-image files skipped: 2" in out
+    assert "c/garbage.jpg" in out and "c/truncated.jpg" in out
+    assert "smallest 240x240, median 300x240, largest 6000x4000" in out
+    assert (
+        captured.err.strip().splitlines()[-1]
+        == f"error: --data-root {folder_root}: 2 problems in folder (listed above)"
+    )
+    assert prepare_data.main(["folder", "--data-root", str(folder_root)]) == 2
+    assert "nothing to download" in capsys.readouterr().err
+    shell = subprocess.run(["bash", "train.sh", "folder", "vits16"], cwd=ROOT, capture_output=True, text=True)
+    assert shell.returncode == 2 and "python train.py --dataset folder --data-root DIR" in shell.stderr
