@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from data.folder import DEFAULT_SHORT_SIDE
+from data.folder import DEFAULT_SHORT_SIDE, EXCLUDED_FILE, excluded_lines
 from data.registry import ALL_DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from data.spec import DataError
 from engine.crf import require_pydensecrf
@@ -271,6 +271,8 @@ def main(argv=None):
             )
     if not main_process:
         return 0
+    if args.dataset == "folder":
+        report_excluded(spec, args, logger)
     for checkpoint, model, meta, result in zip(checkpoints, models, metas, results):
         if len(checkpoints) == 1:
             path, config = (Path(args.output_json) if args.output_json else None), args
@@ -284,6 +286,24 @@ def main(argv=None):
         collector.write(args.save_visuals, result.metrics["cluster_to_class"], names, result.confusion, per_class_iou)
         logger.info("pictures written to %s", args.save_visuals)
     return 0
+
+
+def report_excluded(spec, args, logger):
+    """The labelled images the folder's scan left out (they cannot be opened, so they are not scored):
+    one warning block and, with --output-json, excluded.txt in its folder (data/folder.py)."""
+    excluded = [
+        (path, reason)
+        for path, reason in spec.contents.excluded
+        if spec.label_path(args.data_root, "val", path).is_file()
+    ]
+    if not excluded:
+        return
+    lines = excluded_lines(excluded)
+    logger.warning("%d labelled image(s) cannot be opened and are not scored:\n%s", len(excluded), lines.rstrip())
+    if args.output_json:
+        output = Path(args.output_json)
+        folder = output if isinstance(args.checkpoint, list) else output.parent
+        write_text_atomic(folder / EXCLUDED_FILE, lines)
 
 
 def evaluate_checkpoints(args, checkpoints, spec, protocol, device, collector):

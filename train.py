@@ -222,10 +222,11 @@ def check_data(args, output_dir):
         spec.short_side = args.short_side
         if args.resume:
             spec.use_file_list(output_dir / FILE_LIST)
-        if spec.num_classes < 2:
+        if spec.num_classes < 2 or not spec.has_validation(args.data_root):
             raise OptionError(
-                f"--data-root {args.data_root}: its labels give {spec.num_classes} class(es); the folder dataset "
-                f"needs label files (labels/) with at least 2 classes, or a classes.txt, to set the clusters"
+                f"--data-root {args.data_root}: {len(spec.split_ids(args.data_root, 'val'))} labelled image(s), "
+                f"{spec.num_classes} class(es); training on a folder needs label files (labels/, docs/own_data.md) "
+                f"for at least 2 classes: they set the clusters and the validation"
             )
     spec.check_split_files(args.data_root, "train", args.train_limit)
     spec.check_split_files(args.data_root, "val", args.val_limit)

@@ -135,7 +135,7 @@ class TrainingPairs(torch.utils.data.Dataset):
                 return image, raw_label, source, (-1 if attempt == 0 else index)
             except DataError:
                 attempt += 1
-                if not getattr(self.spec, "substitutes_damaged", False) or attempt > SUBSTITUTE_TRIES:
+                if not self.spec.substitutes_damaged or attempt > SUBSTITUTE_TRIES:
                     raise
             item = int(np.random.default_rng([self.seed, epoch, index, attempt]).integers(len(self.items)))
 
@@ -155,6 +155,6 @@ class TrainingPairs(torch.utils.data.Dataset):
             ),  # (c, c) uint8
             "crops": torch.tensor([top0, left0, top1, left1]),
         }
-        if getattr(self.spec, "substitutes_damaged", False):
+        if self.spec.substitutes_damaged:
             sample["damaged"] = torch.tensor(damaged)  # the item this sample replaces, or -1
         return sample

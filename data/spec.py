@@ -150,6 +150,8 @@ class DatasetSpec:
     score_size = (320, 320)  # (H, W) grid the sliding protocol scores predictions and labels on
     description = ""
     official_sizes = {}  # split -> number of images of the official release, where it is known
+    has_train_labels = True  # the training pairs carry labels (the linear probe learns from them)
+    substitutes_damaged = False  # an image that fails to decode in training stops the run (data/pairs.py)
 
     @property
     def num_classes(self):
@@ -157,6 +159,10 @@ class DatasetSpec:
 
     def __repr__(self):
         return f"<dataset {self.name}: {self.num_classes} classes>"
+
+    def has_validation(self, data_root):
+        """Whether ``data_root`` holds a validation split (every benchmark has one)."""
+        return True
 
     def check_split(self, split):
         if split not in self.splits:

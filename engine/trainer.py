@@ -458,7 +458,7 @@ class Trainer:
     def _report_damaged(self, pairs):
         """The images every process replaced during the epoch (a truncated JPEG passes the header
         scan), gathered to rank 0, which names the new ones in a warning and in excluded.txt."""
-        if not getattr(self.spec, "substitutes_damaged", False):
+        if not self.spec.substitutes_damaged:
             return
         mask = torch.zeros(len(pairs.items), dtype=torch.int32, device=self.device)  # (items,)
         mask[sorted(self.damaged_seen)] = 1

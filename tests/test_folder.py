@@ -73,6 +73,8 @@ def write_photo_folder(root):
     scene(320, 240, 8)[0].save(truncated, quality=95)
     truncated.write_bytes(truncated.read_bytes()[:2000])  # the header opens, the decode fails
     (root / "c/garbage.jpg").write_bytes(b"this is not a JPEG" * 20)
+    (root / "labels/c").mkdir()
+    Image.fromarray(scene(320, 240, 9)[1]).save(root / "labels/c/garbage.png")  # labelled, yet never scored
     (root / "notes.txt").write_text("not an image\n")
     for relative, seed, mode in (("val one.jpg", 10, "L"), ("sub/val2.png", 11, "P")):
         image, labels = scene(300, 240, seed)
@@ -217,6 +219,7 @@ def test_eval_equals_predict_maps(runs, folder_root, tmp_path):
         confusion = confusion + confusion_matrix(torch.from_numpy(clusters), torch.from_numpy(label), len(CLASSES))
     expected = segmentation_metrics(confusion)
     assert scores["num_images"] == 2 and scores["protocol"] == "photo"
+    assert (tmp_path / EXCLUDED_FILE).read_text().startswith("c/garbage.jpg\tcannot open the image")
     assert scores["acc"] == pytest.approx(float(expected["acc"])) and scores["miou"] == pytest.approx(
         float(expected["miou"])
     )
