@@ -235,6 +235,7 @@ def check_data(args, output_dir):
         raise OptionError(
             f"--batch-size {args.batch_size}: the training split has only {items} items (batches are drop_last)"
         )
+    return spec
 
 
 @entry_point
@@ -251,12 +252,12 @@ def main(argv=None):
     check_options(args)
     variants, sweep = plan_variants(args, check_options)  # a single run is one variant, in --output-dir
     output_dir = check_sweep_output(args, variants) if sweep else check_output_dir(args)
-    check_data(args, output_dir)
+    spec = check_data(args, output_dir)
     require_tensorboard()
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     device = distributed.init_from_env(args.device)
     try:
-        trainer = Trainer(args, variants, device, output_dir, sweep)
+        trainer = Trainer(args, variants, device, output_dir, sweep, spec)
         trainer.load()  # every input read (resume files, backbone) before the first write
         if args.overwrite and distributed.is_main():
             if sweep:

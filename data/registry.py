@@ -2,8 +2,6 @@
 (see data/spec.py) and add its instance here; then a training config in configs/
 (docs/datasets.md, 'Adding a dataset')."""
 
-import os
-
 from data.cityscapes import CITYSCAPES27
 from data.cocostuff import COCOSTUFF27
 from data.cocostuff171 import COCOSTUFF171
@@ -18,21 +16,16 @@ ALL_DATASET_NAMES = (*DATASET_NAMES, FOLDER)  # what train.py, eval.py and prepa
 DEFAULT_DATASET = COCOSTUFF27.name
 
 
-_FOLDERS = {}  # one FolderSpec per root and process: its scan is done once
-
-
 def get_dataset(dataset, data_root=None):
     """The spec of a dataset name (a spec is returned as it is). The benchmarks' specs are fixed;
-    ``folder``'s is built from ``data_root`` (data/folder.py), once per root."""
+    ``folder``'s is built from ``data_root`` (data/folder.py), a new one each call: the entry
+    points build it once and hand it on, so that its scan is done once."""
     if isinstance(dataset, DatasetSpec):
         return dataset
     if dataset == FOLDER:
         if data_root is None:
             raise DataError("--dataset folder needs --data-root, the folder of images")
-        key = os.path.realpath(data_root)
-        if key not in _FOLDERS:
-            _FOLDERS[key] = FolderSpec(data_root)
-        return _FOLDERS[key]
+        return FolderSpec(data_root)
     if dataset not in DATASETS:
         raise DataError(f"--dataset must be one of {', '.join(ALL_DATASET_NAMES)}, got {dataset!r}")
     return DATASETS[dataset]

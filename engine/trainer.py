@@ -182,7 +182,7 @@ def _bytes_text(count):
 class Trainer:
     """The training of one run or of a sweep's variants on one data pipeline and backbone pass."""
 
-    def __init__(self, args, variants, device, output_dir, sweep):
+    def __init__(self, args, variants, device, output_dir, sweep, spec=None):
         self.args = args
         self.variants = variants
         self.device = device
@@ -191,7 +191,7 @@ class Trainer:
         self.sweep = sweep
         self.disk_message = None
         self.commit = git_commit()
-        self.spec = get_dataset(args.dataset, args.data_root)
+        self.spec = spec or get_dataset(args.dataset, args.data_root)  # a folder's, as train.py scanned it
         self.damaged_seen = set()  # items this process replaced since the last report
         self.damaged_reported = set()
 
