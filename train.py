@@ -38,6 +38,8 @@ from utils.errors import OptionError, OutputError
 from utils.files import check_writable_dir, same_file
 from utils.log import setup_logger
 
+MIN_CLUSTERS, MAX_CLUSTERS = 2, 255  # a cluster map is an 8-bit image whose 255 marks ignored pixels
+
 
 def build_parser():
     parser = ArgumentParser(description=__doc__)
@@ -67,6 +69,14 @@ def build_parser():
         help="the backbone's release file; default: the torch hub cache, else downloaded there",
     )
     parser.add_argument("--num-heads", type=int, default=None, help="attention heads (default: embed dim / 64)")
+    parser.add_argument(
+        "--num-clusters",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"clusters the head learns, {MIN_CLUSTERS}..{MAX_CLUSTERS} (default: the dataset's class count; "
+        "more over-clusters); a sweep key (docs/training.md)",
+    )
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64, help="global batch, split over the processes")
     parser.add_argument("--lr", type=float, default=5e-4, help="Adam lr of the head and classifier")
@@ -133,6 +143,7 @@ def build_parser():
 
 def check_options(args):
     """Every option that can be wrong, before anything is read or written."""
+    check_num_clusters(args)
     for option in ("epochs", "num_negatives", "val_batch_size", "log_every", "train_limit", "val_limit"):
         check_at_least(getattr(args, option), "--" + option.replace("_", "-"), 1)
     check_at_least(args.num_workers, "--num-workers", 0)
@@ -153,6 +164,30 @@ def check_options(args):
     args.device = resolve_device(args.device)
     args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     args.head_seed = args.seed if args.head_seed is None else args.head_seed
+
+
+def check_num_clusters(args):
+    """--num-clusters in MIN_CLUSTERS..MAX_CLUSTERS (cluster maps are 8-bit PNGs, 255 marks ignored
+    pixels); left out, the dataset's class count, where it has one (see :func:`require_num_clusters`)."""
+    if args.num_clusters is None:
+        args.num_clusters = get_dataset(args.dataset).num_classes or None
+    elif not MIN_CLUSTERS <= args.num_clusters <= MAX_CLUSTERS:
+        raise OptionError(
+            f"--num-clusters {args.num_clusters}: must lie in {MIN_CLUSTERS}..{MAX_CLUSTERS} "
+            f"(cluster maps are 8-bit images whose value 255 marks ignored pixels)"
+        )
+
+
+def require_num_clusters(args, variants):
+    """Where the dataset gives no class count (a folder without labels), every run names its K:
+    --num-clusters, or num_clusters in each variant of the sweep."""
+    for variant in variants:
+        if variant.args.num_clusters is None:
+            where = f"sweep: variant {variant.name}: " if variant.name else ""
+            raise OptionError(
+                f"{where}--num-clusters is required on --dataset {args.dataset}: its images have no labels "
+                f"giving the number of classes; choose K (docs/sweeps.md, 'Choosing the number of clusters')"
+            )
 
 
 def check_output_dir(args):
@@ -208,6 +243,7 @@ def main(argv=None):
     # Everything is checked and read before the first write, so that a refused run changes nothing.
     check_options(args)
     variants, sweep = plan_variants(args, check_options)  # a single run is one variant, in --output-dir
+    require_num_clusters(args, variants)
     output_dir = check_sweep_output(args, variants) if sweep else check_output_dir(args)
     check_data(args)
     require_tensorboard()
