@@ -202,14 +202,23 @@ def format_table(result, names):
         lines.append(f"{name:<18}{iou:>8.2f}{acc:>8.2f}")
     lines.append(f"{'pixel Acc':<18}{result.metrics['acc']:>8.2f}")
     lines.append(f"{'mIoU':<18}{result.metrics['miou']:>8.2f}")
+    many_to_one = result.metrics.get("many_to_one")
+    if many_to_one is not None:  # K > C: the many-to-one match, apart from the one-to-one figures above
+        lines.append(f"{'many-to-one Acc':<18}{many_to_one['acc']:>8.2f}")
+        lines.append(f"{'many-to-one mIoU':<18}{many_to_one['miou']:>8.2f}")
     return "\n".join(lines)
 
 
 def check_clusters_fit(model, meta, spec, checkpoint):
-    """One clear error when a checkpoint trained for another dataset is evaluated on this one."""
-    if model.num_classes == spec.num_classes:
-        return
+    """One clear error when a checkpoint trained for another dataset is evaluated on this one.
+
+    Any number of clusters K is scored (K < C: unmatched classes score 0; K > C: the many-to-one
+    match too) when the checkpoint records a training on this dataset; a file that records none (a
+    release) or another dataset must have one cluster per class of this one.
+    """
     trained_on = (meta.get("config") or {}).get("dataset")
+    if model.num_classes == spec.num_classes or trained_on == spec.name:
+        return
     hint = f" (it was trained with --dataset {trained_on})" if trained_on else ""
     raise CheckpointError(
         f"{checkpoint}: the model has {model.num_classes} clusters but --dataset {spec.name} has "
@@ -369,6 +378,15 @@ def report(result, checkpoint, model, meta, spec, protocol, args, commit, path, 
         format_table(result, names),
     )
     logger.info("pixel Acc %.2f  mIoU %.2f", result.metrics["acc"], result.metrics["miou"])
+    many_to_one = result.metrics.get("many_to_one")
+    if many_to_one is not None:
+        logger.info(
+            "%d clusters for %d classes, many-to-one: pixel Acc %.2f  mIoU %.2f",
+            model.num_classes,
+            spec.num_classes,
+            many_to_one["acc"],
+            many_to_one["miou"],
+        )
     if path is None:
         return
     output = result.as_dict(names)

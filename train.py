@@ -39,6 +39,8 @@ from utils.errors import OptionError, OutputError
 from utils.files import check_writable_dir, same_file
 from utils.log import setup_logger
 
+MIN_CLUSTERS, MAX_CLUSTERS = 2, 255  # a cluster map is an 8-bit image whose 255 marks ignored pixels
+
 
 def build_parser():
     parser = ArgumentParser(description=__doc__)
@@ -78,6 +80,14 @@ def build_parser():
         help="the backbone's release file; default: the torch hub cache, else downloaded there",
     )
     parser.add_argument("--num-heads", type=int, default=None, help="attention heads (default: embed dim / 64)")
+    parser.add_argument(
+        "--num-clusters",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"clusters the head learns, {MIN_CLUSTERS}..{MAX_CLUSTERS} (default: the dataset's class count; "
+        "more over-clusters); a sweep key (docs/training.md)",
+    )
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64, help="global batch, split over the processes")
     parser.add_argument("--lr", type=float, default=5e-4, help="Adam lr of the head and classifier")
@@ -149,6 +159,7 @@ def build_parser():
 
 def check_options(args):
     """Every option that can be wrong, before anything is read or written."""
+    check_num_clusters(args)
     for option in ("epochs", "num_negatives", "val_batch_size", "log_every", "train_limit", "val_limit"):
         check_at_least(getattr(args, option), "--" + option.replace("_", "-"), 1)
     check_at_least(args.num_workers, "--num-workers", 0)
@@ -181,6 +192,35 @@ def check_options(args):
     args.device = resolve_device(args.device)
     args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     args.head_seed = args.seed if args.head_seed is None else args.head_seed
+
+
+def check_num_clusters(args):
+    """--num-clusters in MIN_CLUSTERS..MAX_CLUSTERS (cluster maps are 8-bit PNGs, 255 marks ignored
+    pixels); left out, the dataset's class count, where it has one (see :func:`require_num_clusters`)."""
+    if args.num_clusters is None and args.dataset != "folder":  # a folder's C is known once it is scanned
+        args.num_clusters = get_dataset(args.dataset).num_classes or None
+    elif not MIN_CLUSTERS <= args.num_clusters <= MAX_CLUSTERS:
+        raise OptionError(
+            f"--num-clusters {args.num_clusters}: must lie in {MIN_CLUSTERS}..{MAX_CLUSTERS} "
+            f"(cluster maps are 8-bit images whose value 255 marks ignored pixels)"
+        )
+
+
+def require_num_clusters(args, variants, spec):
+    """Where the dataset gives no class count (a folder without labels), every run names its K:
+    --num-clusters, or num_clusters in each variant of the sweep. A folder's runs without a K take
+    the C of its labels or classes.txt."""
+    for variant in variants:
+        if variant.args.num_clusters is None and spec.num_classes >= MIN_CLUSTERS:
+            variant.args.num_clusters = spec.num_classes
+    args.num_clusters = args.num_clusters or variants[0].args.num_clusters
+    for variant in variants:
+        if variant.args.num_clusters is None:
+            where = f"sweep: variant {variant.name}: " if variant.name else ""
+            raise OptionError(
+                f"{where}--num-clusters is required on --dataset {args.dataset}: its images have no labels "
+                f"giving the number of classes; choose K (docs/sweeps.md, 'Choosing the number of clusters')"
+            )
 
 
 def check_output_dir(args):
@@ -222,12 +262,6 @@ def check_data(args, output_dir):
         spec.short_side = args.short_side
         if args.resume:
             spec.use_file_list(output_dir / FILE_LIST)
-        if spec.num_classes < 2 or not spec.has_validation(args.data_root):
-            raise OptionError(
-                f"--data-root {args.data_root}: {len(spec.split_ids(args.data_root, 'val'))} labelled image(s), "
-                f"{spec.num_classes} class(es); training on a folder needs label files (labels/, docs/own_data.md) "
-                f"for at least 2 classes: they set the clusters and the validation"
-            )
     spec.check_split_files(args.data_root, "train", args.train_limit)
     spec.check_split_files(args.data_root, "val", args.val_limit)
     items = len(spec.train_items(args.data_root, "train")[: args.train_limit])
@@ -253,6 +287,7 @@ def main(argv=None):
     variants, sweep = plan_variants(args, check_options)  # a single run is one variant, in --output-dir
     output_dir = check_sweep_output(args, variants) if sweep else check_output_dir(args)
     spec = check_data(args, output_dir)
+    require_num_clusters(args, variants, spec)
     require_tensorboard()
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     device = distributed.init_from_env(args.device)

@@ -205,7 +205,7 @@ class FolderSpec(DatasetSpec):
     def palette(self):
         return distinct_palette(max(1, self.num_classes))
 
-    def has_validation(self, data_root):
+    def has_validation(self, data_root=None):
         """Whether the root holds labelled images (they form the validation split)."""
         return bool(self.contents.val)
 

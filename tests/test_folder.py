@@ -265,7 +265,7 @@ def bad_folders(tmp_path):
     three = small_folder(tmp_path / "three", count=4)
     add_label(three, "img3.jpg", scene(240, 232, 0)[1])  # 3 training images, 1 labelled
     cases["fewer than the batch"] = (three, "--batch-size 4: the training split has only 3")
-    cases["no label"] = (small_folder(tmp_path / "unlabelled"), "0 labelled image(s), 0 class(es)")
+    cases["no label"] = (small_folder(tmp_path / "unlabelled"), "--num-clusters is required on --dataset folder")
     big_value = small_folder(tmp_path / "big_value")
     labels = scene(240, 232, 0)[1]
     labels[5, 5] = 7
