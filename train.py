@@ -197,8 +197,9 @@ def check_options(args):
 def check_num_clusters(args):
     """--num-clusters in MIN_CLUSTERS..MAX_CLUSTERS (cluster maps are 8-bit PNGs, 255 marks ignored
     pixels); left out, the dataset's class count, where it has one (see :func:`require_num_clusters`)."""
-    if args.num_clusters is None and args.dataset != "folder":  # a folder's C is known once it is scanned
-        args.num_clusters = get_dataset(args.dataset).num_classes or None
+    if args.num_clusters is None:
+        if args.dataset != "folder":  # a folder's C is known once it is scanned (require_num_clusters)
+            args.num_clusters = get_dataset(args.dataset).num_classes or None
     elif not MIN_CLUSTERS <= args.num_clusters <= MAX_CLUSTERS:
         raise OptionError(
             f"--num-clusters {args.num_clusters}: must lie in {MIN_CLUSTERS}..{MAX_CLUSTERS} "

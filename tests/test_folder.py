@@ -17,15 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
+from cli_runner import fork_script
 from helpers import finish_ranks, start_command_line, start_ranks, wait_exit
 from PIL import Image
-from test_train import max_weight_difference, read_log
+from scipy.optimize import linear_sum_assignment
+from test_train import head_weights, max_weight_difference, read_log
 
 import eval as eval_cli
 import train as train_cli
 from data.folder import EXCLUDED_FILE, FILE_LIST
 from data.photos import read_photo
-from engine.metrics import confusion_matrix, segmentation_metrics
 from engine.segment import segment
 from modules.checkpoint import load_iddc_model
 from scripts import prepare_data
@@ -33,6 +35,7 @@ from scripts import prepare_data
 ROOT = Path(__file__).resolve().parents[1]
 
 CLASSES = ("sky", "grass", "road")
+SWEEP_K = (3, 5)  # K = C, and K > C (many-to-one scores)
 SHORT_SIDE = 200
 RAW_NAME = os.fsdecode(b"raw\xffname.png")  # not UTF-8: kept by Python as a surrogate
 EPOCHS = 2
@@ -146,85 +149,138 @@ def folder_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, folder_root, dino_file):
-    """{name: output folder} of the straight run (here, loader workers), the two-process run and a
-    run killed in the second epoch and resumed; the other two started first, beside this one."""
+    """{name: output folder}: a sweep of K = 3 (C) and K = 5 here, with loader workers; beside it,
+    forked from this process, the single run of K = 3 on two processes, the same killed in the
+    second epoch (then resumed here), and a run on an unlabelled folder. In-process runs use one
+    thread, as the forked ones (tests/cli_runner.py), so that their sums agree bit for bit."""
     work = tmp_path_factory.mktemp("folder_runs")
-    out = {name: work / name for name in ("straight", "two", "killed")}
+    out = {name: work / name for name in ("sweep", "two", "killed", "unlabelled")}
+    (work / "k.yaml").write_text(yaml.safe_dump({"grid": {"num_clusters": list(SWEEP_K)}}))
     ranks = start_ranks([("train.py", folder_args(folder_root, dino_file, out["two"], num_workers=1))], 2, work)
     streams = (work / "killed.out", work / "killed.err")
     killed = start_command_line(
         "train.py", folder_args(folder_root, dino_file, out["killed"], "--checkpoint-every", "1"), *streams
     )
+    unlabelled_argv = folder_args(small_folder(work / "plain", count=4), dino_file, out["unlabelled"], num_workers=0)
+    unlabelled = fork_script(
+        "train.py", [*unlabelled_argv, "--num-clusters", "4", "--epochs", "1"], work / "plain.out", work / "plain.err"
+    )
     ended = {}
     watcher = threading.Thread(target=kill_at_step, args=(killed, out["killed"], ended))
     watcher.start()
-    assert train_cli.main(folder_args(folder_root, dino_file, out["straight"])) == 0
-    watcher.join()
-    assert ended["code"] == -signal.SIGKILL, streams[1].read_text()[-3000:]
-    (folder_root / "added later.png").write_bytes((folder_root / "c/rgba.png").read_bytes())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        assert train_cli.main(folder_args(folder_root, "/nonexistent-not-needed", out["killed"], "--resume")) == 0
+        assert train_cli.main(folder_args(folder_root, dino_file, out["sweep"], "--sweep", str(work / "k.yaml"))) == 0
+        watcher.join()
+        assert ended["code"] == -signal.SIGKILL, streams[1].read_text()[-3000:]
+        (folder_root / "added later.png").write_bytes((folder_root / "c/rgba.png").read_bytes())
+        try:
+            resumed = folder_args(folder_root, "/nonexistent-not-needed", out["killed"], "--resume")
+            assert train_cli.main(resumed) == 0
+        finally:
+            (folder_root / "added later.png").unlink()
     finally:
-        (folder_root / "added later.png").unlink()
-    finish_ranks(ranks)
+        torch.set_num_threads(threads)
+        finish_ranks(ranks)
+        code = wait_exit(unlabelled, time.monotonic() + 120)
+    assert code == 0, (work / "plain.err").read_text()[-3000:]
     return out
+
+
+def variant(runs, k):
+    return runs["sweep"] / f"num_clusters={k}"
 
 
 def test_scan_and_substitution(runs, folder_root):
     """The file list holds the images that open; the garbage header is left out by the scan, the
-    truncated JPEG substituted in training; both are in excluded.txt; the run ends with exit 0."""
-    straight = runs["straight"]
-    files = json.loads((straight / FILE_LIST).read_text())
+    truncated JPEG substituted in training; both are in the sweep's excluded.txt; exit 0 all the same."""
+    sweep = runs["sweep"]
+    files = json.loads((sweep / FILE_LIST).read_text())
     assert files["class_names"] == list(CLASSES)
     assert files["val"] == ["sub/val2.png", "val one.jpg"]
     assert len(files["train"]) == 9 and "c/truncated.jpg" in files["train"] and RAW_NAME in files["train"]
     assert "c/garbage.jpg" not in files["train"] and "notes.txt" not in files["train"]
-    excluded = dict(line.split("\t") for line in (straight / EXCLUDED_FILE).read_text().splitlines())
+    excluded = dict(line.split("\t") for line in (sweep / EXCLUDED_FILE).read_text().splitlines())
     assert set(excluded) == {"c/garbage.jpg", "c/truncated.jpg"}
     assert "cannot open" in excluded["c/garbage.jpg"] and "replaced" in excluded["c/truncated.jpg"]
-    log = (straight / "train.log").read_text()
+    log = (sweep / "train.log").read_text()
     assert "c/garbage.jpg" in log and "c/truncated.jpg" in log
-    config = torch.load(straight / "last_model.pth", weights_only=True)["config"]
-    assert config["short_side"] == SHORT_SIDE and config["val_protocol"] == "photo"
+    config = torch.load(variant(runs, 3) / "last_model.pth", weights_only=True)["config"]
+    assert config["short_side"] == SHORT_SIDE and config["val_protocol"] == "photo" and config["num_clusters"] == 3
 
 
-def test_two_processes_equal_one(runs):
-    assert max_weight_difference(runs["straight"] / "last_model.pth", runs["two"] / "last_model.pth") <= 1e-5
+def test_k_sweep_variant_two_processes_and_killed_run_equal(runs):
+    """The sweep's K = C variant, the single run on two processes and the single run killed in the
+    second epoch and resumed (after an image was added: ignored, the saved list is used) agree."""
+    reference = variant(runs, 3) / "last_model.pth"
+    a, b = head_weights(reference), head_weights(runs["killed"] / "last_model.pth")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert [row["epoch"] for row in read_log(runs["killed"]) if row["kind"] == "val"] == list(range(EPOCHS))
+    assert max_weight_difference(reference, runs["two"] / "last_model.pth") <= 1e-5
     # The image the second process replaced is reported by rank 0 all the same.
     assert "c/truncated.jpg" in (runs["two"] / EXCLUDED_FILE).read_text()
 
 
-def test_killed_and_resumed_equals_straight(runs):
-    """Killed in the second epoch, resumed after an image was added (ignored: the saved list)."""
-    # Within float noise: the killed run's first part ran in a process of its own (an in-process
-    # resume at an epoch's end is bit for bit, as tests/test_train.py checks on the benchmarks).
-    assert max_weight_difference(runs["straight"] / "last_model.pth", runs["killed"] / "last_model.pth") <= 1e-5
-    assert [row["epoch"] for row in read_log(runs["killed"]) if row["kind"] == "val"] == list(range(EPOCHS))
+def predicted_confusion(checkpoint, folder_root, num_clusters):
+    """(C, K) confusion of the labelled images from the maps of predict's function (engine/segment.py)
+    at the checkpoint's working size, brought to the label's size."""
+    model, _ = load_iddc_model(checkpoint)
+    confusion = np.zeros((len(CLASSES), num_clusters), dtype=np.int64)
+    for relative in ("sub/val2.png", "val one.jpg"):
+        image, original = read_photo(folder_root / relative, SHORT_SIDE)
+        clusters = segment(model.eval(), image, "cpu", size=original)  # (H, W)
+        label = np.array(Image.open((folder_root / "labels" / relative).with_suffix(".png")))  # palette: indices
+        labelled = label < len(CLASSES)
+        np.add.at(confusion, (label[labelled], clusters[labelled]), 1)
+    return confusion
 
 
-def test_eval_equals_predict_maps(runs, folder_root, tmp_path):
-    """eval.py's Acc/mIoU equal the metrics computed here from the maps of predict's function at the
-    checkpoint's working size, and the last validation's."""
-    checkpoint = runs["straight"] / "last_model.pth"
+@pytest.mark.parametrize("k", SWEEP_K)
+def test_eval_equals_predict_maps(runs, folder_root, tmp_path, k):
+    """eval.py's Acc/mIoU (Hungarian; many-to-one too for K > C) equal those computed here from
+    predict's maps, and the last validation's; labelled images the scan left out are listed."""
+    checkpoint = variant(runs, k) / "last_model.pth"
     result = tmp_path / "eval.json"
     argv = ["--dataset", "folder", "--data-root", str(folder_root), "--checkpoint", str(checkpoint)]
     assert eval_cli.main([*argv, "--device", "cpu", "--num-workers", "0", "--output-json", str(result)]) == 0
     scores = json.loads(result.read_text())
-    model, _ = load_iddc_model(checkpoint)
-    confusion = 0
-    for relative in ("sub/val2.png", "val one.jpg"):
-        image, original = read_photo(folder_root / relative, SHORT_SIDE)
-        clusters = segment(model.eval(), image, "cpu", size=original)  # (H, W) at the label's size
-        label = np.array(Image.open((folder_root / "labels" / relative).with_suffix(".png")))
-        confusion = confusion + confusion_matrix(torch.from_numpy(clusters), torch.from_numpy(label), len(CLASSES))
-    expected = segmentation_metrics(confusion)
     assert scores["num_images"] == 2 and scores["protocol"] == "photo"
     assert (tmp_path / EXCLUDED_FILE).read_text().startswith("c/garbage.jpg\tcannot open the image")
-    assert scores["acc"] == pytest.approx(float(expected["acc"])) and scores["miou"] == pytest.approx(
-        float(expected["miou"])
-    )
-    last_val = [row for row in read_log(runs["straight"]) if row["kind"] == "val"][-1]
+    confusion = predicted_confusion(checkpoint, folder_root, k)
+    assert np.array_equal(confusion, np.array(scores["confusion"]))
+    rows, cols = linear_sum_assignment(-confusion)
+    matched = confusion[rows, cols]
+    union = confusion.sum(axis=1)[rows] + confusion.sum(axis=0)[cols] - matched
+    assert scores["acc"] == pytest.approx(100 * matched.sum() / confusion.sum())
+    assert scores["miou"] == pytest.approx(100 * np.mean(matched / union))
+    last_val = [row for row in read_log(variant(runs, k)) if row["kind"] == "val"][-1]
     assert last_val["miou"] == pytest.approx(scores["miou"])
+    if k > len(CLASSES):
+        merged = np.zeros((len(CLASSES), len(CLASSES)), dtype=np.int64)
+        for cluster, cls in enumerate(confusion.argmax(axis=0)):
+            merged[:, cls] += confusion[:, cluster]
+        tp, union = np.diag(merged), merged.sum(axis=0) + merged.sum(axis=1) - np.diag(merged)
+        assert scores["acc_many_to_one"] == pytest.approx(100 * tp.sum() / merged.sum())
+        assert scores["miou_many_to_one"] == pytest.approx(100 * np.mean(tp / union))
+
+
+def test_unlabelled_folder(runs, tmp_path, capsys):
+    """No labels: trained with --num-clusters, no validation (no best_model.pth), nothing to score."""
+    out = runs["unlabelled"]
+    assert (out / "last_model.pth").is_file() and not (out / "best_model.pth").exists()
+    assert json.loads((out / FILE_LIST).read_text())["val"] == []
+    assert "linear probe off" in (out / "train.log").read_text()
+    argv = [
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(out.parent / "plain"),
+        "--checkpoint",
+        str(out / "last_model.pth"),
+    ]
+    assert eval_cli.main([*argv, "--device", "cpu"]) == 2
+    assert "nothing to score" in capsys.readouterr().err
 
 
 def test_resume_with_an_image_gone(runs, folder_root, tmp_path, capsys):
