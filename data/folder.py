@@ -19,6 +19,7 @@ training (a truncated JPEG) is replaced by a deterministic substitute (data/pair
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +35,17 @@ CLASSES_FILE = "classes.txt"
 FILE_LIST = "files.json"  # the run's images, saved in its folder: --resume trains on exactly these
 EXCLUDED_FILE = "excluded.txt"  # files left out or substituted, one "path<TAB>reason" line each
 DEFAULT_SHORT_SIDE = 480
+SCAN_THREADS = 8  # files whose headers are read at once
 SHOW_GONE = 5  # files named in the error of a resumed run whose images are gone
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def opened_size(path):
+    """(upright size, None), or (None, why the file cannot be opened)."""
+    try:
+        return header_size(path), None
+    except IMAGE_ERRORS as err:
+        return None, str(err)
 
 
 def read_label_values(path):
@@ -98,11 +108,13 @@ def scan_folder(root):
     scan = scan_images(root, exclude_top=(LABELS_DIR,))
     contents = FolderContents(skipped=len(scan.skipped), unreadable_dirs=list(scan.unreadable_dirs))
     sizes = {}
-    for relative in scan.images:
-        try:
-            sizes[str(relative)] = header_size(root / relative)
-        except IMAGE_ERRORS as err:
-            contents.excluded.append((str(relative), f"cannot open the image ({err})"))
+    with ThreadPoolExecutor(max_workers=SCAN_THREADS) as pool:  # headers of a network folder: a few at once
+        headers = pool.map(opened_size, [root / relative for relative in scan.images])
+        for relative, (size, reason) in zip(scan.images, headers):
+            if size is None:
+                contents.excluded.append((str(relative), f"cannot open the image ({reason})"))
+            else:
+                sizes[str(relative)] = size
     if not sizes:
         found = f"{len(scan.images)} image(s) that cannot be opened and " if scan.images else ""
         raise DataError(f"--data-root {root}: no image found ({found}{len(scan.skipped)} other file(s) skipped)")

@@ -244,6 +244,7 @@ class VisualCollector:
                 image, colorize(label, self.palette), colorize(map_clusters(pred, cluster_to_class), self.palette)
             )
             written.append(out_dir / f"{image_id}.png")
+            written[-1].parent.mkdir(parents=True, exist_ok=True)  # a folder dataset's ids hold subfolders
             save_image_atomic(panel, written[-1])
         written.append(out_dir / "legend.png")
         save_image_atomic(legend(class_names, self.palette[: len(class_names)]), written[-1])
