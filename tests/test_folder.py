@@ -22,6 +22,7 @@ from cli_runner import fork_script
 from helpers import finish_ranks, start_command_line, start_ranks, wait_exit
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
+from test_clusters import count_backbone_forwards
 from test_train import head_weights, max_weight_difference, read_log
 
 import eval as eval_cli
@@ -171,7 +172,8 @@ def runs(tmp_path_factory, folder_root, dino_file):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert train_cli.main(folder_args(folder_root, dino_file, out["sweep"], "--sweep", str(work / "k.yaml"))) == 0
+        sweep = folder_args(folder_root, dino_file, out["sweep"], "--sweep", str(work / "k.yaml"))
+        out["forwards"] = count_backbone_forwards(lambda: train_cli.main(sweep))
         watcher.join()
         assert ended["code"] == -signal.SIGKILL, streams[1].read_text()[-3000:]
         (folder_root / "added later.png").write_bytes((folder_root / "c/rgba.png").read_bytes())
@@ -211,8 +213,10 @@ def test_scan_and_substitution(runs, folder_root):
 
 
 def test_k_sweep_variant_two_processes_and_killed_run_equal(runs):
-    """The sweep's K = C variant, the single run on two processes and the single run killed in the
-    second epoch and resumed (after an image was added: ignored, the saved list is used) agree."""
+    """The K sweep makes one backbone forward per batch for both K; its K = C variant, the single
+    run on two processes and the single run killed in the second epoch and resumed (after an image
+    was added: ignored, the saved list is used) agree."""
+    assert runs["forwards"]["training"] == EPOCHS * 2  # one backbone forward per batch for both K
     reference = variant(runs, 3) / "last_model.pth"
     a, b = head_weights(reference), head_weights(runs["killed"] / "last_model.pth")
     assert all(torch.equal(a[key], b[key]) for key in a)
