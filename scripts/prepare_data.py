@@ -4,6 +4,7 @@
     python scripts/prepare_data.py cityscapes27 --data-root DIR [--zips-dir DIR]    # the official zips
     python scripts/prepare_data.py potsdam3 --data-root DIR                          # STEGO's potsdam.zip
     python scripts/prepare_data.py DATASET --data-root DIR --check [--check-limit N]
+    python scripts/prepare_data.py folder --data-root DIR --check                   # your own images
 
 COCO-Stuff (cocostuff27 and cocostuff171 read the same files): the curated split lists shipped with
 the project are copied to DIR/curated/, the COCO 2017 images and the stuffthingmaps labels are
@@ -11,7 +12,9 @@ downloaded and unpacked to DIR/images/ and DIR/annotations/ (train2017.zip alone
 Cityscapes needs a login at cityscapes-dataset.com, so its two official zips are taken from
 --zips-dir and left in place; once the check passes, the five training crops of every train image
 (STEGO's preparation, data/cityscapes.py) are written to DIR/five_crops/train/ as lossless PNGs.
-Potsdam-3 is STEGO's preparation, downloaded from STEGO's public storage.
+Potsdam-3 is STEGO's preparation, downloaded from STEGO's public storage. The ``folder`` dataset
+(your own images, docs/own_data.md) has nothing to download: it is only checked (data/check.py's
+check_folder: every image and label decoded).
 
 Every step can be interrupted and re-run: zips download to --zips-dir (default DIR/downloads) and
 resume, a folder only appears once its zip is fully unpacked, and folders already there are
