@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
-from engine.evaluation import PROTOCOLS
+from data.folder import DEFAULT_SHORT_SIDE, FILE_LIST
+from data.registry import ALL_DATASET_NAMES, DEFAULT_DATASET, get_dataset
+from engine.evaluation import ALL_PROTOCOLS
 from engine.sweep import (
     OVERWRITTEN_FILES,
     RESUME_FILE,
@@ -39,6 +40,8 @@ from utils.files import check_writable_dir, same_file
 from utils.lock import hold_folder_lock
 from utils.log import setup_logger
 
+MIN_CLUSTERS, MAX_CLUSTERS = 2, 255  # a cluster map is an 8-bit image whose 255 marks ignored pixels
+
 
 def build_parser():
     parser = ArgumentParser(description=__doc__)
@@ -46,12 +49,22 @@ def build_parser():
         "--config", default=None, help="YAML file of defaults, e.g. configs/train_cocostuff27_vits16.yaml"
     )
     parser.add_argument(
-        "--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="benchmark (docs/datasets.md)"
+        "--dataset",
+        choices=ALL_DATASET_NAMES,
+        default=DEFAULT_DATASET,
+        help="a benchmark, or folder: your own images (docs/datasets.md, docs/own_data.md)",
     )
     parser.add_argument(
         "--data-root",
         default=None,
         help="the dataset's root folder (COCO-Stuff: images/, annotations/, curated/ optional)",
+    )
+    parser.add_argument(
+        "--short-side",
+        type=int,
+        default=None,
+        help=f"folder: images whose short side is above S are scaled down to it (default {DEFAULT_SHORT_SIDE}; "
+        "stored in the checkpoint, where eval.py and predict.py take it)",
     )
     parser.add_argument("--output-dir", default="outputs/train", help="checkpoints, config and logs go here")
     parser.add_argument("--backbone", choices=BACKBONES, default=None, help="frozen backbone (default dino_vits16)")
@@ -68,6 +81,14 @@ def build_parser():
         help="the backbone's release file; default: the torch hub cache, else downloaded there",
     )
     parser.add_argument("--num-heads", type=int, default=None, help="attention heads (default: embed dim / 64)")
+    parser.add_argument(
+        "--num-clusters",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"clusters the head learns, {MIN_CLUSTERS}..{MAX_CLUSTERS} (default: the dataset's class count; "
+        "more over-clusters); a sweep key (docs/training.md)",
+    )
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64, help="global batch, split over the processes")
     parser.add_argument("--lr", type=float, default=5e-4, help="Adam lr of the head and classifier")
@@ -102,9 +123,17 @@ def build_parser():
         "reproducible bit for bit; docs/gpu.md)",
     )
     parser.add_argument("--num-workers", type=int, default=8, help="data-loading processes (of each process)")
-    parser.add_argument("--val-protocol", choices=PROTOCOLS, default="resize320", help="validation after every epoch")
     parser.add_argument(
-        "--final-protocol", choices=(*PROTOCOLS, "none"), default="none", help="one more evaluation of the last model"
+        "--val-protocol",
+        choices=ALL_PROTOCOLS,
+        default=None,
+        help="validation after every epoch (default resize320; folder: photo, eval.py's protocol)",
+    )
+    parser.add_argument(
+        "--final-protocol",
+        choices=(*ALL_PROTOCOLS, "none"),
+        default="none",
+        help="one more evaluation of the last model",
     )
     parser.add_argument("--val-batch-size", type=int, default=32)
     parser.add_argument("--log-every", type=int, default=50, help="steps between readable log lines")
@@ -134,6 +163,7 @@ def build_parser():
 
 def check_options(args):
     """Every option that can be wrong, before anything is read or written."""
+    check_num_clusters(args)
     for option in ("epochs", "num_negatives", "val_batch_size", "log_every", "train_limit", "val_limit"):
         check_at_least(getattr(args, option), "--" + option.replace("_", "-"), 1)
     check_at_least(args.num_workers, "--num-workers", 0)
@@ -149,11 +179,57 @@ def check_options(args):
     for option in ("lr_power", "pos_threshold", "neg_threshold", "neg_weight", "balance_weight"):
         check_finite(getattr(args, option), "--" + option.replace("_", "-"))
     check_at_least(args.head_seed, "--head-seed", 0)
+    if args.dataset == "folder":
+        args.short_side = DEFAULT_SHORT_SIDE if args.short_side is None else args.short_side
+        check_at_least(args.short_side, "--short-side", 1)
+        if args.val_protocol not in (None, "photo"):
+            raise OptionError(
+                f"--val-protocol {args.val_protocol}: --dataset folder validates with the photo protocol, "
+                f"as eval.py scores it"
+            )
+        args.val_protocol = "photo"
+        if args.final_protocol not in ("none", "photo"):
+            raise OptionError(
+                f"--final-protocol {args.final_protocol}: --dataset folder is scored with photo (or none)"
+            )
+    elif args.short_side is not None:
+        raise OptionError(f"--short-side applies to --dataset folder; {args.dataset} is read at its own size")
+    args.val_protocol = args.val_protocol or "resize320"
     if args.resume and args.overwrite:
         raise OptionError("--resume and --overwrite contradict each other: continue the run, or replace it")
     args.device = resolve_device(args.device)
     args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     args.head_seed = args.seed if args.head_seed is None else args.head_seed
+
+
+def check_num_clusters(args):
+    """--num-clusters in MIN_CLUSTERS..MAX_CLUSTERS (cluster maps are 8-bit PNGs, 255 marks ignored
+    pixels); left out, the dataset's class count, where it has one (see :func:`require_num_clusters`)."""
+    if args.num_clusters is None:
+        if args.dataset != "folder":  # a folder's C is known once it is scanned (require_num_clusters)
+            args.num_clusters = get_dataset(args.dataset).num_classes or None
+    elif not MIN_CLUSTERS <= args.num_clusters <= MAX_CLUSTERS:
+        raise OptionError(
+            f"--num-clusters {args.num_clusters}: must lie in {MIN_CLUSTERS}..{MAX_CLUSTERS} "
+            f"(cluster maps are 8-bit images whose value 255 marks ignored pixels)"
+        )
+
+
+def require_num_clusters(args, variants, spec):
+    """Where the dataset gives no class count (a folder without labels), every run names its K:
+    --num-clusters, or num_clusters in each variant of the sweep. A folder's runs without a K take
+    the C of its labels or classes.txt."""
+    for variant in variants:
+        if variant.args.num_clusters is None and spec.num_classes >= MIN_CLUSTERS:
+            variant.args.num_clusters = spec.num_classes
+    args.num_clusters = args.num_clusters or variants[0].args.num_clusters
+    for variant in variants:
+        if variant.args.num_clusters is None:
+            where = f"sweep: variant {variant.name}: " if variant.name else ""
+            raise OptionError(
+                f"{where}--num-clusters is required on --dataset {args.dataset}: its images have no labels "
+                f"giving the number of classes; choose K (docs/sweeps.md, 'Choosing the number of clusters')"
+            )
 
 
 def check_output_dir(args):
@@ -184,9 +260,17 @@ def check_output_dir(args):
     return output_dir
 
 
-def check_data(args):
-    """A fast scan of both splits (the validation split too: it is first read after a whole epoch)."""
-    spec = get_dataset(args.dataset)
+def check_data(args, output_dir):
+    """A fast scan of both splits (the validation split too: it is first read after a whole epoch).
+
+    A ``folder`` root is scanned (file headers, its labels); a resumed run trains on the file list
+    it saved (data/folder.py).
+    """
+    spec = get_dataset(args.dataset, args.data_root)
+    if args.dataset == "folder":
+        spec.short_side = args.short_side
+        if args.resume:
+            spec.use_file_list(output_dir / FILE_LIST)
     spec.check_split_files(args.data_root, "train", args.train_limit)
     spec.check_split_files(args.data_root, "val", args.val_limit)
     items = len(spec.train_items(args.data_root, "train")[: args.train_limit])
@@ -194,6 +278,7 @@ def check_data(args):
         raise OptionError(
             f"--batch-size {args.batch_size}: the training split has only {items} items (batches are drop_last)"
         )
+    return spec
 
 
 @entry_point
@@ -213,12 +298,13 @@ def main(argv=None):
     check_writable_dir(args.output_dir, "--output-dir")
     hold_folder_lock([args.output_dir, *(variant.folder for variant in variants)], "--output-dir")
     output_dir = check_sweep_output(args, variants) if sweep else check_output_dir(args)
-    check_data(args)
+    spec = check_data(args, output_dir)
+    require_num_clusters(args, variants, spec)
     require_tensorboard()
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     device = distributed.init_from_env(args.device)
     try:
-        trainer = Trainer(args, variants, device, output_dir, sweep)
+        trainer = Trainer(args, variants, device, output_dir, sweep, spec)
         trainer.load()  # every input read (resume files, backbone) before the first write
         if args.overwrite and distributed.is_main():
             if sweep:

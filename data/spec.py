@@ -14,7 +14,10 @@ cocostuff171.py, cityscapes.py, potsdam.py) and one line in data/registry.py, wh
   the dataset's label map is a ``DataError`` naming the file);
 - ``train_items`` / ``read_train_raw``: the per-dataset preprocessing of training images before the
   generic pair sampling of data/pairs.py (e.g. Cityscapes' five crops);
-- evaluation defaults: ``default_protocol`` and ``score_size`` (the grid the sliding protocol scores on).
+- evaluation defaults: ``default_protocol`` and ``score_size`` (the grid the sliding protocol scores on);
+- what the data root holds: ``has_train_labels`` (the training pairs carry labels, so the linear probe
+  can learn) and ``has_validation(root)`` (a labelled split scores every epoch and picks
+  ``best_model.pth``); both are true of every benchmark.
 """
 
 from pathlib import Path
@@ -150,6 +153,8 @@ class DatasetSpec:
     score_size = (320, 320)  # (H, W) grid the sliding protocol scores predictions and labels on
     description = ""
     official_sizes = {}  # split -> number of images of the official release, where it is known
+    has_train_labels = True  # the training pairs carry labels: the linear probe is trained on them
+    substitutes_damaged = False  # an image that fails to decode in training stops the run (data/pairs.py)
 
     @property
     def num_classes(self):
@@ -157,6 +162,10 @@ class DatasetSpec:
 
     def __repr__(self):
         return f"<dataset {self.name}: {self.num_classes} classes>"
+
+    def has_validation(self, data_root=None):
+        """Whether ``data_root`` holds a labelled validation split (every benchmark does)."""
+        return True
 
     def check_split(self, split):
         if split not in self.splits:

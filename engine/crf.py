@@ -80,8 +80,10 @@ def dense_crf(image_bgr, probs):
 
 
 def crf_maps(image_bgr, probs, heads=1):
-    """Class maps (heads, H, W) int32 after a CRF of each head's (K, H, W) probabilities."""
-    per_head = probs.reshape(heads, probs.shape[0] // heads, *probs.shape[1:])  # (heads, K, H, W)
+    """Class maps (heads, H, W) int32 after a CRF of each head's (K, H, W) probabilities; ``heads``
+    is a count of equal heads or the list of each head's channels."""
+    widths = [probs.shape[0] // heads] * heads if isinstance(heads, int) else list(heads)
+    per_head = np.split(probs, np.cumsum(widths)[:-1])  # [(K, H, W)] one per head
     return np.stack([dense_crf(image_bgr, np.ascontiguousarray(head)).argmax(axis=0) for head in per_head]).astype(
         np.int32
     )

@@ -3,9 +3,11 @@
 ``evaluate()`` serves validation during training and eval.py alike; its window, overlap, flip and
 scoring size are explicit arguments, and the named protocols only choose their values.
 
-A model may stack several heads' logits along the channels (``num_heads`` groups of
+A model may stack several heads' logits along the channels (``head_widths``: the channels of each
+head, e.g. K clusters then C classes of the linear probe; by default ``num_heads`` groups of
 ``num_classes``), so that training scores the clusters and the linear probe from one backbone pass;
-softmax and argmax then work within each group.
+softmax and argmax then work within each group. A head's K need not be the dataset's class count C:
+its confusion is C x K (engine/metrics.py).
 
 ``precision`` "fp32" runs the forwards in IEEE float32, TF32 off on GPUs (utils/precision.py), so
 that fp32 results do not depend on the GPU generation.
@@ -23,9 +25,9 @@ from tqdm import tqdm
 
 from data.registry import DEFAULT_DATASET, get_dataset
 from data.spec import SegmentationEval
-from data.transforms import CenterCropTransform, ResizeTransform, SlidingTransform
+from data.transforms import CenterCropTransform, PhotoTransform, ResizeTransform, SlidingTransform
 from engine.crf import CRFPool
-from engine.metrics import confusion_matrix, segmentation_metrics
+from engine.metrics import clustering_metrics, confusion_matrix
 from utils import distributed
 from utils.cli import quiet_hangups, sigint_held
 from utils.precision import inference_context
@@ -48,19 +50,24 @@ class Protocol:
     def transform(self):
         if self.name == "sliding":
             return SlidingTransform(self.window)
+        if self.name == "photo":
+            return PhotoTransform(self.window)
         if self.name == "resize320":
             return ResizeTransform(self.input_size)
         return CenterCropTransform(self.input_size, self.image_interpolation)
 
 
-PROTOCOLS = ("sliding", "resize320", "center320")
+PROTOCOLS = ("sliding", "resize320", "center320")  # the benchmarks' protocols
+ALL_PROTOCOLS = (*PROTOCOLS, "photo")  # and the folder dataset's (eval.py, train.py)
 
 
 def make_protocol(
     name, flip=None, window=224, overlap=75, score_size=(320, 320), image_interpolation="nearest", crf=False
 ):
     """The published protocol (sliding), the original's per-epoch validation (resize320) and the
-    peers' centre crop (center320); ``flip`` None keeps each protocol's own default; ``crf``
+    peers' centre crop (center320); photo: the sliding windows on the image as read (the ``folder``
+    dataset: at its working size), the maps brought back to each label's size (legacy nearest) and
+    scored there, as predict.py's maps (engine/segment.py); ``flip`` None keeps each protocol's own default; ``crf``
     refines the probabilities with STEGO's dense CRF (engine/crf.py) before the argmax."""
     if name == "sliding":
         # 224 windows, overlap 75, flip averaging, scored at 320x320 with legacy nearest
@@ -72,6 +79,10 @@ def make_protocol(
             flip=True if flip is None else flip,
             score_size=tuple(score_size),
             crf=crf,
+        )
+    if name == "photo":
+        return Protocol(
+            "photo", window=window, overlap=overlap, flip=True if flip is None else flip, score_size=None, crf=crf
         )
     if name == "resize320":
         # The original's val_mode 2: one forward at 320x320, no flip, scored at 320.
@@ -85,7 +96,7 @@ def make_protocol(
             image_interpolation=image_interpolation,
             crf=crf,
         )
-    raise ValueError(f"--protocol must be one of {PROTOCOLS}, got {name!r}")
+    raise ValueError(f"--protocol must be one of {ALL_PROTOCOLS}, got {name!r}")
 
 
 def window_starts(length, window, stride):
@@ -122,23 +133,30 @@ def flip_averaged_logits(model, images, flip, precision, batch_size):
     return (plain + flipped.flip(dims=[3])) / 2  # (n, K, h, w)
 
 
-def num_heads(model):
-    return getattr(model, "num_heads", 1)
+def head_widths(model):
+    """The channels of each head stacked in the model's logits: its ``head_widths``, else
+    ``num_heads`` (default 1) heads of ``num_classes``."""
+    widths = getattr(model, "head_widths", None)
+    return list(widths) if widths else [model.num_classes] * getattr(model, "num_heads", 1)
 
 
-def softmax_per_head(logits, heads):
-    """Softmax over each head's classes of (n, heads * K, H, W) logits."""
-    n, channels = logits.shape[:2]
-    return logits.view(n, heads, channels // heads, *logits.shape[2:]).softmax(dim=2).view_as(logits)
+def softmax_per_head(logits, widths):
+    """Softmax over each head's channels of (n, sum(widths), H, W) logits."""
+    if len(set(widths)) == 1:  # equal heads: one softmax over a view, as every benchmark head
+        n, heads = logits.shape[0], len(widths)
+        return logits.view(n, heads, widths[0], *logits.shape[2:]).softmax(dim=2).view_as(logits)
+    return torch.cat([part.softmax(dim=1) for part in logits.split(widths, dim=1)], dim=1)
 
 
-def argmax_per_head(probs, heads):
-    """(heads * K, H, W) probabilities -> (heads, H, W) class maps.
+def argmax_per_head(probs, widths):
+    """(sum(widths), H, W) probabilities -> (heads, H, W) class maps.
 
     ``max(dim).indices`` is argmax (the first maximal index, NaN first too) computed 5x faster
     than ``argmax(dim)`` over a non-innermost dimension on CPU (torch 2.x).
     """
-    return probs.view(heads, probs.shape[0] // heads, *probs.shape[1:]).max(dim=1).indices
+    if len(set(widths)) == 1:
+        return probs.view(len(widths), widths[0], *probs.shape[1:]).max(dim=1).indices
+    return torch.stack([part.max(dim=0).indices for part in probs.split(widths)])
 
 
 def sliding_probabilities(model, image, window, overlap, flip, precision, batch_size):
@@ -162,10 +180,10 @@ def sliding_class_maps(model, images, window, overlap, flip, precision, batch_si
 
     The maps are uint8 when the classes fit (a 4032x3024 int64 map alone is 98 MB).
     """
-    heads = num_heads(model)
-    dtype = torch.uint8 if model.num_classes <= 256 else torch.int64
+    widths = head_widths(model)
+    dtype = torch.uint8 if max(widths) <= 256 else torch.int64
     per_image = sliding_bands_many(model, images, window, overlap, flip, precision, batch_size)
-    return [torch.cat([argmax_per_head(band, heads).to(dtype) for _, band in bands], dim=1) for bands in per_image]
+    return [torch.cat([argmax_per_head(band, widths).to(dtype) for _, band in bands], dim=1) for bands in per_image]
 
 
 def sliding_bands_many(model, images, window, overlap, flip, precision, batch_size):
@@ -190,7 +208,7 @@ def sliding_bands_many(model, images, window, overlap, flip, precision, batch_si
         logits = logits.contiguous()
     counts = [len(image_boxes) for image_boxes in boxes]
     return [
-        stitch_bands(image_logits, image_boxes, image.shape[1:], window, num_heads(model))
+        stitch_bands(image_logits, image_boxes, image.shape[1:], window, head_widths(model))
         for image, image_boxes, image_logits in zip(images, boxes, logits.split(counts))
     ]
 
@@ -230,7 +248,7 @@ def _crop(image, top, left, window, flipped):
 WINDOWS_PER_UPSAMPLE = 8
 
 
-def stitch_bands(logits, boxes, size, window, heads=1):
+def stitch_bands(logits, boxes, size, window, widths=None):
     """Average the windows' probabilities, yielding finished bands ``(first row, (K, rows, W))``.
 
     Each window's logits are upsampled to the window (bilinear, align_corners False) and turned
@@ -239,8 +257,9 @@ def stitch_bands(logits, boxes, size, window, heads=1):
     are touched by no later window, so they are final and leave as a band. Every pixel receives its
     windows in the same (row-major) order as summing over the whole image, so the results are
     identical, while at most one window-height band of sums (K x 224 x W) is alive instead of the
-    full-resolution K x H x W sum.
+    full-resolution K x H x W sum. ``widths``: the channels of each head (default: one head).
     """
+    widths = widths or [logits.shape[1]]
     height, width = size
     tops = sorted({top for top, _ in boxes})
     lefts = sorted({left for _, left in boxes})
@@ -264,7 +283,7 @@ def stitch_bands(logits, boxes, size, window, heads=1):
             chunk = in_row[start : start + WINDOWS_PER_UPSAMPLE]
             chunk_logits = logits[[index for index, _ in chunk]]  # (c, K, h, w)
             upsampled = F.interpolate(chunk_logits, size=(window, window), mode="bilinear", align_corners=False)
-            probs = softmax_per_head(upsampled, heads)  # (c, K, w, w)
+            probs = softmax_per_head(upsampled, widths)  # (c, K, w, w)
             for (_, left), prob in zip(chunk, probs):
                 sums[:, :, left : left + window] += prob
     yield base, sums[:, : height - base].div_(count[base:])  # (K, H - base, W)
@@ -289,7 +308,7 @@ def whole_image_probabilities(model, images, flip, precision, batch_size, align_
     )
     logits = flip_averaged_logits(model, inputs, flip, precision, batch_size)  # (B, K, h, w)
     upsampled = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=align_corners)
-    return softmax_per_head(upsampled, num_heads(model))  # (B, K, H, W)
+    return softmax_per_head(upsampled, head_widths(model))  # (B, K, H, W)
 
 
 def predict_head_probabilities(model, images, protocol, precision="fp32", batch_size=32):
@@ -312,7 +331,7 @@ def predict_head_clusters(model, images, protocol, precision="fp32", batch_size=
             model, images, protocol.window, protocol.overlap, protocol.flip, precision, batch_size
         )
     probs = predict_head_probabilities(model, images, protocol, precision, batch_size)
-    return [argmax_per_head(prob, num_heads(model)) for prob in probs]
+    return [argmax_per_head(prob, head_widths(model)) for prob in probs]
 
 
 def resize_nearest(mask, size):
@@ -320,10 +339,15 @@ def resize_nearest(mask, size):
     return F.interpolate(mask[None, None].float(), size=tuple(size), mode="nearest")[0, 0].long()
 
 
-def score_image(pred, label, score_size, num_classes):
+def resize_nearest_heads(maps, size):
+    """:func:`resize_nearest` of every head's map (heads, H, W) at once."""
+    return F.interpolate(maps[None].float(), size=tuple(size), mode="nearest")[0].long()
+
+
+def score_image(pred, label, score_size, num_classes, num_clusters=None):
     if score_size is not None:
         pred, label = resize_nearest(pred, score_size), resize_nearest(label, score_size)
-    return confusion_matrix(pred.cpu(), label.cpu(), num_classes)
+    return confusion_matrix(pred.cpu(), label.cpu(), num_classes, num_clusters)
 
 
 def default_loader_workers(device):
@@ -355,7 +379,17 @@ class EvalResult:
     protocol: Protocol
 
     def as_dict(self, class_names):
+        """The results JSON; with more clusters than classes, the many-to-one match's figures are
+        the ``*_many_to_one`` fields beside the one-to-one ones."""
         cluster_to_class = self.metrics["cluster_to_class"]
+        many_to_one = self.metrics.get("many_to_one")
+        extra = {}
+        if many_to_one is not None:
+            extra = {
+                "acc_many_to_one": float(many_to_one["acc"]),
+                "miou_many_to_one": float(many_to_one["miou"]),
+                "assignment_many_to_one": {str(k): int(c) for k, c in enumerate(many_to_one["cluster_to_class"])},
+            }
         return {
             "acc": float(self.metrics["acc"]),
             "miou": float(self.metrics["miou"]),
@@ -368,6 +402,7 @@ class EvalResult:
             "protocol_settings": asdict(self.protocol),
             "num_images": self.num_images,
             "seconds": self.seconds,
+            **extra,
         }
 
 
@@ -406,16 +441,14 @@ def evaluate_heads(
     pictures), ``on_image_heads(sample, preds)`` with every head's maps (heads, H, W). With
     ``protocol.crf`` the CRFs run in ``crf_workers`` processes (default: the CPU cores, at most 8;
     0: in this process) while the next images go through the backbone. ``dataset`` is a name or
-    spec of data/registry.py; the model must have one cluster per class of it. ``num_workers``
-    None: :func:`default_loader_workers`.
+    spec of data/registry.py; a head may have any number of clusters K (its confusion is C x K).
+    ``num_workers`` None: :func:`default_loader_workers`.
     """
-    spec = get_dataset(dataset)
+    spec = get_dataset(dataset, data_root)
     if num_workers is None:
         num_workers = default_loader_workers(device)
-    num_classes = model.num_classes
-    if num_classes != spec.num_classes:
-        raise ValueError(f"the model has {num_classes} clusters but {spec.name} has {spec.num_classes} classes")
-    heads = num_heads(model)
+    num_classes = spec.num_classes
+    widths = head_widths(model)
     dataset = SegmentationEval(spec, data_root, protocol.transform(), split=split, limit=limit)
     # Sliding evaluation batches the windows of several images (about 24 with flips for 640x480),
     # so a few images a step fill a forward; single-forward protocols batch whole images.
@@ -423,7 +456,7 @@ def evaluate_heads(
     loader = eval_loader(dataset, images_per_step, num_workers)
     was_training = model.training
     model.eval()
-    confusions = torch.zeros((heads, num_classes, num_classes), dtype=torch.int64)
+    confusions = [torch.zeros((num_classes, width), dtype=torch.int64) for width in widths]  # (C, K) each
     start = time.perf_counter()
     bar = tqdm(
         total=len(loader.dataset),
@@ -433,8 +466,10 @@ def evaluate_heads(
     )
 
     def record(sample, pred):  # pred (heads, H, W)
-        for head in range(heads):
-            confusions[head] += score_image(pred[head], sample["label"], protocol.score_size, num_classes)
+        if protocol.score_size is None and tuple(pred.shape[-2:]) != tuple(sample["label"].shape):
+            pred = resize_nearest_heads(pred, sample["label"].shape)  # (heads, H_label, W_label)
+        for head, width in enumerate(widths):
+            confusions[head] += score_image(pred[head], sample["label"], protocol.score_size, num_classes, width)
         if on_image is not None:
             on_image(sample, pred[0].cpu())
         if on_image_heads is not None:
@@ -442,7 +477,7 @@ def evaluate_heads(
         bar.update(1)
 
     with torch.no_grad(), contextlib.ExitStack() as stack:
-        crf = stack.enter_context(CRFPool(crf_workers, heads)) if protocol.crf else None
+        crf = stack.enter_context(CRFPool(crf_workers, widths)) if protocol.crf else None
         with sigint_held():  # Ctrl-C while the workers are forked would be lost
             batches = iter(loader)
         for samples in batches:
@@ -461,10 +496,12 @@ def evaluate_heads(
                 record(sample, pred)
     bar.close()
     model.train(was_training)
-    confusions = distributed.all_reduce_sum(confusions.to(device)).cpu().numpy()
+    # One all-reduce of every head's counts, flattened side by side.
+    summed = distributed.all_reduce_sum(torch.cat([c.flatten() for c in confusions]).to(device)).cpu()
+    parts = summed.split([confusion.numel() for confusion in confusions])
+    confusions = [part.view(num_classes, width).numpy() for part, width in zip(parts, widths)]
     num_images = int(distributed.all_reduce_sum(torch.tensor(len(loader.dataset), device=device)).item())
     seconds = time.perf_counter() - start
     return [
-        EvalResult(confusion, segmentation_metrics(confusion), num_images, seconds, protocol)
-        for confusion in confusions
+        EvalResult(confusion, clustering_metrics(confusion), num_images, seconds, protocol) for confusion in confusions
     ]

@@ -2,6 +2,11 @@
 
 Matching per image or averaging metrics across processes would change the numbers; confusion
 matrices are summed first (across images and processes) and matched once, as the original does.
+
+The confusion is C classes x K clusters. With K <= C the clusters are matched one-to-one (with
+K < C the classes no cluster matched score 0). With K > C (over-clustering) the one-to-one figures
+leave K - C clusters unmatched, so the many-to-one matching (each cluster to the class it overlaps
+most) is reported beside them, never mixed with them (docs/evaluation.md).
 """
 
 import numpy as np
@@ -36,25 +41,34 @@ def hungarian_match(confusion):
     return cluster_to_class
 
 
+def many_to_one_match(confusion):
+    """cluster_to_class[k]: the class cluster k overlaps most (ties, and clusters without labelled
+    pixels, go to the lowest class id: ``argmax`` takes the first maximum)."""
+    return np.asarray(confusion).argmax(axis=0).astype(np.int64)
+
+
 def segmentation_metrics(confusion, cluster_to_class=None):
     """Pixel accuracy, mIoU, per-class IoU and accuracy (percent) after matching clusters to classes.
 
-    IoU_c = tp / (tp + fp + fn) with fp counted over every pixel given class c's cluster; a class
-    absent from the labels and never predicted gives NaN and is left out of the mean, as in the
-    original's ``nanmean``.
+    ``cluster_to_class`` (default: the Hungarian match) may give a class several clusters (the
+    many-to-one match): class c is then predicted wherever one of its clusters is. IoU_c = tp /
+    (tp + fp + fn) with fp counted over every pixel given class c's clusters; a class absent from
+    the labels and never predicted gives NaN and is left out of the mean, as in the original's
+    ``nanmean``. The sums are of integer counts, exact in float64 whatever their order.
     """
     confusion = np.asarray(confusion, dtype=np.float64)
     if cluster_to_class is None:
         cluster_to_class = hungarian_match(confusion)
+    cluster_to_class = np.asarray(cluster_to_class, dtype=np.int64)
     num_classes = confusion.shape[0]
-    class_to_cluster = np.full(num_classes, -1, dtype=np.int64)
-    for cluster, cls in enumerate(cluster_to_class):
-        if cls >= 0:
-            class_to_cluster[cls] = cluster
     gt_total = confusion.sum(axis=1)
     pred_total = confusion.sum(axis=0)
-    tp = np.array([confusion[c, k] if k >= 0 else 0.0 for c, k in enumerate(class_to_cluster)])
-    predicted_as_class = np.array([pred_total[k] if k >= 0 else 0.0 for k in class_to_cluster])
+    tp = np.zeros(num_classes)
+    predicted_as_class = np.zeros(num_classes)
+    for cluster, cls in enumerate(cluster_to_class):
+        if cls >= 0:
+            tp[cls] += confusion[cls, cluster]
+            predicted_as_class[cls] += pred_total[cluster]
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = tp / (gt_total + predicted_as_class - tp)
         class_acc = tp / gt_total
@@ -67,3 +81,19 @@ def segmentation_metrics(confusion, cluster_to_class=None):
         "class_acc": 100.0 * class_acc,
         "cluster_to_class": cluster_to_class,
     }
+
+
+def clustering_metrics(confusion):
+    """:func:`segmentation_metrics` of the Hungarian match, plus, when the clusters outnumber the
+    classes, those of the many-to-one match under ``"many_to_one"``."""
+    metrics = segmentation_metrics(confusion)
+    num_classes, num_clusters = np.shape(confusion)
+    if num_clusters > num_classes:
+        metrics["many_to_one"] = segmentation_metrics(confusion, many_to_one_match(confusion))
+    return metrics
+
+
+def selection_miou(metrics):
+    """The mIoU that picks a run's best epoch: the many-to-one one when the clusters outnumber the
+    classes (the one-to-one match leaves clusters out), else the Hungarian one."""
+    return float(metrics["many_to_one"]["miou"] if "many_to_one" in metrics else metrics["miou"])

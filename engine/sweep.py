@@ -19,9 +19,11 @@ and/or a grid::
       lr: [5.0e-4, 1.0e-3]
 
 Only the head's hyper-parameters (:data:`OVERRIDABLE`) vary; everything that changes the data or
-the backbone is shared. Each variant writes what a single run writes (checkpoints, config.yaml,
-log.jsonl, TensorBoard) in its own folder ``--output-dir/<name>``, so eval.py, val.sh and
-summarize.py read it as a run, and it can be resumed on its own as one. The sweep folder holds
+the backbone is shared. ``num_clusters`` is one of them: variants of different K differ only in
+their classifier's width, so they too share the data pipeline and the backbone forward. Each
+variant writes what a single run writes (checkpoints, config.yaml, log.jsonl, TensorBoard) in its
+own folder ``--output-dir/<name>``, so eval.py, val.sh and summarize.py read it as a run, and it
+can be resumed on its own as one. The sweep folder holds
 ``sweep.json``, the manifest: the variants and the position (epoch, batch, step) that every
 variant's resume file holds.
 """
@@ -36,6 +38,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.folder import EXCLUDED_FILE, FILE_LIST
 from engine.tensorboard import TensorboardLog
 from engine.training import HeadRun
 from modules.model import IDDCModel, LinearProbe
@@ -47,7 +50,7 @@ RESUME_FILE = "resume.pth"
 # A folder holding any of these holds a run: a new run there needs --resume or --overwrite.
 RUN_FILES = ("best_model.pth", "last_model.pth", RESUME_FILE)
 # What --overwrite removes before the new run starts, so that its logs do not mix with the old ones.
-OVERWRITTEN_FILES = (*RUN_FILES, "config.yaml", "log.jsonl", "train.log")
+OVERWRITTEN_FILES = (*RUN_FILES, "config.yaml", "log.jsonl", "train.log", FILE_LIST, EXCLUDED_FILE)
 MANIFEST_FILE = "sweep.json"
 MANIFEST_FORMAT = "iddc-sweep-v1"
 # A variant's next resume file, renamed to RESUME_FILE once the manifest names its position.
@@ -64,6 +67,7 @@ OVERRIDABLE = {
     "probe_lr": float,
     "lr_power": float,
     "head_seed": int,
+    "num_clusters": int,
 }
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]{0,99}")
 RESERVED_NAMES = {MANIFEST_FILE, "train.log", "tensorboard", *OVERWRITTEN_FILES}

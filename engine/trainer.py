@@ -4,6 +4,12 @@
 Every batch goes through the frozen backbone once; each variant's head, probe, loss and optimisers
 then take the step of its own run (``engine.training.train_one_epoch``). A single run is the sweep of
 one variant whose folder is ``--output-dir`` itself.
+
+Each variant has its own number of clusters K (``--num-clusters``, a sweep key): only its classifier's
+width differs. The linear probe, where the training pairs carry labels, is as wide as the dataset's
+C classes; without training labels there is no probe, and without a validation split no validation
+metric (``best_model.pth`` is then not written). Every epoch logs label-free diagnostics of the
+clusters (engine/diagnostics.py).
 """
 
 import json
@@ -15,9 +21,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from data.folder import EXCLUDED_FILE, FILE_LIST, excluded_lines
 from data.registry import get_dataset
+from engine.diagnostics import EMPTY_SHARE, cluster_diagnostics, diagnostic_images
 from engine.evaluation import evaluate_heads, make_protocol
-from engine.metrics import segmentation_metrics
+from engine.metrics import segmentation_metrics, selection_miou
 from engine.sweep import MANIFEST_FILE, MANIFEST_FORMAT, PENDING_RESUME_FILE, RESUME_FILE, RUN_FILES, read_manifest
 from engine.tensorboard import TensorboardLog
 from engine.training import (
@@ -47,43 +55,60 @@ from utils.log import JsonlLog, LogGroup, git_commit
 # ------------------------------------------------------------------------------------------------ heads on a backbone
 
 
-def heads_on(vit, num_classes):
-    """A model sharing ``vit`` and a probe, initialised without touching the global RNG (their
-    values are loaded right after)."""
+def new_probe(dim, probe_classes):
+    """The linear probe over ``probe_classes`` classes; None for 0 (no training labels: no probe)."""
+    return LinearProbe(dim, probe_classes) if probe_classes else None
+
+
+def heads_on(vit, num_clusters, probe_classes=None):
+    """A model of ``num_clusters`` clusters sharing ``vit`` and a probe of ``probe_classes``
+    classes (None: as many as clusters; 0: no probe), initialised without touching the global RNG
+    (their values are loaded right after)."""
     with torch.random.fork_rng(devices=[]):
-        return IDDCModel(vit, num_classes=num_classes), LinearProbe(vit.embed_dim, num_classes)
+        probe_classes = num_clusters if probe_classes is None else probe_classes
+        return IDDCModel(vit, num_classes=num_clusters), new_probe(vit.embed_dim, probe_classes)
 
 
-def initial_head_states(model, head_seed, num_heads=None):
-    """(head_nonlinear, classifier, probe) state dicts a run with ``--seed head_seed`` starts from.
+def initial_head_states(model, head_seed, num_heads=None, num_clusters=None, probe_classes=None):
+    """(head_nonlinear, classifier, probe or None) state dicts a run with ``--seed head_seed`` and
+    ``--num-clusters num_clusters`` (default: ``model``'s) starts from; ``probe_classes`` as
+    :func:`heads_on`'s.
 
     A run seeds the RNG, builds the backbone (whose modules draw their default initialisation
     before the release weights replace it), then the head and the probe: the head is drawn after
     the backbone's draws. So the backbone is built again here from the same seed, in a forked RNG
     (the run's own stream is left as it was), and ``--head-seed S`` gives the heads of ``--seed S``.
     """
+    num_clusters = num_clusters or model.num_classes
+    probe_classes = num_clusters if probe_classes is None else probe_classes
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(head_seed)
         twin = backbone_from_state_dict(
             model.backbone_name, with_architecture_record(model.vit), "the backbone", num_heads
         )
-        fresh = IDDCModel(twin, num_classes=model.num_classes)
-        probe = LinearProbe(twin.embed_dim, model.num_classes)
-    return fresh.head_nonlinear.state_dict(), fresh.classifier.state_dict(), probe.state_dict()
+        fresh = IDDCModel(twin, num_classes=num_clusters)
+        probe = new_probe(twin.embed_dim, probe_classes)
+    return (
+        fresh.head_nonlinear.state_dict(),
+        fresh.classifier.state_dict(),
+        None if probe is None else probe.state_dict(),
+    )
 
 
 def load_head_states(model, probe, states):
     head_state, classifier_state, probe_state = states
     model.head_nonlinear.load_state_dict(head_state)
     model.classifier.load_state_dict(classifier_state)
-    probe.load_state_dict(probe_state)
+    if probe is not None:
+        probe.load_state_dict(probe_state)
 
 
 class HeadsOnBackbone(nn.Module):
     """Several heads (and probes) on one backbone: one forward gives every head's logits.
 
     Logits are stacked along the channels in the order given, a probe's right after its head's, so
-    ``engine.evaluation.evaluate_heads`` scores them all from one backbone forward per window.
+    ``engine.evaluation.evaluate_heads`` scores them all from one backbone forward per window;
+    ``head_widths`` gives each one's channels (a head's K clusters, a probe's C classes).
     """
 
     def __init__(self, vit, heads):
@@ -93,8 +118,13 @@ class HeadsOnBackbone(nn.Module):
         self.head_modules = nn.ModuleList(
             nn.ModuleList(module for module in head if module is not None) for head in heads
         )
-        self.num_heads = sum(len(head) - 1 for head in self.head_modules)
-        self.num_classes = heads[0][1].out_channels
+        self.head_widths = [
+            module.out_channels if isinstance(module, nn.Conv2d) else module.linear_head.out_channels
+            for head in self.head_modules
+            for module in head[1:]
+        ]
+        self.num_heads = len(self.head_widths)
+        self.num_classes = max(self.head_widths)
         self.patch_size = vit.patch_size
 
     def train(self, mode=True):
@@ -110,8 +140,8 @@ class HeadsOnBackbone(nn.Module):
         for head_nonlinear, classifier, *probe in self.head_modules:
             codes_inter = head_nonlinear(features)  # (B, C, h, w)
             logits.append(classifier(codes_inter))  # (B, K, h, w)
-            logits.extend(module(codes_inter) for module in probe)  # (B, K, h, w)
-        return features, None, torch.cat(logits, dim=1)  # (B, heads * K, h, w)
+            logits.extend(module(codes_inter) for module in probe)  # (B, C, h, w)
+        return features, None, torch.cat(logits, dim=1)  # (B, sum(head_widths), h, w)
 
 
 def same_backbone(vit_a, vit_b):
@@ -145,14 +175,17 @@ def released_checkpoint(model, args, epoch, step, metrics):
 
 
 # What a resume file must hold to continue a run (resume_at and epoch_sums are optional: files of
-# end-of-epoch-only versions lack them).
-RESUME_KEYS = ("model", "probe", "optimizer", "probe_optimizer", "epoch", "step", "best_miou", "rng")
+# end-of-epoch-only versions lack them; probe and probe_optimizer those of runs without training labels).
+RESUME_KEYS = ("model", "optimizer", "epoch", "step", "best_miou", "rng")
+PROBE_KEYS = ("probe", "probe_optimizer")
 
 
-def read_resume_file(path):
-    """A resume file written by train.py, or one error naming what it lacks."""
+def read_resume_file(path, with_probe=True):
+    """A resume file written by train.py, or one error naming what it lacks (``with_probe``: the
+    linear probe's weights and optimiser too)."""
     resume = load_file(path)
-    missing = [key for key in RESUME_KEYS if not isinstance(resume, dict) or key not in resume]
+    required = RESUME_KEYS + (PROBE_KEYS if with_probe else ())
+    missing = [key for key in required if not isinstance(resume, dict) or key not in resume]
     if missing:
         raise CheckpointError(
             f"{path}: not a resume file written by train.py (it lacks {', '.join(missing)}); "
@@ -183,7 +216,7 @@ def _bytes_text(count):
 class Trainer:
     """The training of one run or of a sweep's variants on one data pipeline and backbone pass."""
 
-    def __init__(self, args, variants, device, output_dir, sweep):
+    def __init__(self, args, variants, device, output_dir, sweep, spec=None):
         self.args = args
         self.variants = variants
         self.device = device
@@ -192,14 +225,20 @@ class Trainer:
         self.sweep = sweep
         self.disk_message = None
         self.commit = git_commit()
-        self.spec = get_dataset(args.dataset)
+        self.spec = spec or get_dataset(args.dataset, args.data_root)  # a folder's, as train.py scanned it
+        self.damaged_seen = set()  # items this process replaced since the last report
+        self.damaged_reported = set()
+        # The probe learns the dataset's C classes from the training pairs' labels, where they have some.
+        self.probe_classes = self.spec.num_classes if self.spec.has_train_labels else 0
+        self.validation = self.spec.has_validation(args.data_root)
 
     # ---------------------------------------------------------------------------------------------------- set-up
     def _load_resumes(self):
         """Each variant's resume file, at the position the sweep's manifest names (finishing a commit a
         kill interrupted: a pending file at that position replaces the older resume file)."""
+        with_probe = bool(self.probe_classes)
         if not self.sweep:
-            self.variants[0].resume = read_resume_file(self.output_dir / RESUME_FILE)
+            self.variants[0].resume = read_resume_file(self.output_dir / RESUME_FILE, with_probe)
             return self.variants[0].resume
         position = read_manifest(self.output_dir)["position"]
         if distributed.is_main():
@@ -213,7 +252,7 @@ class Trainer:
         distributed.barrier()
         for index, variant in enumerate(self.variants):
             path = variant.folder / RESUME_FILE
-            variant.resume = read_resume_file(path)
+            variant.resume = read_resume_file(path, with_probe)
             if _position(variant.resume) != position:
                 raise CheckpointError(
                     f"{path}: holds epoch {_position(variant.resume)['epoch']} step {variant.resume['step']}, "
@@ -232,48 +271,64 @@ class Trainer:
     def load(self):
         """Read every input (resume files, the backbone) and build the heads, writing nothing: a run
         refused here leaves its folder as it was."""
-        args, spec = self.args, self.spec
+        args = self.args
         seed_everything(args.seed)
         first = self._load_resumes() if args.resume else None
+        first_clusters = self.variants[0].args.num_clusters
         if first is None:
             base = new_iddc_model(
-                args.backbone, args.backbone_weights, num_classes=spec.num_classes, num_heads=args.num_heads
+                args.backbone, args.backbone_weights, num_classes=first_clusters, num_heads=args.num_heads
             )
         else:  # the resume file carries the backbone: no download
             path = self.variants[0].folder / RESUME_FILE
             base = model_from_iddc_state(first["model"], path, num_heads=args.num_heads, backbone=args.backbone)
-            if base.num_classes != spec.num_classes:
-                raise CheckpointError(
-                    f"{path}: a run with {base.num_classes} clusters cannot continue on "
-                    f"--dataset {spec.name} ({spec.num_classes} classes)"
-                )
-        base_probe = LinearProbe(base.vit.embed_dim, base.num_classes)
+        base_probe = new_probe(base.vit.embed_dim, self.probe_classes)
         # Every head is loaded before any is trained: the states of the run's own draw can be shared.
-        drawn = {args.seed: (base.head_nonlinear.state_dict(), base.classifier.state_dict(), base_probe.state_dict())}
+        drawn = {
+            (args.seed, first_clusters): (
+                base.head_nonlinear.state_dict(),
+                base.classifier.state_dict(),
+                None if base_probe is None else base_probe.state_dict(),
+            )
+        }
         for index, variant in enumerate(self.variants):
-            variant.model, variant.probe = (base, base_probe) if index == 0 else heads_on(base.vit, base.num_classes)
+            clusters = variant.args.num_clusters
+            if index == 0:
+                variant.model, variant.probe = base, base_probe
+            else:
+                variant.model, variant.probe = heads_on(base.vit, clusters, self.probe_classes)
             if variant.resume is not None:
                 state = variant.resume["model"]
+                width = state["classifier"]["weight"].shape[0]
+                if width != clusters:
+                    raise CheckpointError(
+                        f"{variant.folder / RESUME_FILE}: a run with {width} clusters cannot continue with "
+                        f"--num-clusters {clusters}; pass --num-clusters {width}"
+                    )
                 load_head_states(
                     variant.model,
                     variant.probe,
-                    (state["head_nonlinear"], state["classifier"], variant.resume["probe"]),
+                    (state["head_nonlinear"], state["classifier"], variant.resume.get("probe")),
                 )
             else:
-                head_seed = variant.args.head_seed
-                if head_seed not in drawn:
-                    drawn[head_seed] = initial_head_states(base, head_seed, args.num_heads)
-                load_head_states(variant.model, variant.probe, drawn[head_seed])
+                key = (variant.args.head_seed, clusters)
+                if key not in drawn:
+                    drawn[key] = initial_head_states(
+                        base, variant.args.head_seed, args.num_heads, clusters, self.probe_classes
+                    )
+                load_head_states(variant.model, variant.probe, drawn[key])
         self.vit = base.vit
         self.check_disk_space()
 
     def _setup_variant(self, variant):
         vargs = variant.args
         variant.model.to(self.device)
-        variant.probe.to(self.device)
         head = TrainableHead(variant.model)
         optimizer = torch.optim.Adam(head.parameters(), lr=vargs.lr)
-        probe_optimizer = torch.optim.Adam(variant.probe.parameters(), lr=vargs.probe_lr)
+        probe_optimizer = None
+        if variant.probe is not None:
+            variant.probe.to(self.device)
+            probe_optimizer = torch.optim.Adam(variant.probe.parameters(), lr=vargs.probe_lr)
         if distributed.is_main():
             save_config(vargs, variant.folder / "config.yaml")
         variant.tensorboard = TensorboardLog(variant.folder / "tensorboard")
@@ -281,13 +336,15 @@ class Trainer:
         epoch_sums = {}
         if variant.resume is not None:
             optimizer.load_state_dict(variant.resume["optimizer"])
-            probe_optimizer.load_state_dict(variant.resume["probe_optimizer"])
+            if probe_optimizer is not None:
+                probe_optimizer.load_state_dict(variant.resume["probe_optimizer"])
             variant.best_miou = variant.resume["best_miou"]
             epoch_sums = variant.resume.get("epoch_sums", {})
             variant.jsonl_log.drop_after(variant.resume["step"])
         # Gradients are summed over the processes (see IDDCLoss's ``objective``), so no DDP wrapper:
         # the processes start from rank 0's weights and stay equal.
-        distributed.broadcast_parameters([*head.parameters(), *variant.probe.parameters()])
+        probe_parameters = [] if variant.probe is None else list(variant.probe.parameters())
+        distributed.broadcast_parameters([*head.parameters(), *probe_parameters])
         loss_fn = IDDCLoss(
             vargs.pos_threshold, vargs.neg_threshold, vargs.neg_weight, vargs.balance_weight, vargs.num_negatives
         )
@@ -301,10 +358,12 @@ class Trainer:
         head, probe and their Adam moments), written beside the previous one while the sweep commits.
         """
         backbone = _size(self.vit.state_dict().values())
-        model, probe = self.variants[0].model, self.variants[0].probe
-        heads = _size([*model.head_nonlinear.state_dict().values(), *model.classifier.state_dict().values()])
-        probe_bytes = _size(probe.state_dict().values())
-        per_variant = 2 * (backbone + heads) + 2 * (backbone + 3 * (heads + probe_bytes))
+        per_variant = 0  # the largest variant (their K may differ)
+        for variant in self.variants:
+            model, probe = variant.model, variant.probe
+            heads = _size([*model.head_nonlinear.state_dict().values(), *model.classifier.state_dict().values()])
+            probe_bytes = 0 if probe is None else _size(probe.state_dict().values())
+            per_variant = max(per_variant, 2 * (backbone + heads) + 2 * (backbone + 3 * (heads + probe_bytes)))
         needed = per_variant * len(self.variants)
         replaced = sum(
             (variant.folder / name).stat().st_size
@@ -330,11 +389,12 @@ class Trainer:
     def resume_state(self, variant, epoch, batch, step, epoch_sums):
         """Everything to continue at ``batch`` of ``epoch`` exactly (weights, optimisers, position)."""
         vargs = variant.args
-        return {
+        probe = {}
+        if variant.probe is not None:
+            probe = {"probe": variant.probe.state_dict(), "probe_optimizer": variant.run.probe_optimizer.state_dict()}
+        return probe | {
             "model": iddc_state(variant.model),
-            "probe": variant.probe.state_dict(),
             "optimizer": variant.run.optimizer.state_dict(),
-            "probe_optimizer": variant.run.probe_optimizer.state_dict(),
             "epoch": epoch,
             "step": step,
             "best_miou": variant.best_miou,
@@ -387,17 +447,20 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------------- evaluation
     def validate(self, protocol_name, pictures=None):
-        """Every variant's clusters (Hungarian-matched) and linear probe (identity-matched) from one
-        evaluation pass: one backbone forward per image or window for all of them."""
+        """Every variant's clusters (Hungarian-matched, and many-to-one where K > C) and linear probe
+        (identity-matched; None without one) from one evaluation pass: one backbone forward per image
+        or window for all of them, whatever their K."""
         args = self.args
         module = HeadsOnBackbone(
             self.vit,
             [(variant.model.head_nonlinear, variant.model.classifier, variant.probe) for variant in self.variants],
         )
 
-        def on_heads(sample, preds):  # preds (2 * variants, H, W): clusters then probe of each variant
+        per_variant = 1 if self.probe_classes == 0 else 2  # its clusters, then its probe
+
+        def on_heads(sample, preds):  # preds (heads, H, W): clusters then probe of each variant
             for index, collector in enumerate(pictures):
-                collector(sample, preds[2 * index].cpu())
+                collector(sample, preds[per_variant * index].cpu())
 
         results = evaluate_heads(
             module,
@@ -409,13 +472,67 @@ class Trainer:
             num_workers=min(args.num_workers, 4),
             limit=args.val_limit,
             on_image_heads=on_heads if pictures else None,
-            dataset=args.dataset,
+            dataset=self.spec,
         )
-        labels = np.arange(self.variants[0].model.num_classes)
+        if per_variant == 1:
+            return [(result, None) for result in results]
+        labels = np.arange(self.probe_classes)
         return [
             (results[2 * i], segmentation_metrics(results[2 * i + 1].confusion, labels))
             for i in range(len(self.variants))
         ]
+
+    # ------------------------------------------------------------------------------------------- folder's files
+    def _folder_files(self, first_start):
+        """A ``folder`` run's file list (saved once: --resume trains on it) and the scan's report: the
+        images that cannot be opened in one warning block and in excluded.txt, the folders skipped."""
+        contents = self.spec.contents
+        for folder, reason in contents.unreadable_dirs:
+            self.logger.warning("%s: folder skipped, it cannot be read (%s)", self.spec.root / folder, reason)
+        if not first_start or not distributed.is_main():
+            return
+        write_text_atomic(self.output_dir / FILE_LIST, contents.as_json())
+        self.logger.info(
+            "folder %s: %d training image(s), %d labelled (validation), %d other file(s) skipped; list in %s",
+            self.spec.root,
+            len(contents.train),
+            len(contents.val),
+            contents.skipped,
+            self.output_dir / FILE_LIST,
+        )
+        if contents.excluded:
+            self._write_excluded(contents.excluded, "cannot be opened and are left out")
+
+    def _write_excluded(self, entries, what):
+        """Warn about ``entries`` ((relative path, reason)) in one block and add them to excluded.txt."""
+        path = self.output_dir / EXCLUDED_FILE
+        before = path.read_text(encoding="utf-8") if path.is_file() else ""
+        entries = [entry for entry in entries if excluded_lines([entry]) not in before]  # a resumed run's repeats
+        if not entries:
+            return
+        self.logger.warning(
+            "%d image(s) %s (listed in %s):\n%s",
+            len(entries),
+            what,
+            path,
+            "".join(f"  {line}" for line in excluded_lines(entries).splitlines(keepends=True)).rstrip(),
+        )
+        write_text_atomic(path, before + excluded_lines(entries))
+
+    def _report_damaged(self, pairs):
+        """The images every process replaced during the epoch (a truncated JPEG passes the header
+        scan), gathered to rank 0, which names the new ones in a warning and in excluded.txt."""
+        if not self.spec.substitutes_damaged:
+            return
+        mask = torch.zeros(len(pairs.items), dtype=torch.int32, device=self.device)  # (items,)
+        mask[sorted(self.damaged_seen)] = 1
+        self.damaged_seen.clear()
+        indices = torch.nonzero(distributed.all_reduce_sum(mask)).flatten().tolist()
+        new = [pairs.items[index] for index in indices if pairs.items[index] not in self.damaged_reported]
+        self.damaged_reported.update(new)
+        if new and distributed.is_main():
+            entries = [(relative, "fails to decode; replaced by another image in training") for relative in new]
+            self._write_excluded(entries, "failed to decode and were replaced by other images")
 
     def _prefix(self, variant):
         return f"[{variant.name}] " if variant.name else ""
@@ -436,8 +553,18 @@ class Trainer:
                 "sweep of %d variants on one backbone pass: %s", len(variants), ", ".join(v.name for v in variants)
             )
         logger.info(self.disk_message)
+        if not self.probe_classes:
+            logger.info("linear probe off: --dataset %s has no training labels for it to learn", self.spec.name)
+        if not self.validation:
+            logger.info(
+                "no validation split in %s: no validation metric, so best_model.pth is not written; "
+                "use last_model.pth (the clusters' label-free diagnostics are logged every epoch)",
+                args.data_root,
+            )
         for variant in variants:
             self._setup_variant(variant)
+        if args.dataset == "folder":
+            self._folder_files(first_start=variants[0].resume is None)
         start_epoch, start_batch, step = 0, 0, 0
         first = variants[0].resume
         if first is not None:
@@ -453,6 +580,8 @@ class Trainer:
         loader = train_loader(
             args.data_root, args.batch_size, args.seed, args.num_workers, self.device, args.train_limit, self.spec
         )
+        # The diagnostics' fixed sample, read once; only the main process logs them.
+        sample = diagnostic_images(loader.dataset, args.seed) if distributed.is_main() else None
         if start_epoch >= args.epochs:
             logger.info(
                 "nothing to do: epoch %d already done; pass --epochs > %d to train further",
@@ -468,7 +597,8 @@ class Trainer:
                 for variant in variants:
                     vargs = variant.args
                     set_lr(variant.run.optimizer, poly_lr(vargs.lr, epoch, args.epochs, vargs.lr_power))
-                    set_lr(variant.run.probe_optimizer, poly_lr(vargs.probe_lr, epoch, args.epochs, vargs.lr_power))
+                    if variant.run.probe_optimizer is not None:
+                        set_lr(variant.run.probe_optimizer, poly_lr(vargs.probe_lr, epoch, args.epochs, vargs.lr_power))
                 batches_per_epoch = loader.batch_sampler.batches_per_epoch
 
                 def after_step(batches_done, step, epoch=epoch):
@@ -492,6 +622,7 @@ class Trainer:
                         logger=logger,
                         start_batch=progress["batch"],
                         after_step=after_step,
+                        damaged=self.damaged_seen,
                     )
                 except Exception as err:  # a loader worker killed by the same Ctrl-C also ends here
                     if not (isinstance(err, StopTraining) or stop.requested(local=True)):
@@ -501,74 +632,97 @@ class Trainer:
                 for run in runs:
                     run.epoch_sums = {}
                 progress = {"batch": 0, "step": step, "epoch_sums": [{} for _ in runs]}
+                self._report_damaged(loader.dataset)
 
+                diagnostics = [None] * len(variants)
+                if sample is not None:
+                    diagnostics = cluster_diagnostics(
+                        self.vit, [run.head for run in runs], sample, self.device, args.precision
+                    )
                 pictures = [variant.tensorboard.pictures(self.spec.palette) for variant in variants]
-                results = self.validate(args.val_protocol, pictures)
-                for variant, (clusters, probe_metrics), collector, means in zip(
-                    variants, results, pictures, train_means
+                results = self.validate(args.val_protocol, pictures) if self.validation else [None] * len(variants)
+                for variant, result, collector, means, diagnosed in zip(
+                    variants, results, pictures, train_means, diagnostics
                 ):
-                    self._end_of_epoch(variant, epoch, step, clusters, probe_metrics, collector, means)
+                    self._end_of_epoch(variant, epoch, step, result, collector, means, diagnosed)
                 self.save_resumes(epoch + 1, 0, step, progress["epoch_sums"], last_epoch=epoch)
                 distributed.barrier()
                 if stop.requested():
                     raise stop.stopped(resume_path, epoch + 1, 0, step)
 
-        if args.final_protocol != "none":
+        if args.final_protocol != "none" and self.validation:
             for variant, (final, final_probe) in zip(variants, self.validate(args.final_protocol)):
-                logger.info(
-                    self._prefix(variant)
-                    + "last model, %s: clusters Acc %.2f mIoU %.2f | linear probe Acc %.2f mIoU %.2f",
-                    args.final_protocol,
-                    final.metrics["acc"],
-                    final.metrics["miou"],
-                    final_probe["acc"],
-                    final_probe["miou"],
-                )
-                variant.run.log.write(
-                    kind="final",
-                    protocol=args.final_protocol,
-                    acc=float(final.metrics["acc"]),
-                    miou=float(final.metrics["miou"]),
-                    probe_acc=float(final_probe["acc"]),
-                    probe_miou=float(final_probe["miou"]),
-                )
+                text, values = scores_text(final.metrics, final_probe)
+                logger.info(self._prefix(variant) + "last model, %s: %s", args.final_protocol, text)
+                variant.run.log.write(kind="final", protocol=args.final_protocol, **values)
         for variant in variants:
             variant.tensorboard.close()
         return 0
 
-    def _end_of_epoch(self, variant, epoch, step, clusters, probe_metrics, collector, train_means):
-        """Log a variant's validation, keep its best and last checkpoints."""
+    def _end_of_epoch(self, variant, epoch, step, validation, collector, train_means, diagnostics):
+        """Log a variant's diagnostics (main process) and validation (None without a validation
+        split), keep its best and last checkpoints."""
         args, logger = self.args, self.logger
-        variant.tensorboard.write_pictures(collector, clusters.metrics["cluster_to_class"], step)
-        miou, acc = float(clusters.metrics["miou"]), float(clusters.metrics["acc"])
-        logger.info(
-            self._prefix(variant) + "epoch %d %s: clusters Acc %.2f mIoU %.2f | linear probe Acc %.2f mIoU %.2f",
-            epoch,
-            args.val_protocol,
-            acc,
-            miou,
-            probe_metrics["acc"],
-            probe_metrics["miou"],
-        )
-        variant.run.log.write(
-            kind="val",
-            epoch=epoch,
-            step=step,
-            protocol=args.val_protocol,
-            acc=acc,
-            miou=miou,
-            probe_acc=float(probe_metrics["acc"]),
-            probe_miou=float(probe_metrics["miou"]),
-            per_class_iou=dict(zip(self.spec.class_names, map(float, clusters.metrics["iou"]))),
-            train=train_means,
-        )
-        metrics = {"protocol": args.val_protocol, "acc": acc, "miou": miou}
+        if diagnostics is not None:
+            logger.info(
+                self._prefix(variant) + "epoch %d clusters on %d training images: %d of %d empty (share < %.1f%%), "
+                "largest share %.1f%%, mean top probability %.3f",
+                epoch,
+                diagnostics["images"],
+                diagnostics["empty_clusters"],
+                diagnostics["num_clusters"],
+                100 * EMPTY_SHARE,
+                100 * diagnostics["largest_share"],
+                diagnostics["top_probability"],
+            )
+            variant.run.log.write(kind="clusters", epoch=epoch, step=step, **diagnostics)
+        metrics, selected = {"protocol": None}, None
+        if validation is not None:
+            clusters, probe_metrics = validation
+            many_to_one = clusters.metrics.get("many_to_one")
+            # The pictures show the match that picks the best model.
+            assignment = (many_to_one or clusters.metrics)["cluster_to_class"]
+            variant.tensorboard.write_pictures(collector, assignment, step)
+            text, values = scores_text(clusters.metrics, probe_metrics)
+            logger.info(self._prefix(variant) + "epoch %d %s: %s", epoch, args.val_protocol, text)
+            variant.run.log.write(
+                kind="val",
+                epoch=epoch,
+                step=step,
+                protocol=args.val_protocol,
+                **values,
+                per_class_iou=dict(zip(self.spec.class_names, map(float, clusters.metrics["iou"]))),
+                train=train_means,
+            )
+            metrics = {"protocol": args.val_protocol} | {key: values[key] for key in values if "probe" not in key}
+            selected = selection_miou(clusters.metrics)
         if distributed.is_main():
             best_path, last_path = variant.folder / "best_model.pth", variant.folder / "last_model.pth"
-            if miou >= variant.best_miou:  # ">=" as the original, which keeps the later of equal epochs
-                variant.best_miou = miou
+            # ">=" as the original, which keeps the later of equal epochs
+            if selected is not None and selected >= variant.best_miou:
+                variant.best_miou = selected
                 save_atomic(released_checkpoint(variant.model, variant.args, epoch, step, metrics), best_path)
+                match = "many-to-one " if "many_to_one" in clusters.metrics else ""
                 logger.info(
-                    self._prefix(variant) + "best model (mIoU %.2f, %s) saved to %s", miou, args.val_protocol, best_path
+                    self._prefix(variant) + "best model (%smIoU %.2f, %s) saved to %s",
+                    match,
+                    selected,
+                    args.val_protocol,
+                    best_path,
                 )
             save_atomic(released_checkpoint(variant.model, variant.args, epoch, step, metrics), last_path)
+
+
+def scores_text(metrics, probe_metrics):
+    """(readable line, logged values) of a validation: the clusters' one-to-one Acc and mIoU, their
+    many-to-one ones when K > C (apart, never mixed), and the linear probe's where there is one."""
+    values = {"acc": float(metrics["acc"]), "miou": float(metrics["miou"])}
+    text = "clusters Acc %.2f mIoU %.2f" % (values["acc"], values["miou"])
+    if probe_metrics is not None:
+        values.update(probe_acc=float(probe_metrics["acc"]), probe_miou=float(probe_metrics["miou"]))
+        text += " | linear probe Acc %.2f mIoU %.2f" % (values["probe_acc"], values["probe_miou"])
+    many_to_one = metrics.get("many_to_one")
+    if many_to_one is not None:
+        values.update(acc_many_to_one=float(many_to_one["acc"]), miou_many_to_one=float(many_to_one["miou"]))
+        text += " | clusters many-to-one Acc %.2f mIoU %.2f" % (values["acc_many_to_one"], values["miou_many_to_one"])
+    return text, values

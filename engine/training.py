@@ -39,20 +39,20 @@ class TrainableHead(nn.Module):
 
 
 class ClustersAndProbe(nn.Module):
-    """The model with the linear probe as a second head, so one evaluation pass scores both."""
-
-    num_heads = 2
+    """The model with the linear probe as a second head, so one evaluation pass scores both: K
+    cluster channels, then the probe's C class channels."""
 
     def __init__(self, model, probe):
         super().__init__()
         self.model = model
         self.probe = probe
-        self.num_classes = model.num_classes
+        self.head_widths = [model.num_classes, probe.linear_head.out_channels]
+        self.num_classes = max(self.head_widths)
         self.patch_size = model.patch_size
 
     def forward(self, images):
         features, codes_inter, logits = self.model(images)
-        return features, codes_inter, torch.cat((logits, self.probe(codes_inter)), dim=1)  # (B, 2K, h, w)
+        return features, codes_inter, torch.cat((logits, self.probe(codes_inter)), dim=1)  # (B, K + C, h, w)
 
 
 def seed_everything(seed):
@@ -82,7 +82,7 @@ def train_loader(data_root, batch_size, seed, num_workers, device, limit=None, d
     """
     if batch_size < 2:
         raise ValueError(f"--batch-size {batch_size}: IDDC's negatives need a global batch of at least 2 images")
-    dataset = TrainingPairs(get_dataset(dataset), data_root, "train", seed=seed, limit=limit)
+    dataset = TrainingPairs(get_dataset(dataset, data_root), data_root, "train", seed=seed, limit=limit)
     sampler = GlobalBatchSampler(
         len(dataset), batch_size, seed=seed, rank=distributed.rank(), world_size=distributed.world_size()
     )
@@ -210,7 +210,8 @@ class StopRequests:
 @dataclass(eq=False)
 class HeadRun:
     """One trained head (projection head + classifier, and its linear probe) with its loss,
-    optimisers and log: what a run trains on top of the frozen backbone.
+    optimisers and log: what a run trains on top of the frozen backbone. ``probe`` and
+    ``probe_optimizer`` are None where the training pairs carry no label (the probe is off).
 
     A single run trains one; a sweep (engine/trainer.py, engine/sweep.py) trains several on the same backbone
     features. ``name`` prefixes its readable log lines ("" for a single run); ``epoch_sums``
@@ -218,10 +219,10 @@ class HeadRun:
     """
 
     head: nn.Module
-    probe: nn.Module
+    probe: nn.Module  # or None
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
-    probe_optimizer: torch.optim.Optimizer
+    probe_optimizer: torch.optim.Optimizer  # or None
     log: object
     name: str = ""
     epoch_sums: dict = field(default_factory=dict)
@@ -241,8 +242,11 @@ def train_one_epoch(
     logger,
     start_batch=0,
     after_step=None,
+    damaged=None,
 ):
     """One pass over the loader's epoch from ``start_batch``; returns (next global step, each run's epoch means).
+
+    ``damaged``, a set, receives the indices of the items this process's batches replaced (data/pairs.py).
 
     Every batch goes through the frozen ``backbone`` once; each of the ``runs`` (:class:`HeadRun`)
     then does, on those features, exactly the step it would do alone (head, probe, loss, backward,
@@ -252,7 +256,8 @@ def train_one_epoch(
     """
     for run in runs:
         run.head.train()
-        run.probe.train()
+        if run.probe is not None:
+            run.probe.train()
         run.epoch_sums = defaultdict(float, run.epoch_sums)
     sampler = loader.batch_sampler
     sampler.set_epoch(epoch, start_batch)
@@ -270,9 +275,13 @@ def train_one_epoch(
     )
     batches_done = start_batch
     for batch in bar:
+        if damaged is not None and "damaged" in batch:
+            damaged.update(index for index in batch["damaged"].tolist() if index >= 0)
         images = normalize_uint8(batch["image"].to(device, non_blocking=True))  # (b, 3, 224, 224)
         images_aug = normalize_uint8(batch["image_aug"].to(device, non_blocking=True))  # (b, 3, 224, 224)
-        labels = batch["label"].to(device, non_blocking=True).long()  # (b, 224, 224)
+        labels = None  # the probe's only input, read where a run has a probe
+        if any(run.probe is not None for run in runs):
+            labels = batch["label"].to(device, non_blocking=True).long()  # (b, 224, 224)
         local_batch = images.shape[0]
         with autocast_context(device, precision), torch.no_grad():
             features = backbone(torch.cat((images, images_aug)))  # (2b, C, h, w)
@@ -320,12 +329,10 @@ def train_one_epoch(
 def head_step(run, features, feats, feats_aug, labels, seed, step, epoch, device, precision):
     """One optimiser step of ``run`` on the backbone's ``features`` (2b, C, h, w) of both views
     (``feats``, ``feats_aug``: their float32 halves); returns the values it logs."""
-    local_batch = labels.shape[0]
+    local_batch = feats.shape[0]
     with autocast_context(device, precision):
         codes_inter, logits = run.head(features)  # (2b, C, h, w), (2b, K, h, w)
-        probe_logits = run.probe(codes_inter[:local_batch])  # (b, K, h, w)
-    probe_logits = upsample_probe_logits(probe_logits.float(), labels.shape[-2:])  # (b, K, H, W)
-    probe_value, probe_objective = probe_loss(probe_logits, labels)
+        probe_logits = None if run.probe is None else run.probe(codes_inter[:local_batch])  # (b, classes, h, w)
     view0, view1 = logits.split(local_batch)
     shifts = negative_shifts(seed, step, local_batch * distributed.world_size(), run.loss_fn.num_negatives)
     out = run.loss_fn(feats, feats_aug, view0, view1, neg_shifts=shifts, across_processes=True)
@@ -333,14 +340,22 @@ def head_step(run, features, feats, feats_aug, labels, seed, step, epoch, device
         where = f" of {run.name}" if run.name else ""
         terms = [(k, float(v)) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1]
         raise FloatingPointError(f"non-finite IDDC loss{where} at epoch {epoch} step {step}: {terms}")
-    run.optimizer.zero_grad(set_to_none=True)
-    run.probe_optimizer.zero_grad(set_to_none=True)
-    (out["objective"] + probe_objective).backward()  # the probe sees detached features: the two do not mix
-    distributed.all_reduce_gradients([p for module in (run.head, run.probe) for p in module.parameters()])
-    run.optimizer.step()
-    run.probe_optimizer.step()
+    optimizers = [run.optimizer] if run.probe is None else [run.optimizer, run.probe_optimizer]
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    objective = out["objective"]
+    if probe_logits is not None:
+        probe_logits = upsample_probe_logits(probe_logits.float(), labels.shape[-2:])  # (b, classes, H, W)
+        probe_value, probe_objective = probe_loss(probe_logits, labels)
+        objective = objective + probe_objective  # the probe sees detached features: the two do not mix
+    objective.backward()
+    trained = [module for module in (run.head, run.probe) if module is not None]
+    distributed.all_reduce_gradients([p for module in trained for p in module.parameters()])
+    for optimizer in optimizers:
+        optimizer.step()
     values = {name: out[name].item() for name in ("total", "pos", "neg", "balance", "entropy")}
-    values["probe"] = probe_value.item()
+    if probe_logits is not None:
+        values["probe"] = probe_value.item()
     values["n_pos"] = float(out["n_pos"])
     values["n_neg"] = float(out["n_neg"])
     return values

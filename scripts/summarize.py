@@ -6,13 +6,19 @@
 
 A training run (a train.py --output-dir) gives rows from its log.jsonl: the best and the last
 epoch under the validation protocol, and the last model under --final-protocol when it ran, each
-with its linear probe. An eval.py or baseline_kmeans.py --output-json file gives one row. Rows
-that share dataset, backbone, method, protocol, flip, CRF and checkpoint (best, last, or the file
-name) are one line of the table: Acc and mIoU as mean and standard deviation (n - 1) over seeds.
+with its linear probe. A run without validation (a folder of images without labels) gives one
+row, its last epoch, with its clusters' diagnostics only. An eval.py or baseline_kmeans.py
+--output-json file gives one row. Rows that share dataset, backbone, method, protocol, flip, CRF,
+checkpoint (best, last, or the file name) and number of clusters K are one line of the table: Acc
+and mIoU as mean and standard deviation (n - 1) over seeds; with K above the class count, the
+many-to-one Acc and mIoU apart; the clusters' label-free diagnostics of the epoch (empty clusters,
+mean top probability) where the run logged them.
 
 A sweep folder (train.py --sweep) gives a sensitivity table instead: each variant's varied values
-against Acc and mIoU of its clusters and its probe, at its best and its last epoch, then, for each
-varied key, every value against the means over the variants trained with it.
+against Acc and mIoU of its clusters and its probe, at its best and its last epoch, and its
+clusters' diagnostics at its last epoch, then, for each varied key, every value against the means
+over the variants trained with it. A sweep of num_clusters is the table to choose K from
+(docs/sweeps.md).
 """
 
 import csv
@@ -20,7 +26,7 @@ import io
 import json
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,12 +38,20 @@ from utils.cli import ArgumentParser, entry_point  # noqa: E402
 from utils.errors import OptionError, ReportedError  # noqa: E402
 from utils.files import check_writable_file, read_yaml, write_text_atomic  # noqa: E402
 
-GROUP_FIELDS = ("dataset", "backbone", "method", "protocol", "flip", "crf", "checkpoint")
+GROUP_FIELDS = ("dataset", "backbone", "method", "protocol", "flip", "crf", "checkpoint", "clusters")
 METRICS = ("acc", "miou", "probe_acc", "probe_miou")
+# Columns after METRICS: the many-to-one match (K > C) and the clusters' label-free diagnostics.
+MANY_TO_ONE = ("acc_many_to_one", "miou_many_to_one")
+DIAGNOSTICS = ("empty_clusters", "largest_share", "top_probability")
+EXTRA_METRICS = (*MANY_TO_ONE, "empty_clusters", "top_probability")
 RUN_LOG, RUN_CONFIG = "log.jsonl", "config.yaml"  # what train.py writes in --output-dir
 SWEEP_MANIFEST = "sweep.json"  # engine/sweep.py's MANIFEST_FILE
 # The sensitivity table's metrics: (checkpoint, metric) pairs.
 SWEEP_METRICS = tuple((checkpoint, metric) for checkpoint in ("best", "last") for metric in METRICS)
+SWEEP_EXTRA = tuple((checkpoint, metric) for checkpoint in ("best", "last") for metric in MANY_TO_ONE) + tuple(
+    ("last", metric) for metric in DIAGNOSTICS
+)
+SWEEP_COLUMNS = SWEEP_METRICS + SWEEP_EXTRA
 
 
 class SummaryError(ReportedError, ValueError):
@@ -55,10 +69,16 @@ class Row:
     checkpoint: str
     seed: object
     source: str
-    acc: float
+    acc: float  # None for a run without validation
     miou: float
     probe_acc: float = None
     probe_miou: float = None
+    clusters: int = None
+    acc_many_to_one: float = None
+    miou_many_to_one: float = None
+    empty_clusters: int = None
+    largest_share: float = None
+    top_probability: float = None
 
     def group(self):
         return tuple(getattr(self, name) for name in GROUP_FIELDS)
@@ -85,22 +105,35 @@ def rows_from_run(run_dir):
         raise SummaryError(f"{log_path}: a line is not JSON ({err})") from err
     entries = [entry for entry in entries if isinstance(entry, dict)]
     epochs = [entry for entry in entries if entry.get("kind") == "val"]
-    if not epochs:
-        raise SummaryError(f"{log_path}: no validation epoch logged yet")
+    diagnosed = {entry.get("epoch"): entry for entry in entries if entry.get("kind") == "clusters"}
+    if not epochs and not diagnosed:
+        raise SummaryError(f"{log_path}: no validation epoch and no cluster diagnostics logged yet")
     common = dict(
         dataset=config.get("dataset", "cocostuff27"),
         backbone=backbone_of(config),
         method="iddc",
         seed=config.get("seed"),
         source=str(run_dir),
+        clusters=config.get("num_clusters"),
     )
     try:
+        if not epochs:  # no validation split: the last epoch's diagnostics
+            last = diagnosed[max(diagnosed)]
+            row = Row(protocol="-", flip=False, crf=False, checkpoint="last", acc=None, miou=None, **common)
+            return [replace(row, **_diagnostics(last))]
         best = epochs[0]
         for entry in epochs:  # ">=" as train.py, which keeps the later of equal epochs
-            if entry["miou"] >= best["miou"]:
+            if _selection_miou(entry) >= _selection_miou(best):
                 best = entry
-        rows = [_run_row(entry, kind, common) for kind, entry in (("best", best), ("last", epochs[-1]))]
-        rows.extend(_run_row(entry, "last", common) for entry in entries if entry.get("kind") == "final")
+        rows = [
+            _run_row(entry, kind, common, diagnosed.get(entry["epoch"]))
+            for kind, entry in (("best", best), ("last", epochs[-1]))
+        ]
+        rows.extend(
+            _run_row(entry, "last", common, diagnosed.get(epochs[-1]["epoch"]))
+            for entry in entries
+            if entry.get("kind") == "final"
+        )
     except (KeyError, TypeError, ValueError) as err:
         raise SummaryError(
             f"{log_path}: a validation row lacks what train.py logs ({type(err).__name__}: {err})"
@@ -108,9 +141,14 @@ def rows_from_run(run_dir):
     return rows
 
 
-def _run_row(entry, checkpoint, common):
+def _selection_miou(entry):
+    """The mIoU train.py picks best_model.pth by: the many-to-one one where there are more clusters than classes."""
+    return entry.get("miou_many_to_one", entry["miou"])
+
+
+def _run_row(entry, checkpoint, common, diagnostics):
     protocol = make_protocol(entry["protocol"])  # training evaluates with each protocol's defaults
-    return Row(
+    row = Row(
         protocol=protocol.name,
         flip=protocol.flip,
         crf=protocol.crf,
@@ -119,8 +157,16 @@ def _run_row(entry, checkpoint, common):
         miou=entry["miou"],
         probe_acc=entry.get("probe_acc"),
         probe_miou=entry.get("probe_miou"),
+        acc_many_to_one=entry.get("acc_many_to_one"),
+        miou_many_to_one=entry.get("miou_many_to_one"),
         **common,
     )
+    return row if diagnostics is None else replace(row, **_diagnostics(diagnostics))
+
+
+def _diagnostics(entry):
+    """The diagnostics fields of a Row from a 'clusters' entry of log.jsonl."""
+    return {name: entry[name] for name in DIAGNOSTICS}
 
 
 def row_from_json(path):
@@ -152,6 +198,9 @@ def row_from_json(path):
         source=str(path),
         acc=acc,
         miou=miou,
+        clusters=len(result["assignment"]) if isinstance(result.get("assignment"), dict) else None,
+        acc_many_to_one=result.get("acc_many_to_one"),
+        miou_many_to_one=result.get("miou_many_to_one"),
     )
 
 
@@ -171,11 +220,17 @@ def sweep_table(sweep_dir):
     table = []
     for name, folder, _ in entries:
         run_dir = sweep_dir / folder
-        rows = {row.checkpoint: row for row in rows_from_run(run_dir)[:2]}  # best, last (validation protocol)
+        # best and last (validation protocol); a run without validation gives its last epoch only
+        rows = {row.checkpoint: row for row in rows_from_run(run_dir)[:2]}
         config = read_yaml(run_dir / "config.yaml", str(run_dir / "config.yaml"), SummaryError) or {}
-        line = {"variant": name, "protocol": rows["best"].protocol}
+        line = {"variant": name, "protocol": rows["last"].protocol}
         line.update({key: config.get(key) for key in keys})  # resolved: a variant that kept a key shows its value
-        line.update({(checkpoint, metric): getattr(rows[checkpoint], metric) for checkpoint, metric in SWEEP_METRICS})
+        line.update(
+            {
+                (checkpoint, metric): getattr(rows[checkpoint], metric) if checkpoint in rows else None
+                for checkpoint, metric in SWEEP_COLUMNS
+            }
+        )
         table.append(line)
     return keys, table
 
@@ -186,18 +241,34 @@ def sensitivity(keys, table):
     for key in keys:
         for value in sorted({line[key] for line in table}, key=lambda v: (v is None, v)):
             members = [line for line in table if line[key] == value]
-            means = {column: mean_std([line[column] for line in members])[0] for column in SWEEP_METRICS}
+            means = {column: mean_std([line[column] for line in members])[0] for column in SWEEP_COLUMNS}
             lines.append({"key": key, "value": value, "n": len(members), **means})
     return lines
 
 
-def _number(value):
-    return "-" if value is None else f"{value:.1f}"
+HEADERS = {
+    "acc": "Acc",
+    "miou": "mIoU",
+    "probe_acc": "probe Acc",
+    "probe_miou": "probe mIoU",
+    "acc_many_to_one": "many-to-one Acc",
+    "miou_many_to_one": "many-to-one mIoU",
+    "empty_clusters": "empty clusters",
+    "largest_share": "largest share %",
+    "top_probability": "top prob",
+}
+
+
+def _number(value, metric=None):
+    if value is None:
+        return "-"
+    if metric == "largest_share":
+        return f"{100 * value:.1f}"
+    return f"{value:.2f}" if metric == "top_probability" else f"{value:.1f}"
 
 
 def _metric_headers():
-    names = {"acc": "Acc", "miou": "mIoU", "probe_acc": "probe Acc", "probe_miou": "probe mIoU"}
-    return [f"{checkpoint} {names[metric]}" for checkpoint, metric in SWEEP_METRICS]
+    return [f"{checkpoint} {HEADERS[metric]}" for checkpoint, metric in SWEEP_COLUMNS]
 
 
 def sweep_markdown(sweep_dir, keys, table):
@@ -206,13 +277,13 @@ def sweep_markdown(sweep_dir, keys, table):
     lines = [f"Sweep {sweep_dir}: {len(table)} variants, validation protocol {protocol}", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for line in table:
-        cells = [line["variant"], *(str(line[key]) for key in keys), *(_number(line[c]) for c in SWEEP_METRICS)]
+        cells = [line["variant"], *(str(line[key]) for key in keys), *(_number(line[c], c[1]) for c in SWEEP_COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
     header = ["key", "value", "variants", *_metric_headers()]
     lines += ["", "Sensitivity: means over the variants trained with each value", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for line in sensitivity(keys, table):
-        cells = [line["key"], str(line["value"]), str(line["n"]), *(_number(line[c]) for c in SWEEP_METRICS)]
+        cells = [line["key"], str(line["value"]), str(line["n"]), *(_number(line[c], c[1]) for c in SWEEP_COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -220,7 +291,7 @@ def sweep_markdown(sweep_dir, keys, table):
 def sweep_csv(sweeps):
     """One CSV row per variant of every sweep: its values (empty where a sweep does not vary a key) and metrics."""
     keys = list(dict.fromkeys(key for _, sweep_keys, _ in sweeps for key in sweep_keys))
-    columns = [f"{checkpoint}_{metric}" for checkpoint, metric in SWEEP_METRICS]
+    columns = [f"{checkpoint}_{metric}" for checkpoint, metric in SWEEP_COLUMNS]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=["sweep", "variant", "protocol", *keys, *columns], lineterminator="\n")
     writer.writeheader()
@@ -229,7 +300,7 @@ def sweep_csv(sweeps):
             record = {"sweep": str(sweep_dir), "variant": line["variant"], "protocol": line["protocol"]}
             record.update({key: line.get(key, "") for key in keys})
             record.update(
-                {name: "" if line[c] is None else f"{line[c]:.4f}" for name, c in zip(columns, SWEEP_METRICS)}
+                {name: "" if line[c] is None else f"{line[c]:.4f}" for name, c in zip(columns, SWEEP_COLUMNS)}
             )
             writer.writerow(record)
     return out.getvalue()
@@ -264,16 +335,16 @@ def summarize(rows):
         line = dict(zip(GROUP_FIELDS, key))
         line["seeds"] = ",".join("?" if row.seed is None else str(row.seed) for row in members)
         line["n"] = len(members)
-        for metric in METRICS:
+        for metric in (*METRICS, *EXTRA_METRICS):
             line[metric] = mean_std([getattr(row, metric) for row in members])
         table.append(line)
     return table
 
 
-def _cell(mean, std):
+def _cell(mean, std, digits=1):
     if mean is None:
         return "-"
-    return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def to_markdown(table):
@@ -290,6 +361,8 @@ def to_markdown(table):
         "mIoU",
         "probe Acc",
         "probe mIoU",
+        "K",
+        *(HEADERS[metric] for metric in EXTRA_METRICS),
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for line in table:
@@ -303,6 +376,8 @@ def to_markdown(table):
             line["checkpoint"],
             f"{line['seeds']} (n={line['n']})",
             *(_cell(*line[metric]) for metric in METRICS),
+            "-" if line["clusters"] is None else str(line["clusters"]),
+            *(_cell(*line[metric], digits=2 if metric == "top_probability" else 1) for metric in EXTRA_METRICS),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -310,12 +385,13 @@ def to_markdown(table):
 
 def to_csv(table):
     out = io.StringIO()
-    fields = [*GROUP_FIELDS, "seeds", "n"] + [f"{metric}_{stat}" for metric in METRICS for stat in ("mean", "std")]
+    metrics = (*METRICS, *EXTRA_METRICS)
+    fields = [*GROUP_FIELDS, "seeds", "n"] + [f"{metric}_{stat}" for metric in metrics for stat in ("mean", "std")]
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for line in table:
         record = {name: line[name] for name in (*GROUP_FIELDS, "seeds", "n")}
-        for metric in METRICS:
+        for metric in metrics:
             mean, std = line[metric]
             record[f"{metric}_mean"] = "" if mean is None else f"{mean:.4f}"
             record[f"{metric}_std"] = "" if std is None else f"{std:.4f}"
