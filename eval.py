@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
+from data.folder import DEFAULT_SHORT_SIDE, EXCLUDED_FILE, excluded_lines
+from data.registry import ALL_DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from data.spec import DataError
 from engine.crf import require_pydensecrf
 from engine.evaluation import PROTOCOLS, evaluate_heads, make_protocol
@@ -37,9 +38,17 @@ def build_parser():
     parser.add_argument("--config", default=None, help="YAML file of defaults (flags override it)")
     parser.add_argument(
         "--dataset",
-        choices=DATASET_NAMES,
+        choices=ALL_DATASET_NAMES,
         default=DEFAULT_DATASET,
-        help="benchmark (docs/datasets.md); sets the default protocol and scoring grid",
+        help="benchmark (docs/datasets.md), or folder: your own labelled images (docs/own_data.md); sets the "
+        "default protocol and scoring grid",
+    )
+    parser.add_argument(
+        "--short-side",
+        type=int,
+        default=None,
+        help="folder: the working size images are segmented at (default: the checkpoint's, else "
+        f"{DEFAULT_SHORT_SIDE}); the maps are scored at the labels' size",
     )
     parser.add_argument(
         "--data-root",
@@ -66,8 +75,8 @@ def build_parser():
         "--protocol",
         choices=PROTOCOLS,
         default=None,
-        help="sliding (published), resize320 (original's per-epoch val), center320 (peers'); "
-        "default: the dataset's (sliding; center320 for potsdam3)",
+        help="sliding (published), resize320 (original's per-epoch val), center320 (peers'), photo (predict.py's "
+        "maps, scored at the labels' size); default: the dataset's (sliding; center320 for potsdam3; photo for folder)",
     )
     parser.add_argument(
         "--flip",
@@ -144,9 +153,9 @@ def check_options(args):
     check_at_least(args.num_workers, "--num-workers", 0)
     check_at_least(args.limit, "--limit", 1)
     check_at_least(args.num_visuals, "--num-visuals", 0)
-    for side in args.score_size:
+    for side in args.score_size or ():
         check_at_least(side, "--score-size", 1)
-    if args.protocol == "sliding" and not 0 <= args.overlap < args.window:
+    if args.protocol in ("sliding", "photo") and not 0 <= args.overlap < args.window:
         raise OptionError(
             f"--overlap must lie in 0..{args.window - 1} (below --window {args.window}), got {args.overlap}"
         )
@@ -226,12 +235,23 @@ def main(argv=None):
             parser.error(f"--{option.replace('_', '-')} is required")
     if len(args.checkpoint) == 1:  # one checkpoint: as before, a file name (and --output-json a file)
         args.checkpoint = args.checkpoint[0]
-    spec = get_dataset(args.dataset)
+    spec = get_dataset(args.dataset, args.data_root)
     args.protocol = args.protocol or spec.default_protocol
-    args.score_size = tuple(args.score_size or spec.score_size)
+    if args.dataset == "folder" and args.protocol != "photo":
+        raise OptionError(f"--protocol {args.protocol}: --dataset folder is scored with the photo protocol")
+    if args.dataset != "folder" and args.short_side is not None:
+        raise OptionError(f"--short-side applies to --dataset folder; {args.dataset} is read at its own size")
+    check_at_least(args.short_side, "--short-side", 1)
+    args.score_size = args.score_size or spec.score_size
+    args.score_size = None if args.score_size is None else tuple(args.score_size)
     check_at_least(args.crf_workers, "--crf-workers", 0)
     check_options(args)
     spec.check_split_files(args.data_root, "val", args.limit)  # a fast scan, before the model is loaded
+    if args.dataset == "folder" and not spec.has_validation(args.data_root):
+        raise DataError(
+            f"--data-root {args.data_root}: no image has a label file (labels/<image path>.png), so there is "
+            f"nothing to score; docs/own_data.md"
+        )
     device = distributed.init_from_env(args.device)
     main_process = distributed.is_main()  # remembered: after cleanup every process would read as rank 0
     logger = setup_logger()
@@ -260,6 +280,8 @@ def main(argv=None):
             )
     if not main_process:
         return 0
+    if args.dataset == "folder":
+        report_excluded(spec, args, logger)
     for checkpoint, model, meta, result in zip(checkpoints, models, metas, results):
         if len(checkpoints) == 1:
             path, config = (Path(args.output_json) if args.output_json else None), args
@@ -275,6 +297,24 @@ def main(argv=None):
     return 0
 
 
+def report_excluded(spec, args, logger):
+    """The labelled images the folder's scan left out (they cannot be opened, so they are not scored):
+    one warning block and, with --output-json, excluded.txt in its folder (data/folder.py)."""
+    excluded = [
+        (path, reason)
+        for path, reason in spec.contents.excluded
+        if spec.label_path(args.data_root, "val", path).is_file()
+    ]
+    if not excluded:
+        return
+    lines = excluded_lines(excluded)
+    logger.warning("%d labelled image(s) cannot be opened and are not scored:\n%s", len(excluded), lines.rstrip())
+    if args.output_json:
+        output = Path(args.output_json)
+        folder = output if isinstance(args.checkpoint, list) else output.parent
+        write_text_atomic(folder / EXCLUDED_FILE, lines)
+
+
 def evaluate_checkpoints(args, checkpoints, spec, protocol, device, collector):
     """(models, their files' metadata, results) of the checkpoints, in their order.
 
@@ -285,6 +325,10 @@ def evaluate_checkpoints(args, checkpoints, spec, protocol, device, collector):
     for checkpoint in checkpoints:
         model, meta = load_iddc_model(checkpoint, patch_size=args.patch_size, num_heads=args.num_heads)
         check_clusters_fit(model, meta, spec, checkpoint)
+        if args.dataset == "folder" and not models:  # the working size the first model was trained at
+            trained = (meta.get("config") or {}).get("short_side")
+            args.short_side = args.short_side or trained or DEFAULT_SHORT_SIDE
+            spec.short_side = args.short_side
         if protocol.window is not None and (protocol.window < model.patch_size or protocol.window % model.patch_size):
             raise OptionError(
                 f"--window {protocol.window}: not a multiple of the checkpoint's ViT patch ({model.patch_size})"

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
+from data.folder import DEFAULT_SHORT_SIDE, FILE_LIST
+from data.registry import ALL_DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from engine.evaluation import PROTOCOLS
 from engine.sweep import (
     OVERWRITTEN_FILES,
@@ -47,12 +48,22 @@ def build_parser():
         "--config", default=None, help="YAML file of defaults, e.g. configs/train_cocostuff27_vits16.yaml"
     )
     parser.add_argument(
-        "--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="benchmark (docs/datasets.md)"
+        "--dataset",
+        choices=ALL_DATASET_NAMES,
+        default=DEFAULT_DATASET,
+        help="a benchmark, or folder: your own images (docs/datasets.md, docs/own_data.md)",
     )
     parser.add_argument(
         "--data-root",
         default=None,
         help="the dataset's root folder (COCO-Stuff: images/, annotations/, curated/ optional)",
+    )
+    parser.add_argument(
+        "--short-side",
+        type=int,
+        default=None,
+        help=f"folder: images whose short side is above S are scaled down to it (default {DEFAULT_SHORT_SIDE}; "
+        "stored in the checkpoint, where eval.py and predict.py take it)",
     )
     parser.add_argument("--output-dir", default="outputs/train", help="checkpoints, config and logs go here")
     parser.add_argument("--backbone", choices=BACKBONES, default=None, help="frozen backbone (default dino_vits16)")
@@ -111,7 +122,12 @@ def build_parser():
         "reproducible bit for bit; docs/gpu.md)",
     )
     parser.add_argument("--num-workers", type=int, default=8, help="data-loading processes (of each process)")
-    parser.add_argument("--val-protocol", choices=PROTOCOLS, default="resize320", help="validation after every epoch")
+    parser.add_argument(
+        "--val-protocol",
+        choices=PROTOCOLS,
+        default=None,
+        help="validation after every epoch (default resize320; folder: photo, eval.py's protocol)",
+    )
     parser.add_argument(
         "--final-protocol", choices=(*PROTOCOLS, "none"), default="none", help="one more evaluation of the last model"
     )
@@ -159,6 +175,18 @@ def check_options(args):
     for option in ("lr_power", "pos_threshold", "neg_threshold", "neg_weight", "balance_weight"):
         check_finite(getattr(args, option), "--" + option.replace("_", "-"))
     check_at_least(args.head_seed, "--head-seed", 0)
+    if args.dataset == "folder":
+        args.short_side = DEFAULT_SHORT_SIDE if args.short_side is None else args.short_side
+        check_at_least(args.short_side, "--short-side", 1)
+        if args.val_protocol not in (None, "photo"):
+            raise OptionError(
+                f"--val-protocol {args.val_protocol}: --dataset folder validates with the photo protocol, "
+                f"as eval.py scores it"
+            )
+        args.val_protocol = "photo"
+    elif args.short_side is not None:
+        raise OptionError(f"--short-side applies to --dataset folder; {args.dataset} is read at its own size")
+    args.val_protocol = args.val_protocol or "resize320"
     if args.resume and args.overwrite:
         raise OptionError("--resume and --overwrite contradict each other: continue the run, or replace it")
     args.device = resolve_device(args.device)
@@ -170,7 +198,8 @@ def check_num_clusters(args):
     """--num-clusters in MIN_CLUSTERS..MAX_CLUSTERS (cluster maps are 8-bit PNGs, 255 marks ignored
     pixels); left out, the dataset's class count, where it has one (see :func:`require_num_clusters`)."""
     if args.num_clusters is None:
-        args.num_clusters = get_dataset(args.dataset).num_classes or None
+        if args.dataset != "folder":  # a folder's C is known once it is scanned (require_num_clusters)
+            args.num_clusters = get_dataset(args.dataset).num_classes or None
     elif not MIN_CLUSTERS <= args.num_clusters <= MAX_CLUSTERS:
         raise OptionError(
             f"--num-clusters {args.num_clusters}: must lie in {MIN_CLUSTERS}..{MAX_CLUSTERS} "
@@ -178,9 +207,14 @@ def check_num_clusters(args):
         )
 
 
-def require_num_clusters(args, variants):
+def require_num_clusters(args, variants, spec):
     """Where the dataset gives no class count (a folder without labels), every run names its K:
-    --num-clusters, or num_clusters in each variant of the sweep."""
+    --num-clusters, or num_clusters in each variant of the sweep. A folder's runs without a K take
+    the C of its labels or classes.txt."""
+    for variant in variants:
+        if variant.args.num_clusters is None and spec.num_classes >= MIN_CLUSTERS:
+            variant.args.num_clusters = spec.num_classes
+    args.num_clusters = args.num_clusters or variants[0].args.num_clusters
     for variant in variants:
         if variant.args.num_clusters is None:
             where = f"sweep: variant {variant.name}: " if variant.name else ""
@@ -218,9 +252,17 @@ def check_output_dir(args):
     return output_dir
 
 
-def check_data(args):
-    """A fast scan of both splits (the validation split too: it is first read after a whole epoch)."""
-    spec = get_dataset(args.dataset)
+def check_data(args, output_dir):
+    """A fast scan of both splits (the validation split too: it is first read after a whole epoch).
+
+    A ``folder`` root is scanned (file headers, its labels); a resumed run trains on the file list
+    it saved (data/folder.py).
+    """
+    spec = get_dataset(args.dataset, args.data_root)
+    if args.dataset == "folder":
+        spec.short_side = args.short_side
+        if args.resume:
+            spec.use_file_list(output_dir / FILE_LIST)
     spec.check_split_files(args.data_root, "train", args.train_limit)
     spec.check_split_files(args.data_root, "val", args.val_limit)
     items = len(spec.train_items(args.data_root, "train")[: args.train_limit])
@@ -228,6 +270,7 @@ def check_data(args):
         raise OptionError(
             f"--batch-size {args.batch_size}: the training split has only {items} items (batches are drop_last)"
         )
+    return spec
 
 
 @entry_point
@@ -243,14 +286,14 @@ def main(argv=None):
     # Everything is checked and read before the first write, so that a refused run changes nothing.
     check_options(args)
     variants, sweep = plan_variants(args, check_options)  # a single run is one variant, in --output-dir
-    require_num_clusters(args, variants)
     output_dir = check_sweep_output(args, variants) if sweep else check_output_dir(args)
-    check_data(args)
+    spec = check_data(args, output_dir)
+    require_num_clusters(args, variants, spec)
     require_tensorboard()
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     device = distributed.init_from_env(args.device)
     try:
-        trainer = Trainer(args, variants, device, output_dir, sweep)
+        trainer = Trainer(args, variants, device, output_dir, sweep, spec)
         trainer.load()  # every input read (resume files, backbone) before the first write
         if args.overwrite and distributed.is_main():
             if sweep:

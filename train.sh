@@ -26,6 +26,11 @@ fi
 dataset=$1
 arch=$(short_arch "$2")
 shift 2
+if [[ "$dataset" == folder ]]; then
+  backbone=$arch
+  [[ "$arch" =~ ^vit[sb][0-9]+$ ]] && backbone=dino_$arch
+  fail "no recipe for the folder dataset (your own images: docs/own_data.md); run train.py itself, e.g. python train.py --dataset folder --data-root DIR --backbone $backbone --output-dir runs/mine"
+fi
 config="$here/configs/train_${dataset}_${arch}.yaml"
 if [[ ! -f "$config" ]]; then
   fail "no recipe for '$dataset $arch' (configs/train_${dataset}_${arch}.yaml); $usage $recipes"

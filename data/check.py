@@ -8,12 +8,16 @@ one. The split sizes are compared with the official release's, where it is known
 """
 
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
+from data.folder import CLASSES_FILE, LABELS_DIR, label_relative, orphan_labels, read_class_names, read_label_values
+from data.photos import display_path, read_photo, scan_images
 from data.spec import DataError
 from utils.errors import EXIT_PROBLEMS
 
@@ -150,3 +154,81 @@ def check_splits(spec, data_root, splits, *, limit=None, say=print, quiet=False)
             f"the folders that hold them and run this command without --check to unpack them anew"
         )
     return f"OK: {found} ({sum(report.checked for report in reports)} images checked)"
+
+
+def check_folder(root, *, say=print, quiet=False):
+    """``prepare_data.py folder --check``: decode every image and label of a ``folder`` root (data/folder.py)
+    and report as the benchmarks' checks do: images per format and other files skipped, then each
+    problem on its own line (unreadable images, label files without an image, labels of another size,
+    label values >= C, a bad classes.txt), the smallest, median and largest image, and the verdict.
+    Returns the last line; problems raise ProblemsFound (exit 1)."""
+    root = Path(root)
+    scan = scan_images(root, exclude_top=(LABELS_DIR,))
+    formats = Counter(path.suffix.lower().lstrip(".") for path in scan.images)
+    say(f"folder: checking {len(scan.images)} images of {root}")
+    say(f"  images per format: {', '.join(f'{name} {count}' for name, count in sorted(formats.items())) or 'none'}")
+    say(f"  non-image files skipped: {len(scan.skipped)}; the project's own PNGs skipped: {len(scan.outputs)}")
+    for folder, reason in scan.unreadable_dirs:
+        say(f"  folder skipped, it cannot be read ({reason}): {display_path(root / folder)}")
+    problems, sizes, largest, values_by_label = [], [], -1, {}
+
+    def decode(relative):
+        try:
+            return read_photo(root / relative)[1], None
+        except DataError as err:
+            return None, str(err).removeprefix(f"{root / relative}: ")
+
+    with ThreadPoolExecutor(max_workers=worker_count()) as pool:
+        results = pool.map(decode, scan.images)
+        for relative, (size, reason) in tqdm(zip(scan.images, results), total=len(scan.images), disable=quiet):
+            if size is None:
+                problems.append(f"unreadable image ({reason}): {display_path(root / relative)}")
+                continue
+            sizes.append(size)
+            label_path = root / label_relative(relative)
+            if not label_path.is_file():
+                continue
+            try:
+                values = read_label_values(label_path)
+            except DataError as err:
+                problems.append(
+                    f"unreadable label ({str(err).removeprefix(f'{label_path}: ')}): {display_path(label_path)}"
+                )
+                continue
+            if (values.shape[1], values.shape[0]) != size:
+                problems.append(
+                    f"label is {values.shape[1]}x{values.shape[0]}, its image {size[0]}x{size[1]}: "
+                    f"{display_path(label_path)}"
+                )
+            present = np.unique(values)
+            present = present[present != 255]
+            if present.size:
+                largest = max(largest, int(present.max()))
+                values_by_label[label_path] = present
+    for relative in orphan_labels(root, scan.images):
+        problems.append(f"label file without an image: {display_path(root / LABELS_DIR / relative)}")
+    classes = root / CLASSES_FILE
+    count = largest + 1
+    if classes.is_file():
+        try:
+            count = len(read_class_names(classes))
+        except DataError as err:
+            problems.append(f"bad class names ({str(err).removeprefix(f'{classes}: ')}): {display_path(classes)}")
+    for label_path, present in values_by_label.items():
+        if present.max() >= count or present.max() >= 255:
+            problems.append(f"label value {int(present.max())} >= the {count} classes: {display_path(label_path)}")
+    for problem in problems:
+        say(f"  {problem}")
+    if sizes:
+        by_area = sorted(sizes, key=lambda size: (size[0] * size[1], size))
+        median = by_area[len(by_area) // 2]
+        say(
+            f"  image sizes: smallest {by_area[0][0]}x{by_area[0][1]}, median {median[0]}x{median[1]}, "
+            f"largest {by_area[-1][0]}x{by_area[-1][1]}"
+        )
+    say(f"  classes: {count if count > 0 else 'none (no label file)'}")
+    if problems:
+        raise ProblemsFound(f"--data-root {root}: {count_problems(len(problems))} in folder (listed above)")
+    if not sizes:
+        raise DataError(f"--data-root {root}: no image found ({len(scan.skipped)} other file(s) skipped)")
+    return f"OK: 0 problems in folder ({len(sizes)} images checked)"

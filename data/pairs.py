@@ -32,6 +32,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from data.spec import DataError
+
+SUBSTITUTE_TRIES = 20  # substitutes drawn for a damaged image before the run gives up
+
 
 def random_resize_size(width, height, rng, low=0.8, high=1.2, min_side=224):
     """Width and height scaled independently by factors in [low, high], as the original's
@@ -117,15 +121,33 @@ class TrainingPairs(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.items)
 
+    def read_item(self, epoch, index):
+        """(image, raw label, source, index of the damaged item or -1) of item ``index``.
+
+        A spec that ``substitutes_damaged`` (the ``folder`` dataset: a truncated JPEG passes the header
+        scan) has a damaged item replaced by another one drawn from (seed, epoch, index), so the sample
+        is the same in every process and after a resume; the trainer names the damaged item.
+        """
+        item, attempt = index, 0
+        while True:
+            try:
+                image, raw_label, source = self.spec.read_train_raw(self.data_root, self.split, self.items[item])
+                return image, raw_label, source, (-1 if attempt == 0 else index)
+            except DataError:
+                attempt += 1
+                if not self.spec.substitutes_damaged or attempt > SUBSTITUTE_TRIES:
+                    raise
+            item = int(np.random.default_rng([self.seed, epoch, index, attempt]).integers(len(self.items)))
+
     def __getitem__(self, key):
         epoch, index = key
         rng = np.random.default_rng([self.seed, epoch, index])
-        image, raw_label, source = self.spec.read_train_raw(self.data_root, self.split, self.items[index])  # raw (H, W)
+        image, raw_label, source, damaged = self.read_item(epoch, index)  # raw (H, W)
         flip = rng.random() <= 0.5  # drawn in the original's order: flip, resize factors, crops
         size = random_resize_size(*image.size, rng, min_side=self.crop)
         (top0, left0), (top1, left1) = overlapping_crops(*size, rng, self.crop)
         crop = self.crop
-        return {
+        sample = {
             "image": _chw(crop_resized_image(image, size, top0, left0, crop, flip)),  # (3, c, c) uint8
             "image_aug": _chw(crop_resized_image(image, size, top1, left1, crop, flip)),  # (3, c, c) uint8
             "label": torch.from_numpy(
@@ -133,3 +155,6 @@ class TrainingPairs(torch.utils.data.Dataset):
             ),  # (c, c) uint8
             "crops": torch.tensor([top0, left0, top1, left1]),
         }
+        if self.spec.substitutes_damaged:
+            sample["damaged"] = torch.tensor(damaged)  # the item this sample replaces, or -1
+        return sample

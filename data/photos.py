@@ -50,7 +50,11 @@ SWAPS_SIDES = (
 def display_path(path):
     """A path as text for logs and lists: ``/`` separators, undecodable bytes of a file name (kept
     by Python as surrogates) written ``\\xNN``."""
-    text = Path(path).as_posix()
+    return escape_undecodable(Path(path).as_posix())
+
+
+def escape_undecodable(text):
+    """``text`` with the undecodable bytes of file names (kept by Python as surrogates) written ``\\xNN``."""
     return "".join(f"\\x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF else char for char in text)
 
 
@@ -178,6 +182,14 @@ def read_photo(path, short_side=None):
     if rgb.size != target:
         rgb = rgb.resize(target, Image.BILINEAR)
     return rgb, original
+
+
+def header_size(path):
+    """(width, height) of the upright image from its header alone (no decoding); raises what PIL
+    raises for a file it cannot open."""
+    with Image.open(path) as image:
+        width, height = image.size
+        return (height, width) if UPRIGHT.get(_orientation(image)) in SWAPS_SIDES else (width, height)
 
 
 def open_photo(path):

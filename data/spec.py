@@ -154,6 +154,7 @@ class DatasetSpec:
     description = ""
     official_sizes = {}  # split -> number of images of the official release, where it is known
     has_train_labels = True  # the training pairs carry labels: the linear probe is trained on them
+    substitutes_damaged = False  # an image that fails to decode in training stops the run (data/pairs.py)
 
     @property
     def num_classes(self):

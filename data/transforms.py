@@ -53,6 +53,20 @@ class SlidingTransform:
         return to_normalized_tensor(image), label_tensor(label)
 
 
+class PhotoTransform:
+    """The ``photo`` protocol: the image as read (the ``folder`` dataset reads it at its working
+    size), upscaled only when a side is under the window; the label stays at its own size, where
+    the map is scored (engine/segment.py's maps, as predict.py writes them)."""
+
+    def __init__(self, window=224):
+        self.window = window
+
+    def __call__(self, image, label):
+        size = upscaled_size(*image.size, self.window)
+        image = image if size == image.size else image.resize(size, Image.BILINEAR)
+        return to_normalized_tensor(image), label_tensor(label)
+
+
 class ResizeTransform:
     """The original's val_mode 2: PIL bilinear to size x size (aspect not kept), label nearest."""
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from data.registry import DEFAULT_DATASET, get_dataset
 from data.spec import SegmentationEval
-from data.transforms import CenterCropTransform, ResizeTransform, SlidingTransform
+from data.transforms import CenterCropTransform, PhotoTransform, ResizeTransform, SlidingTransform
 from engine.crf import CRFPool
 from engine.metrics import clustering_metrics, confusion_matrix
 from utils import distributed
@@ -50,19 +50,23 @@ class Protocol:
     def transform(self):
         if self.name == "sliding":
             return SlidingTransform(self.window)
+        if self.name == "photo":
+            return PhotoTransform(self.window)
         if self.name == "resize320":
             return ResizeTransform(self.input_size)
         return CenterCropTransform(self.input_size, self.image_interpolation)
 
 
-PROTOCOLS = ("sliding", "resize320", "center320")
+PROTOCOLS = ("sliding", "resize320", "center320", "photo")
 
 
 def make_protocol(
     name, flip=None, window=224, overlap=75, score_size=(320, 320), image_interpolation="nearest", crf=False
 ):
     """The published protocol (sliding), the original's per-epoch validation (resize320) and the
-    peers' centre crop (center320); ``flip`` None keeps each protocol's own default; ``crf``
+    peers' centre crop (center320); photo: the sliding windows on the image as read (the ``folder``
+    dataset: at its working size), the maps brought back to each label's size (legacy nearest) and
+    scored there, as predict.py's maps (engine/segment.py); ``flip`` None keeps each protocol's own default; ``crf``
     refines the probabilities with STEGO's dense CRF (engine/crf.py) before the argmax."""
     if name == "sliding":
         # SPEC §5: 224 windows, overlap 75, flip averaging, scored at 320x320 (legacy nearest).
@@ -73,6 +77,10 @@ def make_protocol(
             flip=True if flip is None else flip,
             score_size=tuple(score_size),
             crf=crf,
+        )
+    if name == "photo":
+        return Protocol(
+            "photo", window=window, overlap=overlap, flip=True if flip is None else flip, score_size=None, crf=crf
         )
     if name == "resize320":
         # The original's val_mode 2: one forward at 320x320, no flip, scored at 320.
@@ -328,6 +336,11 @@ def resize_nearest(mask, size):
     return F.interpolate(mask[None, None].float(), size=tuple(size), mode="nearest")[0, 0].long()
 
 
+def resize_nearest_heads(maps, size):
+    """:func:`resize_nearest` of every head's map (heads, H, W) at once."""
+    return F.interpolate(maps[None].float(), size=tuple(size), mode="nearest")[0].long()
+
+
 def score_image(pred, label, score_size, num_classes, num_clusters=None):
     if score_size is not None:
         pred, label = resize_nearest(pred, score_size), resize_nearest(label, score_size)
@@ -428,7 +441,7 @@ def evaluate_heads(
     spec of data/registry.py; a head may have any number of clusters K (its confusion is C x K).
     ``num_workers`` None: :func:`default_loader_workers`.
     """
-    spec = get_dataset(dataset)
+    spec = get_dataset(dataset, data_root)
     if num_workers is None:
         num_workers = default_loader_workers(device)
     num_classes = spec.num_classes
@@ -450,6 +463,8 @@ def evaluate_heads(
     )
 
     def record(sample, pred):  # pred (heads, H, W)
+        if protocol.score_size is None and tuple(pred.shape[-2:]) != tuple(sample["label"].shape):
+            pred = resize_nearest_heads(pred, sample["label"].shape)  # (heads, H_label, W_label)
         for head, width in enumerate(widths):
             confusions[head] += score_image(pred[head], sample["label"], protocol.score_size, num_classes, width)
         if on_image is not None:

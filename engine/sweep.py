@@ -40,6 +40,7 @@ from pathlib import Path
 
 import yaml
 
+from data.folder import EXCLUDED_FILE, FILE_LIST
 from engine.tensorboard import TensorboardLog
 from engine.training import HeadRun
 from modules.model import IDDCModel, LinearProbe
@@ -51,7 +52,7 @@ RESUME_FILE = "resume.pth"
 # A folder holding any of these holds a run: a new run there needs --resume or --overwrite.
 RUN_FILES = ("best_model.pth", "last_model.pth", RESUME_FILE)
 # What --overwrite removes before the new run starts, so that its logs do not mix with the old ones.
-OVERWRITTEN_FILES = (*RUN_FILES, "config.yaml", "log.jsonl", "train.log")
+OVERWRITTEN_FILES = (*RUN_FILES, "config.yaml", "log.jsonl", "train.log", FILE_LIST, EXCLUDED_FILE)
 MANIFEST_FILE = "sweep.json"
 MANIFEST_FORMAT = "iddc-sweep-v1"
 # A variant's next resume file, renamed to RESUME_FILE once the manifest names its position.

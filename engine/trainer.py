@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from data.folder import EXCLUDED_FILE, FILE_LIST, excluded_lines
 from data.registry import get_dataset
 from engine.diagnostics import EMPTY_SHARE, cluster_diagnostics, diagnostic_images
 from engine.evaluation import evaluate_heads, make_protocol
@@ -213,7 +214,7 @@ def _bytes_text(count):
 class Trainer:
     """The training of one run or of a sweep's variants on one data pipeline and backbone pass."""
 
-    def __init__(self, args, variants, device, output_dir, sweep):
+    def __init__(self, args, variants, device, output_dir, sweep, spec=None):
         self.args = args
         self.variants = variants
         self.device = device
@@ -222,7 +223,9 @@ class Trainer:
         self.sweep = sweep
         self.disk_message = None
         self.commit = git_commit()
-        self.spec = get_dataset(args.dataset)
+        self.spec = spec or get_dataset(args.dataset, args.data_root)  # a folder's, as train.py scanned it
+        self.damaged_seen = set()  # items this process replaced since the last report
+        self.damaged_reported = set()
         # The probe learns the dataset's C classes from the training pairs' labels, where they have some.
         self.probe_classes = self.spec.num_classes if self.spec.has_train_labels else 0
         self.validation = self.spec.has_validation(args.data_root)
@@ -467,7 +470,7 @@ class Trainer:
             num_workers=min(args.num_workers, 4),
             limit=args.val_limit,
             on_image_heads=on_heads if pictures else None,
-            dataset=args.dataset,
+            dataset=self.spec,
         )
         if per_variant == 1:
             return [(result, None) for result in results]
@@ -476,6 +479,58 @@ class Trainer:
             (results[2 * i], segmentation_metrics(results[2 * i + 1].confusion, labels))
             for i in range(len(self.variants))
         ]
+
+    # ------------------------------------------------------------------------------------------- folder's files
+    def _folder_files(self, first_start):
+        """A ``folder`` run's file list (saved once: --resume trains on it) and the scan's report: the
+        images that cannot be opened in one warning block and in excluded.txt, the folders skipped."""
+        contents = self.spec.contents
+        for folder, reason in contents.unreadable_dirs:
+            self.logger.warning("%s: folder skipped, it cannot be read (%s)", self.spec.root / folder, reason)
+        if not first_start or not distributed.is_main():
+            return
+        write_text_atomic(self.output_dir / FILE_LIST, contents.as_json())
+        self.logger.info(
+            "folder %s: %d training image(s), %d labelled (validation), %d other file(s) skipped; list in %s",
+            self.spec.root,
+            len(contents.train),
+            len(contents.val),
+            contents.skipped,
+            self.output_dir / FILE_LIST,
+        )
+        if contents.excluded:
+            self._write_excluded(contents.excluded, "cannot be opened and are left out")
+
+    def _write_excluded(self, entries, what):
+        """Warn about ``entries`` ((relative path, reason)) in one block and add them to excluded.txt."""
+        path = self.output_dir / EXCLUDED_FILE
+        before = path.read_text(encoding="utf-8") if path.is_file() else ""
+        entries = [entry for entry in entries if excluded_lines([entry]) not in before]  # a resumed run's repeats
+        if not entries:
+            return
+        self.logger.warning(
+            "%d image(s) %s (listed in %s):\n%s",
+            len(entries),
+            what,
+            path,
+            "".join(f"  {line}" for line in excluded_lines(entries).splitlines(keepends=True)).rstrip(),
+        )
+        write_text_atomic(path, before + excluded_lines(entries))
+
+    def _report_damaged(self, pairs):
+        """The images every process replaced during the epoch (a truncated JPEG passes the header
+        scan), gathered to rank 0, which names the new ones in a warning and in excluded.txt."""
+        if not self.spec.substitutes_damaged:
+            return
+        mask = torch.zeros(len(pairs.items), dtype=torch.int32, device=self.device)  # (items,)
+        mask[sorted(self.damaged_seen)] = 1
+        self.damaged_seen.clear()
+        indices = torch.nonzero(distributed.all_reduce_sum(mask)).flatten().tolist()
+        new = [pairs.items[index] for index in indices if pairs.items[index] not in self.damaged_reported]
+        self.damaged_reported.update(new)
+        if new and distributed.is_main():
+            entries = [(relative, "fails to decode; replaced by another image in training") for relative in new]
+            self._write_excluded(entries, "failed to decode and were replaced by other images")
 
     def _prefix(self, variant):
         return f"[{variant.name}] " if variant.name else ""
@@ -506,6 +561,8 @@ class Trainer:
             )
         for variant in variants:
             self._setup_variant(variant)
+        if args.dataset == "folder":
+            self._folder_files(first_start=variants[0].resume is None)
         start_epoch, start_batch, step = 0, 0, 0
         first = variants[0].resume
         if first is not None:
@@ -563,6 +620,7 @@ class Trainer:
                         logger=logger,
                         start_batch=progress["batch"],
                         after_step=after_step,
+                        damaged=self.damaged_seen,
                     )
                 except Exception as err:  # a loader worker killed by the same Ctrl-C also ends here
                     if not (isinstance(err, StopTraining) or stop.requested(local=True)):
@@ -572,6 +630,7 @@ class Trainer:
                 for run in runs:
                     run.epoch_sums = {}
                 progress = {"batch": 0, "step": step, "epoch_sums": [{} for _ in runs]}
+                self._report_damaged(loader.dataset)
 
                 diagnostics = [None] * len(variants)
                 if sample is not None:

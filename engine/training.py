@@ -82,7 +82,7 @@ def train_loader(data_root, batch_size, seed, num_workers, device, limit=None, d
     """
     if batch_size < 2:
         raise ValueError(f"--batch-size {batch_size}: IDDC's negatives need a global batch of at least 2 images")
-    dataset = TrainingPairs(get_dataset(dataset), data_root, "train", seed=seed, limit=limit)
+    dataset = TrainingPairs(get_dataset(dataset, data_root), data_root, "train", seed=seed, limit=limit)
     sampler = GlobalBatchSampler(
         len(dataset), batch_size, seed=seed, rank=distributed.rank(), world_size=distributed.world_size()
     )
@@ -242,8 +242,11 @@ def train_one_epoch(
     logger,
     start_batch=0,
     after_step=None,
+    damaged=None,
 ):
     """One pass over the loader's epoch from ``start_batch``; returns (next global step, each run's epoch means).
+
+    ``damaged``, a set, receives the indices of the items this process's batches replaced (data/pairs.py).
 
     Every batch goes through the frozen ``backbone`` once; each of the ``runs`` (:class:`HeadRun`)
     then does, on those features, exactly the step it would do alone (head, probe, loss, backward,
@@ -272,6 +275,8 @@ def train_one_epoch(
     )
     batches_done = start_batch
     for batch in bar:
+        if damaged is not None and "damaged" in batch:
+            damaged.update(index for index in batch["damaged"].tolist() if index >= 0)
         images = normalize_uint8(batch["image"].to(device, non_blocking=True))  # (b, 3, 224, 224)
         images_aug = normalize_uint8(batch["image_aug"].to(device, non_blocking=True))  # (b, 3, 224, 224)
         labels = None  # the probe's only input, read where a run has a probe

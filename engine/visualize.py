@@ -230,7 +230,10 @@ class VisualCollector:
         pred = _as_numpy_mask(pred)
         if label.shape != pred.shape:
             raise ValueError(f"image {sample['id']}: label is {label.shape} but the prediction is {pred.shape}")
-        self.items.append((str(sample["id"]), denormalize(sample["image"]), label, pred))
+        image = denormalize(sample["image"])
+        if image.size != (label.shape[1], label.shape[0]):  # the photo protocol reads at the working size
+            image = image.resize((label.shape[1], label.shape[0]), Image.BILINEAR)
+        self.items.append((str(sample["id"]), image, label, pred))
 
     def write(self, out_dir, cluster_to_class, class_names, confusion, per_class_iou):
         """Write <id>.png panels, legend.png, confusion.png and per_class_iou.png; returns the paths."""
@@ -242,6 +245,7 @@ class VisualCollector:
                 image, colorize(label, self.palette), colorize(map_clusters(pred, cluster_to_class), self.palette)
             )
             written.append(out_dir / f"{image_id}.png")
+            written[-1].parent.mkdir(parents=True, exist_ok=True)  # a folder dataset's ids hold subfolders
             save_image_atomic(panel, written[-1])
         written.append(out_dir / "legend.png")
         save_image_atomic(legend(class_names, self.palette[: len(class_names)]), written[-1])

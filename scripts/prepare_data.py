@@ -4,6 +4,7 @@
     python scripts/prepare_data.py cityscapes27 --data-root DIR [--zips-dir DIR]    # the official zips
     python scripts/prepare_data.py potsdam3 --data-root DIR                          # STEGO's potsdam.zip
     python scripts/prepare_data.py DATASET --data-root DIR --check [--check-limit N]
+    python scripts/prepare_data.py folder --data-root DIR --check                   # your own images
 
 COCO-Stuff (cocostuff27 and cocostuff171 read the same files): the curated split lists shipped with
 the project are copied to DIR/curated/, the COCO 2017 images and the stuffthingmaps labels are
@@ -11,7 +12,9 @@ downloaded and unpacked to DIR/images/ and DIR/annotations/ (train2017.zip alone
 Cityscapes needs a login at cityscapes-dataset.com, so its two official zips are taken from
 --zips-dir and left in place; once the check passes, the five training crops of every train image
 (STEGO's preparation, data/cityscapes.py) are written to DIR/five_crops/train/ as lossless PNGs.
-Potsdam-3 is STEGO's preparation, downloaded from STEGO's public storage.
+Potsdam-3 is STEGO's preparation, downloaded from STEGO's public storage. The ``folder`` dataset
+(your own images, docs/own_data.md) has nothing to download: it is only checked (data/check.py's
+check_folder: every image and label decoded).
 
 Every step can be interrupted and re-run: zips download to --zips-dir (default DIR/downloads) and
 resume, a folder only appears once its zip is fully unpacked, and folders already there are
@@ -39,15 +42,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a file, the script only sees scripts/ (E402: pyproject.toml)
     sys.path.insert(0, str(REPO_ROOT))
 
-from data.check import check_splits, worker_count
+from data.check import check_folder, check_splits, worker_count
 from data.cityscapes import FIVE_CROPS, crop_paths, five_crop_boxes
 from data.cocostuff import SHIPPED_CURATED_DIR, SPLIT_LIST_NAME, SPLITS, read_split_ids, split_folder
 from data.potsdam import SPLIT_FILES as POTSDAM_SPLIT_FILES
-from data.registry import DATASET_NAMES, get_dataset
+from data.registry import ALL_DATASET_NAMES, get_dataset
 from data.spec import DataError
 from utils.cli import ArgumentParser, entry_point
 from utils.download import download_file
-from utils.errors import EXIT_OK, EXIT_PROBLEMS
+from utils.errors import EXIT_OK, EXIT_PROBLEMS, OptionError
 from utils.files import atomic_path, check_writable_dir, save_image_atomic
 
 DOWNLOADS = "downloads"  # the default --zips-dir, under the data root
@@ -350,7 +353,7 @@ def build_parser(dataset=None, description=__doc__):
     prepares that dataset only (scripts/prepare_cocostuff.py), without the DATASET argument."""
     parser = ArgumentParser(description=description)
     if dataset is None:
-        parser.add_argument("dataset", choices=DATASET_NAMES)
+        parser.add_argument("dataset", choices=ALL_DATASET_NAMES)
     parser.add_argument("--data-root", type=Path, required=True, help="folder to fill (or check)")
     parser.add_argument(
         "--splits",
@@ -402,6 +405,14 @@ def prepare(spec, args, splits):
 def run(argv=None, *, dataset=None, description=__doc__):
     """``prepare_data.py [DATASET] ARGS``; ``dataset`` fixes the dataset (an alias's command line)."""
     args = build_parser(dataset, description).parse_args(argv)
+    if (dataset or args.dataset) == "folder":
+        if not args.check:
+            raise OptionError(
+                f"folder: nothing to download; the folder dataset is your own images in --data-root. Check them with "
+                f"`python scripts/prepare_data.py folder --data-root {args.data_root} --check`"
+            )
+        print(check_folder(args.data_root, say=partial(print, flush=True)), flush=True)
+        return EXIT_OK
     spec = get_dataset(dataset or args.dataset)
     splits = list(dict.fromkeys(args.splits))
     if not args.check:

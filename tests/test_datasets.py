@@ -42,7 +42,9 @@ def test_registry_names_palettes_and_unknown_name():
         assert spec.palette.shape == (spec.num_classes, 3) and len(colours) == spec.num_classes
         assert (0, 0, 0) not in colours  # black is the colour of ignored pixels
     assert [get_dataset(name).num_classes for name in DATASET_NAMES] == [27, 171, 27, 3]
-    with pytest.raises(DataError, match="must be one of cocostuff27, cocostuff171, cityscapes27, potsdam3, got 'coco'"):
+    with pytest.raises(
+        DataError, match="must be one of cocostuff27, cocostuff171, cityscapes27, potsdam3, folder, got 'coco'"
+    ):
         get_dataset("coco")
 
 
