@@ -20,7 +20,7 @@ from data.folder import DEFAULT_SHORT_SIDE, EXCLUDED_FILE, excluded_lines
 from data.registry import ALL_DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from data.spec import DataError
 from engine.crf import require_pydensecrf
-from engine.evaluation import PROTOCOLS, evaluate_heads, make_protocol
+from engine.evaluation import ALL_PROTOCOLS, evaluate_heads, make_protocol
 from engine.trainer import HeadsOnBackbone, share_backbone
 from engine.visualize import VisualCollector
 from modules.checkpoint import load_iddc_model
@@ -73,7 +73,7 @@ def build_parser():
     )
     parser.add_argument(
         "--protocol",
-        choices=PROTOCOLS,
+        choices=ALL_PROTOCOLS,
         default=None,
         help="sliding (published), resize320 (original's per-epoch val), center320 (peers'), photo (predict.py's "
         "maps, scored at the labels' size); default: the dataset's (sliding; center320 for potsdam3; photo for folder)",

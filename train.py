@@ -20,7 +20,7 @@ import torch
 
 from data.folder import DEFAULT_SHORT_SIDE, FILE_LIST
 from data.registry import ALL_DATASET_NAMES, DEFAULT_DATASET, get_dataset
-from engine.evaluation import PROTOCOLS
+from engine.evaluation import ALL_PROTOCOLS
 from engine.sweep import (
     OVERWRITTEN_FILES,
     RESUME_FILE,
@@ -124,12 +124,15 @@ def build_parser():
     parser.add_argument("--num-workers", type=int, default=8, help="data-loading processes (of each process)")
     parser.add_argument(
         "--val-protocol",
-        choices=PROTOCOLS,
+        choices=ALL_PROTOCOLS,
         default=None,
         help="validation after every epoch (default resize320; folder: photo, eval.py's protocol)",
     )
     parser.add_argument(
-        "--final-protocol", choices=(*PROTOCOLS, "none"), default="none", help="one more evaluation of the last model"
+        "--final-protocol",
+        choices=(*ALL_PROTOCOLS, "none"),
+        default="none",
+        help="one more evaluation of the last model",
     )
     parser.add_argument("--val-batch-size", type=int, default=32)
     parser.add_argument("--log-every", type=int, default=50, help="steps between readable log lines")
@@ -184,6 +187,10 @@ def check_options(args):
                 f"as eval.py scores it"
             )
         args.val_protocol = "photo"
+        if args.final_protocol not in ("none", "photo"):
+            raise OptionError(
+                f"--final-protocol {args.final_protocol}: --dataset folder is scored with photo (or none)"
+            )
     elif args.short_side is not None:
         raise OptionError(f"--short-side applies to --dataset folder; {args.dataset} is read at its own size")
     args.val_protocol = args.val_protocol or "resize320"

@@ -57,7 +57,8 @@ class Protocol:
         return CenterCropTransform(self.input_size, self.image_interpolation)
 
 
-PROTOCOLS = ("sliding", "resize320", "center320", "photo")
+PROTOCOLS = ("sliding", "resize320", "center320")  # the benchmarks' protocols
+ALL_PROTOCOLS = (*PROTOCOLS, "photo")  # and the folder dataset's (eval.py, train.py)
 
 
 def make_protocol(
@@ -94,7 +95,7 @@ def make_protocol(
             image_interpolation=image_interpolation,
             crf=crf,
         )
-    raise ValueError(f"--protocol must be one of {PROTOCOLS}, got {name!r}")
+    raise ValueError(f"--protocol must be one of {ALL_PROTOCOLS}, got {name!r}")
 
 
 def window_starts(length, window, stride):

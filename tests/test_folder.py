@@ -355,8 +355,10 @@ def test_bad_folders_refused_before_any_write(tmp_path, dino_file, capsys):
         assert not out.exists(), case
 
 
-def test_prepare_data_check_and_train_sh(folder_root, capsys):
+def test_prepare_data_check_and_train_sh(folder_root, tmp_path, capsys):
     """The check names every problem of the test folder and ends like the benchmarks' checks."""
+    assert prepare_data.main(["folder", "--data-root", str(small_folder(tmp_path / "clean")), "--check"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "OK: 0 problems in folder (5 images checked)"
     assert prepare_data.main(["folder", "--data-root", str(folder_root), "--check"]) == 1
     captured = capsys.readouterr()
     out = captured.out
