@@ -142,12 +142,13 @@ def _pyplot():
 
 
 def confusion_by_class(confusion, cluster_to_class):
-    """hist[gt, cluster] with its columns reordered to the matched classes: hist[gt, class]."""
+    """hist[gt, cluster] (C, K) with its columns gathered into the matched classes: hist[gt, class]
+    (C, C); a class matched by several clusters (many-to-one) sums their columns."""
     confusion = np.asarray(confusion, dtype=np.float64)
     by_class = np.zeros((confusion.shape[0], confusion.shape[0]))  # (C, C)
     for cluster, cls in enumerate(cluster_to_class):
         if cls >= 0:
-            by_class[:, cls] = confusion[:, cluster]
+            by_class[:, cls] += confusion[:, cluster]
     return by_class
 
 

@@ -68,6 +68,7 @@ def load_iddc_model(path, patch_size=None, num_heads=None):
 
 def model_from_iddc_state(state, source, patch_size=None, num_heads=None, backbone=None):
     """An IDDCModel from the released layout {'backbone', 'head_nonlinear', 'classifier'}, strictly.
+    Its number of clusters K is the classifier's width (any K: ``train.py --num-clusters``).
 
     ``patch_size`` and ``backbone`` (a name), when given, are what the caller expects the file
     to hold; a file holding something else is an error that says so.

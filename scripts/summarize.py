@@ -264,26 +264,31 @@ def _number(value, metric=None):
         return "-"
     if metric == "largest_share":
         return f"{100 * value:.1f}"
+    if metric == "empty_clusters":
+        return f"{value:g}"  # a count, or a mean of counts
     return f"{value:.2f}" if metric == "top_probability" else f"{value:.1f}"
 
 
-def _metric_headers():
-    return [f"{checkpoint} {HEADERS[metric]}" for checkpoint, metric in SWEEP_COLUMNS]
+def _metric_headers(columns):
+    return [f"{checkpoint} {HEADERS[metric]}" for checkpoint, metric in columns]
 
 
 def sweep_markdown(sweep_dir, keys, table):
+    """The sweep's tables, without the columns no variant has a value in (a sweep without labels
+    has no Acc, one without K above the class count no many-to-one figures)."""
     protocol = table[0]["protocol"] if table else "-"
-    header = ["variant", *keys, *_metric_headers()]
+    columns = [column for column in SWEEP_COLUMNS if any(line[column] is not None for line in table)]
+    header = ["variant", *keys, *_metric_headers(columns)]
     lines = [f"Sweep {sweep_dir}: {len(table)} variants, validation protocol {protocol}", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for line in table:
-        cells = [line["variant"], *(str(line[key]) for key in keys), *(_number(line[c], c[1]) for c in SWEEP_COLUMNS)]
+        cells = [line["variant"], *(str(line[key]) for key in keys), *(_number(line[c], c[1]) for c in columns)]
         lines.append("| " + " | ".join(cells) + " |")
-    header = ["key", "value", "variants", *_metric_headers()]
+    header = ["key", "value", "variants", *_metric_headers(columns)]
     lines += ["", "Sensitivity: means over the variants trained with each value", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for line in sensitivity(keys, table):
-        cells = [line["key"], str(line["value"]), str(line["n"]), *(_number(line[c], c[1]) for c in SWEEP_COLUMNS)]
+        cells = [line["key"], str(line["value"]), str(line["n"]), *(_number(line[c], c[1]) for c in columns)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

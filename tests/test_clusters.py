@@ -176,8 +176,11 @@ def test_diagnostics_and_k_table(runs, tmp_path):
         assert sum(shares) == pytest.approx(1.0)
         assert row["empty_clusters"] == sum(share < 0.001 for share in shares)
         assert 1 / k <= row["top_probability"] <= 1 and row["largest_share"] == max(shares)
-    csv_path = tmp_path / "k.csv"
-    assert summarize.main([str(work / "sweep"), "--csv", str(csv_path)]) == 0
+    csv_path, markdown = tmp_path / "k.csv", tmp_path / "k.md"
+    assert summarize.main([str(work / "sweep"), "--csv", str(csv_path), "--markdown", str(markdown)]) == 0
+    header = markdown.read_text().splitlines()[2]
+    assert header.startswith("| variant | num_clusters | best Acc | best mIoU |") and "last many-to-one mIoU" in header
+    assert header.endswith("| last empty clusters | last largest share % | last top prob |")
     rows = {line["num_clusters"]: line for line in _csv(csv_path)}
     assert sorted(rows) == ["40", "5"]
     diagnostics = json.loads(lines_of(work / "single_k40", "clusters")[0])
