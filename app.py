@@ -204,15 +204,19 @@ class Page:
         progress(0.9, desc="writing the clusters file")
         clusters_file = self._new_folder("result") / f"{Path(result.name).stem}_clusters.png"
         predict_cli.save_png(indexed_png(result.clusters, loaded.names.merged_colours()), clusters_file)
-        with self.lock:
-            self.results[str(clusters_file)] = result
-            while len(self.results) > KEPT_RESULTS:
-                self.results.popitem(last=False)
         return result, str(clusters_file)
 
-    def result(self, clusters_file):
+    def keep(self, session, result):
+        """The session's latest result, for the opacity slider and the legend (KEPT_RESULTS sessions)."""
         with self.lock:
-            result = self.results.get(str(clusters_file)) if clusters_file else None
+            self.results[session] = result
+            self.results.move_to_end(session)
+            while len(self.results) > KEPT_RESULTS:
+                self.results.popitem(last=False)
+
+    def result(self, session):
+        with self.lock:
+            result = self.results.get(session)
         if result is None:
             raise PageError("that result is no longer kept: segment the image again")
         return result
@@ -351,9 +355,18 @@ def build_page(page):
 
     default_key = page.default_key()
 
-    def segment(image, checkpoint=default_key, flip=True, crf=False, short_side=0, progress=gr.Progress()):
+    def segment(
+        image,
+        checkpoint=default_key,
+        flip=True,
+        crf=False,
+        short_side=0,
+        request: gr.Request = None,
+        progress=gr.Progress(),
+    ):
         """Segment one image: (overlay, colour map, indexed clusters PNG file, shares table)."""
         result, clusters_file = page.run_segment(image, checkpoint, flip, crf, short_side, progress)
+        page.keep(request.session_hash, result)
         return (
             result.overlay(0.5, PREVIEW_MAX_SIDE),
             result.colour(PREVIEW_MAX_SIDE),
@@ -384,8 +397,8 @@ def build_page(page):
         """Which checkpoints are loaded now (the least recently used is dropped beyond --max-models)."""
         return page.loaded_text()
 
-    def after_segment(clusters_file):
-        result = page.result(clusters_file)
+    def after_segment(request: gr.Request):
+        result = page.result(request.session_hash)
         entries = [ALL_CLUSTERS, *(name for name, _, _ in result.shares())]
         return (
             gr.update(choices=entries, value=ALL_CLUSTERS),
@@ -394,8 +407,8 @@ def build_page(page):
             gr.update(choices=page.choices()),
         )
 
-    def redraw(clusters_file, opacity, chosen):
-        result = page.result(clusters_file)
+    def redraw(opacity, chosen, request: gr.Request):
+        result = page.result(request.session_hash)
         only = None if chosen in (None, ALL_CLUSTERS) else chosen
         return result.overlay(float(opacity), PREVIEW_MAX_SIDE, only), result.colour(PREVIEW_MAX_SIDE, only)
 
@@ -481,7 +494,9 @@ def build_page(page):
                 )
                 show_button = gr.Button("Show the clusters", elem_id="show-clusters")
                 cluster_pick = gr.Dropdown(choices=[], label="cluster", elem_id="cluster-pick")
-                cluster_gallery = gr.Gallery(label="where it covers the most", columns=3, elem_id="cluster-gallery")
+                cluster_gallery = gr.Gallery(
+                    label="where it covers the most", columns=3, height=320, elem_id="cluster-gallery"
+                )
                 names_table = gr.Dataframe(
                     headers=["id", "name", "colour"],
                     datatype=["number", "str", "str"],
@@ -498,14 +513,14 @@ def build_page(page):
         )
         done.success(
             reported(after_segment),
-            [clusters_file],
+            None,
             [legend, swatches, loaded_md, checkpoint],
             api_visibility="private",
         )
         for control in (opacity, legend):
             control.change(
                 reported(redraw),
-                [clusters_file, opacity, legend],
+                [opacity, legend],
                 [overlay, colour],
                 api_visibility="private",
                 show_progress="hidden",

@@ -267,7 +267,7 @@ def chromium_driver(download_dir, profile_dir):
         "--disable-component-update",
         "--disable-sync",
         "--disable-dev-shm-usage",
-        "--window-size=1280,1000",
+        "--window-size=1280,1100",
         f"--user-data-dir={profile_dir}",
     ):
         options.add_argument(flag)
@@ -309,7 +309,7 @@ def test_the_page_in_a_browser(server, files, tmp_path):
         wait_for(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"))
         image = files["images"]["scene"]
         driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(image))
-        wait_for(driver, lambda: "scene.jpg" in driver.find_element(By.ID, "upload").text)
+        wait_for(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#upload a[download]"))
         driver.find_element(By.CSS_SELECTOR, "#segment").click()
         link = wait_for(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#clusters-file a[download]"))[0]
         link.click()
@@ -323,6 +323,7 @@ def test_the_page_in_a_browser(server, files, tmp_path):
         wait_for(
             driver, lambda: driver.find_element(By.CSS_SELECTOR, "#colour img").get_attribute("src") != colour_before
         )
+        driver.execute_script("window.scrollTo(0, 0)")
         shot = tmp_path / "app_screenshot.png"
         driver.save_screenshot(str(shot))
         if os.environ.get(SCREENSHOT_ENV):
@@ -330,7 +331,7 @@ def test_the_page_in_a_browser(server, files, tmp_path):
         # Name the clusters: the table of the chosen checkpoint, saved beside it.
         driver.find_element(By.XPATH, "//button[@role='tab'][contains(., 'Name the clusters')]").click()
         driver.find_element(By.CSS_SELECTOR, "#show-clusters").click()
-        wait_for(driver, lambda: "cluster 26" in driver.find_element(By.ID, "names-table").text)
+        wait_for(driver, lambda: "cluster 0" in driver.find_element(By.ID, "names-table").text)
         driver.find_element(By.CSS_SELECTOR, "#save-names").click()
         names_file = files["checkpoints"]["a"].with_name("a.clusters.yaml")
         wait_for(driver, names_file.is_file, 20)
