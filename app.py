@@ -59,8 +59,14 @@ LOCAL_MONO_FONTS = ["ui-monospace", "monospace"]
 
 def build_parser():
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="address to listen on (0.0.0.0: all); default $GRADIO_SERVER_NAME (a Space sets it), else 127.0.0.1",
+    )
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), help="port to listen on"
+    )
     parser.add_argument("--checkpoint", nargs="+", default=None, metavar="FILE", help="the checkpoints to offer")
     parser.add_argument(
         "--search",
@@ -549,13 +555,35 @@ def build_page(page):
     return blocks
 
 
+def launch(blocks, args, work_dir, block=True):
+    """Serve the page on --host:--port: no share link, no analytics, fonts of this machine only, and
+    files served only from the page's own folders; ``block=False`` returns once it serves."""
+    import gradio as gr
+
+    allowed = [work_dir, *([args.examples] if args.examples else []), *([args.data_root] if args.data_root else [])]
+    blocks.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=False,
+        inbrowser=False,
+        ssr_mode=False,
+        mcp_server=False,
+        pwa=False,
+        quiet=True,
+        prevent_thread_lock=not block,
+        theme=gr.themes.Default(font=LOCAL_FONTS, font_mono=LOCAL_MONO_FONTS),
+        allowed_paths=[str(Path(path).resolve()) for path in allowed],
+        footer_links=[],
+    )
+
+
 @entry_point
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
     device = torch.device(resolve_device(args.device))
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    gr = require("gradio", GRADIO_REQUIREMENT, "app.py (the page)")
+    require("gradio", GRADIO_REQUIREMENT, "app.py (the page)")
     logger = setup_logger()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="iddc_app_") as work_dir:
@@ -563,22 +591,8 @@ def main(argv=None):
         listed = ", ".join(entry.key for entry in page.entries) or "none (the page says how to get one)"
         logger.info("checkpoints offered: %s", listed)
         blocks = build_page(page)
-        theme = gr.themes.Default(font=LOCAL_FONTS, font_mono=LOCAL_MONO_FONTS)
         logger.info("serving on http://%s:%d (Ctrl-C stops it)", args.host, args.port)
-        allowed = [work_dir, *([args.examples] if args.examples else []), *([args.data_root] if args.data_root else [])]
-        blocks.launch(
-            server_name=args.host,
-            server_port=args.port,
-            share=False,
-            inbrowser=False,
-            ssr_mode=False,
-            mcp_server=False,
-            pwa=False,
-            quiet=True,
-            theme=theme,
-            allowed_paths=[str(Path(path).resolve()) for path in allowed],
-            footer_links=[],
-        )
+        launch(blocks, args, work_dir)
     return 0
 
 
