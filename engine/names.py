@@ -157,7 +157,9 @@ def read_names(path, num_clusters):
         if colour is not None and (not isinstance(colour, str) or not COLOUR_PATTERN.fullmatch(colour)):
             raise NamesError(f"{where}: id {cluster}: colour {colour!r}: expected #rrggbb")
         share = entry.get("share")
-        if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float))):
+        if share is not None and (
+            isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1
+        ):
             raise NamesError(f"{where}: id {cluster}: share {share!r}: expected a fraction 0..1")
         names[cluster], colours[cluster], shares[cluster] = str(name).strip(), colour, share
     missing = [cluster for cluster in range(num_clusters) if cluster not in names]

@@ -99,6 +99,10 @@ def build_cases(f):
         "app.py": (["--checkpoint", str(a_file), *cpu], ["--por", "7860"]),  # not --port
         "baseline_kmeans.py": (["--data-root", root, *cpu], ["--save", "c.pth"]),
         "scripts/summarize.py": ([str(f["eval_json"])], ["--mark", "t.md"]),
+        "scripts/gallery.py": (
+            ["--checkpoint", missing, "--input", photo, "--output-dir", str(f["base"] / "g"), *cpu],
+            ["--per", "2"],  # --per-cluster
+        ),
         "scripts/download_checkpoint.py": (["vits16"], ["--pro", closed_port]),
         "scripts/prepare_data.py": (["cocostuff27", "--data-root", root, "--check"], ["--check-lim", "1"]),
         "scripts/prepare_cocostuff.py": (["--data-root", root, "--check"], ["--check-lim", "1"]),
@@ -153,6 +157,14 @@ def build_cases(f):
             [str(f["eval_json"]), "--markdown", str(f["eval_json"])],  # its own input
             "--markdown",
             "input of this run",
+        ),
+        Case("scripts/gallery.py", "bad-value", [*base["scripts/gallery.py"], "--sample", "0"], "--sample", "got 0"),
+        Case(
+            "scripts/gallery.py",
+            "unwritable",
+            [*base["scripts/gallery.py"], "--output-dir", str(unwritable)],
+            "--output-dir",
+            str(a_file),
         ),
         Case("scripts/download_checkpoint.py", "bad-value", ["vits32"], "vits32"),
         Case("scripts/download_checkpoint.py", "unwritable", ["vits16", "--dest", str(unwritable / "x.pth")], "--dest"),
