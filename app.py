@@ -31,9 +31,9 @@ from PIL import Image
 
 import predict as predict_cli
 from data.photos import scan_images
-from data.spec import DataError
 from data.synthetic import make_scene
 from engine.crf import PYDENSECRF_REQUIREMENT
+from engine.gallery import entry_panels, find_gallery_images, scan_clusters, seeded_sample
 from engine.names import colour_text, file_sha256, names_file_beside, read_names, write_names
 from engine.serving import ModelCache, PageError, find_checkpoints, segment_photo
 from engine.visualize import indexed_png
@@ -160,11 +160,12 @@ class Page:
         scenes = demo_scenes(self._new_folder("examples"))
         extra = scan_images(args.examples, check_stems=False).images if args.examples else []
         self.examples = [*scenes, *(Path(args.examples) / path for path in extra)]
-        self.gallery_images = (
-            [Path(args.data_root) / path for path in scan_images(args.data_root, check_stems=False).images]
-            if args.data_root
-            else self.examples
-        )[: args.gallery_images]
+        if args.data_root:
+            paths, labels = find_gallery_images(args.data_root)
+        else:
+            paths, labels = self.examples, [path.name for path in self.examples]
+        chosen = seeded_sample(len(paths), args.gallery_images)
+        self.gallery_images = ([paths[index] for index in chosen], [labels[index] for index in chosen])
         self.results = collections.OrderedDict()
         self.galleries = {}
         self.lock = threading.Lock()
@@ -228,35 +229,35 @@ class Page:
         return result
 
     def cluster_gallery(self, key, progress):
-        """{cluster id: [(highlighted picture, caption)]}: the scanned images where each cluster
-        covers the most, the cluster in colour and the rest dimmed, and each cluster's share of all
-        pixels scanned."""
+        """engine/gallery.py's scan of the examples (or --data-root) by a checkpoint, once per load."""
         loaded = self.model(key)
         cached = self.galleries.get(key)
         if cached is not None and cached[0] is loaded:
-            return cached[1], cached[2]
-        per_image, counts = [], np.zeros(loaded.num_clusters, dtype=np.int64)
-        for index, path in enumerate(self.gallery_images):
-            progress(index / max(1, len(self.gallery_images)), desc=f"scanning {path.name}")
-            try:
-                result = segment_photo(loaded, path, self.device, precision=self.args.precision)
-            except (PageError, DataError) as err:
-                self.logger.warning("gallery: not segmented: %s", err)
-                continue
-            image_counts = np.bincount(result.clusters.reshape(-1), minlength=loaded.num_clusters)
-            counts += image_counts
-            per_image.append((result, image_counts / max(1, result.clusters.size)))
-        gallery = {}
-        for cluster in range(loaded.num_clusters):
-            ranked = sorted(per_image, key=lambda item, c=cluster: -item[1][c])[: self.args.per_cluster]
-            gallery[cluster] = [
-                (highlight(result, cluster), f"{result.name}: {share[cluster]:.1%}")
-                for result, share in ranked
-                if share[cluster] > 0
-            ]
-        shares = counts / max(1, counts.sum())
-        self.galleries[key] = (loaded, gallery, shares)
-        return gallery, shares
+            return cached[1]
+        paths, labels = self.gallery_images
+        gallery = scan_clusters(
+            loaded.model,
+            paths,
+            self.device,
+            labels=labels,
+            per_cluster=self.args.per_cluster,
+            short_side=self.args.short_side or loaded.default_short_side,
+            precision=self.args.precision,
+            progress=lambda pairs: progress.tqdm(pairs, desc="scanning the images"),
+            logger=self.logger,
+        )
+        self.galleries[key] = (loaded, gallery)
+        return gallery
+
+    def cluster_pictures(self, key, cluster):
+        """[(the cluster highlighted beside the whole map, caption)] of one cluster's top images."""
+        loaded, gallery = self.galleries[key]
+        colours = loaded.names.merged_colours()
+        pictures = []
+        for entry in gallery.top[cluster]:
+            highlighted, whole = entry_panels(entry, cluster, colours)
+            pictures.append((side_by_side(highlighted, whole), f"{entry.label}: {entry.shares[cluster]:.1%}"))
+        return pictures
 
     def save_names(self, key, rows, overwrite):
         """Write the table's names beside the checkpoint (with its sha256); an existing file only
@@ -273,7 +274,7 @@ class Page:
             except (TypeError, ValueError):
                 raise PageError(f"names table: id {row[0]!r} is not a cluster id") from None
             names[cluster], colours[cluster] = str(row[1]).strip(), str(row[2]).strip()
-        shares = self.galleries[key][2].tolist() if key in self.galleries else None
+        shares = self.galleries[key][1].shares().tolist() if key in self.galleries else None
         draft = self._new_folder("names") / path.name
         text = draft_yaml(loaded.entry.path.name, file_sha256(loaded.entry.path), names, colours, shares)
         draft.write_text(text, encoding="utf-8")
@@ -301,16 +302,12 @@ def draft_yaml(checkpoint_name, sha256, names, colours, shares):
     return "\n".join(lines) + "\n"
 
 
-def highlight(result, cluster):
-    """The photo with one cluster in its colour and the rest dimmed, beside the whole colour map."""
-    clusters = result.preview_clusters(320)
-    photo = np.asarray(result.image.resize(clusters.shape[::-1], Image.BILINEAR), dtype=np.float32)  # (h, w, 3)
-    colours = result.loaded.names.colours.astype(np.float32)[clusters]  # (h, w, 3)
-    inside = (clusters == cluster)[..., None]
-    picked = np.where(inside, photo * 0.5 + colours * 0.5, photo * 0.25)
-    whole = result.loaded.names.merged_colours()[clusters]  # (h, w, 3)
-    side = np.concatenate([picked, np.full((picked.shape[0], 4, 3), 255.0), whole], axis=1)  # (h, 2w+4, 3)
-    return Image.fromarray(np.clip(np.rint(side), 0, 255).astype(np.uint8))
+def side_by_side(left, right, gap=4):
+    """Two pictures of one height in a row, ``gap`` white pixels apart."""
+    row = Image.new("RGB", (left.width + gap + right.width, max(left.height, right.height)), "white")
+    row.paste(left, (0, 0))
+    row.paste(right, (left.width + gap, 0))
+    return row
 
 
 def shares_table(result):
@@ -419,21 +416,23 @@ def build_page(page):
         return result.overlay(float(opacity), PREVIEW_MAX_SIDE, only), result.colour(PREVIEW_MAX_SIDE, only)
 
     def show_names(checkpoint, progress=gr.Progress()):
-        gallery, shares = page.cluster_gallery(checkpoint, progress)
+        gallery = page.cluster_gallery(checkpoint, progress)
         loaded = page.model(checkpoint)
+        shares = gallery.shares()
         choices = [
             (f"{cluster}: {name} ({shares[cluster]:.1%})", cluster) for cluster, name in enumerate(loaded.names.names)
         ]
         return (
             names_rows(loaded),
             gr.update(choices=choices, value=0),
-            gallery.get(0, []),
+            page.cluster_pictures(checkpoint, 0),
             page.loaded_text(),
         )
 
     def show_cluster(checkpoint, cluster):
-        gallery, _ = page.cluster_gallery(checkpoint, lambda *a, **k: None)
-        return gallery.get(int(cluster or 0), [])
+        if checkpoint not in page.galleries:
+            return []
+        return page.cluster_pictures(checkpoint, int(cluster or 0))
 
     crf_info = page.crf_missing or "STEGO's dense CRF (docs/evaluation.md); slower"
     on_gpu = page.device.type == "cuda"
