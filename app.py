@@ -500,7 +500,7 @@ def build_page(page):
                 show_button = gr.Button("Show the clusters", elem_id="show-clusters")
                 cluster_pick = gr.Dropdown(choices=[], label="cluster", elem_id="cluster-pick")
                 cluster_gallery = gr.Gallery(
-                    label="where it covers the most", columns=3, height=320, elem_id="cluster-gallery"
+                    label="where it covers the most", columns=2, height=320, elem_id="cluster-gallery"
                 )
                 names_table = gr.Dataframe(
                     headers=["id", "name", "colour"],

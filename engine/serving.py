@@ -20,7 +20,7 @@ from data.photos import IMAGE_EXTENSIONS, display_path, read_photo
 from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from data.spec import DataError
 from engine.crf import CRFPool
-from engine.names import default_names, names_from_assignment, resolve_names
+from engine.names import default_names, default_palette, names_from_assignment, resolve_names
 from engine.segment import at_size, segment, window_probabilities
 from modules.checkpoint import load_iddc_model
 from modules.weights import CheckpointError
@@ -100,17 +100,21 @@ class LoadedModel:
         return self.model.num_classes
 
 
-def resolve_checkpoint_names(path, num_clusters, dataset, assignment_loader, logger=None):
+def resolve_checkpoint_names(path, num_clusters, dataset, trained_on, assignment_loader, logger=None):
     """The ClusterNames of a checkpoint: its names file, else ``assignment_loader(num_clusters,
-    spec)`` (an --assignment), else ``cluster N``."""
+    num_classes)`` (an --assignment), else ``cluster N``: in the dataset's palette for a benchmark
+    model, in the fixed palette of clusters for a folder model (or more clusters than the palette
+    has), as predict.py colours them."""
     names = resolve_names(path, num_clusters, logger=logger)
     if names is not None:
         return names
+    spec = get_dataset(dataset)
     if assignment_loader is not None:
-        spec = get_dataset(dataset)
         cluster_to_class = assignment_loader(num_clusters, spec.num_classes)
         return names_from_assignment(cluster_to_class, spec.class_names, spec.palette)
-    return default_names(num_clusters, checkpoint=path)
+    own_palette = trained_on != "folder" and num_clusters <= len(spec.palette)
+    palette = spec.palette if own_palette else default_palette(num_clusters)
+    return default_names(num_clusters, palette, checkpoint=path)
 
 
 class ModelCache:
@@ -161,7 +165,7 @@ class ModelCache:
         config = extra.get("config") if isinstance(extra.get("config"), dict) else {}
         dataset = config.get("dataset") if config.get("dataset") in DATASET_NAMES else DEFAULT_DATASET
         names = resolve_checkpoint_names(
-            entry.path, model.num_classes, dataset, self.assignment_loader, logger=self.logger
+            entry.path, model.num_classes, dataset, config.get("dataset"), self.assignment_loader, logger=self.logger
         )
         return LoadedModel(
             entry,

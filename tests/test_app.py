@@ -139,6 +139,8 @@ def test_segment_is_predicts_clusters_png(server, files, tmp_path):
     assert Path(clusters_file).name == "scene_clusters.png"
     ids = read_ids(clusters_file)
     assert np.array_equal(ids, predict_clusters(files, tmp_path, image))
+    with Image.open(clusters_file) as page_png, Image.open(tmp_path / "predicted" / "scene_clusters.png") as predicted:
+        assert page_png.getpalette() == predicted.getpalette()  # the same colours too
     with Image.open(overlay) as picture, Image.open(colour) as coloured:
         assert picture.size == coloured.size == (320, 240)
     assert shares["headers"] == ["name", "colour", "share"]
