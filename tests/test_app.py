@@ -5,10 +5,13 @@ The maps must be predict.py's: the clusters file is compared with predict.py's p
 and with engine/segment.py's function for the options predict.py in this branch lacks.
 """
 
+import json
+import logging
 import os
 import shutil
 import signal
 import struct
+import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +21,7 @@ from urllib.request import urlopen
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from cli_runner import fork_script
 from helpers import free_port, save_released, small_model
@@ -28,6 +32,7 @@ from data.photos import read_photo
 from data.synthetic import make_scene
 from engine.names import file_sha256, resolve_names
 from engine.segment import segment
+from engine.serving import PageError, find_checkpoints
 from modules.checkpoint import load_iddc_model
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -281,8 +286,6 @@ def chromium_driver(download_dir, profile_dir):
 
 
 def requested_hosts(driver):
-    import json
-
     hosts = set()
     for entry in driver.get_log("performance"):
         message = json.loads(entry["message"])["message"]
@@ -342,3 +345,42 @@ def test_the_page_in_a_browser(server, files, tmp_path):
     finally:
         driver.quit()
     assert hosts == {"127.0.0.1"}, f"the page requested other hosts: {sorted(hosts - {'127.0.0.1'})}"
+
+
+# ---------------------------------------------------------------- without a server
+
+
+def test_listing_reads_names_only_and_no_checkpoint_says_how_to_get_one(tmp_path, monkeypatch):
+    import app as app_cli
+
+    for relative in ("checkpoints/x.pth", "outputs/demo/run/last_model.pth", "runs/a/b/best_model.pth"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"not even a pickle")  # listed, never read
+    (tmp_path / "outputs/demo/run/resume.pth").write_bytes(b"")
+    listed = find_checkpoints(tmp_path)
+    assert [entry.key for entry in listed] == [
+        "checkpoints/x.pth",
+        "outputs/demo/run/last_model.pth",
+        "runs/a/b/best_model.pth",
+    ]
+    assert listed[0].size == len(b"not even a pickle")
+    assert [entry.key for entry in find_checkpoints(tmp_path, search_dirs=[tmp_path / "runs"])][1:] == [
+        "runs/a/b/best_model.pth"
+    ]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("CHECKPOINT_DIR", str(empty))
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)  # a machine without pydensecrf
+    args = app_cli.build_parser().parse_args(["--search", str(empty), "--device", "cpu"])
+    page = app_cli.Page(args, torch.device("cpu"), logging.getLogger("iddc"), tmp_path)
+    assert page.entries == [] and "pip install pydensecrf2" in page.crf_missing
+    config = app_cli.build_page(page).config
+    texts = json.dumps(config["components"])
+    assert "bash val_coco27.sh" in texts and "python demo.py" in texts
+    crf = next(item for item in config["components"] if item["props"].get("elem_id") == "crf")
+    assert crf["props"]["interactive"] is False and "pydensecrf" in crf["props"]["info"]
+    photo = tmp_path / "x.png"
+    Image.new("RGB", (64, 48)).save(photo)
+    with pytest.raises(PageError, match="val_coco27.sh"):
+        page.run_segment(str(photo), page.default_key(), True, False, 0, lambda *a, **k: None)
