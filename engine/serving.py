@@ -10,6 +10,7 @@ is loaded when it is chosen, and only listed files can be loaded, never a path f
 import collections
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,6 +238,26 @@ def check_image_name(name):
         )
 
 
+def check_pixels(path):
+    """Refuse an image above Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS), read from
+    its header. Pillow itself only warns up to twice the limit, and would decode such a file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except Image.DecompressionBombError as err:
+        raise PageError(f"{path.name}: {err}; it is refused as a decompression bomb") from err
+    except (OSError, SyntaxError, ValueError):
+        return  # not decodable: the photo reader says so
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit:
+        raise PageError(
+            f"{path.name}: {width}x{height} is {width * height} pixels, above Pillow's decompression-bomb limit "
+            f"of {limit}; it is refused as a decompression bomb"
+        )
+
+
 def segment_photo(loaded, path, device, flip=True, crf=False, short_side=None, precision="fp32", batch_size=32):
     """A Segmentation of the photo at ``path``, the maps exactly predict.py's for the same options.
 
@@ -245,6 +266,7 @@ def segment_photo(loaded, path, device, flip=True, crf=False, short_side=None, p
     """
     path = Path(path)
     check_image_name(path.name)
+    check_pixels(path)
     try:
         image, original = read_photo(path, short_side or loaded.default_short_side)
     except DataError as err:

@@ -58,13 +58,14 @@ def write_scene(path, width, height, seed):
     return path
 
 
-def bomb_png(path):
-    """A PNG whose header claims 30000x30000 pixels (above twice Pillow's decompression-bomb limit)."""
+def bomb_png(path, side):
+    """A PNG whose header claims side x side pixels (Pillow's decompression-bomb limit is 89.5 M
+    pixels: it warns above it, and refuses above twice it)."""
 
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
     path.write_bytes(
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
     )
@@ -90,7 +91,8 @@ def files(tmp_path_factory):
         "tall": write_scene(photos / "tall.png", 200, 260, 2),
         "notes": photos / "notes.txt",
         "undecodable": photos / "broken.jpg",
-        "bomb": bomb_png(photos / "bomb.png"),
+        "bomb": bomb_png(photos / "bomb.png", 30000),
+        "bomb_warned": bomb_png(photos / "bomb_warned.png", 10000),
     }
     images["notes"].write_text("not an image\n")
     images["undecodable"].write_bytes(b"\xff\xd8\xff not a jpeg")
@@ -217,7 +219,8 @@ def test_each_problem_is_one_message_and_one_terminal_line(server, files):
     cases = [
         ((images["notes"],), "notes.txt: not an image"),
         ((images["undecodable"],), "broken.jpg: cannot read the image"),
-        ((images["bomb"],), "bomb.png: cannot read the image (Image size (900000000 pixels) exceeds limit"),
+        ((images["bomb"],), "bomb.png: Image size (900000000 pixels) exceeds limit"),
+        ((images["bomb_warned"],), "bomb_warned.png: 10000x10000 is 100000000 pixels, above Pillow's"),
         ((images["scene"], key(files, "broken")), "broken.pth: cannot read it as a torch checkpoint"),
     ]
     for arguments, expected in cases:
@@ -371,7 +374,8 @@ def test_listing_reads_names_only_and_no_checkpoint_says_how_to_get_one(tmp_path
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.setenv("CHECKPOINT_DIR", str(empty))
-    monkeypatch.setitem(sys.modules, "pydensecrf", None)  # a machine without pydensecrf
+    for module in ("pydensecrf", "pydensecrf.densecrf"):  # a machine without pydensecrf
+        monkeypatch.setitem(sys.modules, module, None)
     args = app_cli.build_parser().parse_args(["--search", str(empty), "--device", "cpu"])
     page = app_cli.Page(args, torch.device("cpu"), logging.getLogger("iddc"), tmp_path)
     assert page.entries == [] and "pip install pydensecrf2" in page.crf_missing
