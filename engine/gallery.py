@@ -130,7 +130,7 @@ def find_gallery_images(data_root=None, inputs=()):
         else:
             raise DataError(f"{option} {entry}: no such {'folder' if data_root is not None else 'file or folder'}")
     if not paths:
-        where = f"--data-root {data_root}" if data_root is not None else f"--input {' '.join(map(str, inputs))}"
+        where = f"{option} {data_root if data_root is not None else ' '.join(map(str, inputs))}"
         others = f" ({skipped} file(s) that are not images by their extension)" if skipped else ""
         raise DataError(f"{where}: no images found{others}")
     return paths, labels
@@ -378,7 +378,7 @@ def index_html(gallery, names, names_file):
         f'<meta name="generator" content="{GENERATOR}">\n'
         f"<title>Clusters of {checkpoint}</title>\n<style>{INDEX_STYLE}</style>\n</head>\n<body>\n"
         f"<h1>Clusters of {checkpoint}</h1>\n"
-        f"<p>{gallery.scanned} images scanned ({gallery.total_pixels} pixels at their original sizes). For each "
+        f"<p>{gallery.scanned} images scanned ({gallery.total_pixels:,} pixels at their original sizes). For each "
         f"cluster, the {gallery.per_cluster} images where it covers the most: on the left the cluster (the rest "
         f"dimmed), on the right the whole segmentation, under it the cluster's share of that image.</p>\n"
         f'<p>Name the clusters in <a href="{names_file}">{names_file}</a> (clusters given one name become one '

@@ -62,9 +62,20 @@ def tree(tmp_path_factory):
     bad_names.write_text(
         "clusters:\n" + "".join(f"  - {{id: {k}, name: n{k}, colour: red}}\n" for k in range(NUM_CLUSTERS))
     )
+    big = base / "big.jpg"  # a 24 MP photo: decoded at a reduced size, its shares counted at full size
+    scene = Image.fromarray(make_scene(100, 150, rng)[0]).resize((6000, 4000), Image.NEAREST)
+    scene.save(big, quality=80)
     broken = base / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
-    return {"base": base, "root": root, "checkpoint": checkpoint, "names": names, "bad": bad_names, "broken": broken}
+    return {
+        "base": base,
+        "root": root,
+        "checkpoint": checkpoint,
+        "names": names,
+        "bad": bad_names,
+        "broken": broken,
+        "big": big,
+    }
 
 
 def files_of(folder):
@@ -77,7 +88,7 @@ def runs(tree):
 
     {name: (Done, {file name: bytes} after that run)}."""
     base, root = tree["base"], tree["root"]
-    common = ["--checkpoint", tree["checkpoint"], "--device", "cpu", "--no-flip", "--per-cluster", PER_CLUSTER]
+    common = ["--checkpoint", tree["checkpoint"], "--device", "cpu", "--per-cluster", PER_CLUSTER]
 
     def gallery(*argv):
         return ("scripts/gallery.py", [*common, *map(str, argv)], ())
@@ -90,8 +101,10 @@ def runs(tree):
             root / "a",
             root / "s0.png",
             tree["broken"],
+            tree["big"],
             "--names",
             tree["names"],
+            "--no-flip",
             "--output-dir",
             base / "input",
         ),
@@ -129,7 +142,7 @@ def model(tree):
 def expected_counts(model, tree, relative):
     """Pixel counts per cluster of one image, segmented independently as predict.py segments it."""
     image, original = read_photo(tree["root"] / relative, SHORT_SIDE)
-    clusters = segment(model, image, "cpu", flip=False, size=original)  # (H, W)
+    clusters = segment(model, image, "cpu", size=original)  # (H, W), flip averaging on as by default
     return np.bincount(clusters.reshape(-1), minlength=NUM_CLUSTERS)
 
 
@@ -199,17 +212,17 @@ def test_edited_names_are_never_replaced(tree, runs):
 def test_input_names_and_an_unreadable_image(tree, runs):
     result, files = runs["input"]
     assert result.code == 1, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: 1 of 4 image(s) could not be read: broken.jpg")
+    assert result.stderr.strip().splitlines()[-1].startswith("error: 1 of 5 image(s) could not be read: broken.jpg")
     assert "made for another checkpoint" in result.stdout and str(tree["names"]) in result.stdout
     names = read_names(tree["base"] / "input" / "clusters.yaml", NUM_CLUSTERS)
     assert names.names[:2] == ["thing", "thing"] and names.sha256 != "0" * 64
     page = files["index.html"].decode()
     assert "broken.jpg" in page and "cluster 2: part 2" in page
-    assert set(label for entries in listed_images(page).values() for _, label in entries) <= {
-        "s1.jpg",
-        "deep/s2.png",
-        "s0.png",
-    }
+    listed = {label for entries in listed_images(page).values() for _, label in entries}
+    assert "big.jpg" in listed and listed <= {"s1.jpg", "deep/s2.png", "s0.png", "big.jpg"}
+    # Pixels are counted at each image's original size, the 24 MP photo's too.
+    scanned = sum(width * height for relative, (width, height) in SCENES.items() if relative != "b/s0.png")
+    assert f"4 images scanned ({scanned + 6000 * 4000:,} pixels at their original sizes)" in page
     # Clusters 0 and 1 share a name: one class, drawn in cluster 0's colour everywhere.
     sheets = []
     for cluster in range(NUM_CLUSTERS):
@@ -244,3 +257,8 @@ def test_highlight_keeps_the_cluster_and_dims_the_rest():
     assert (shown[2:4, 3:6] == 200).all()  # inside: as it is
     assert (shown[1, 2:7] == (255, 0, 0)).all() and (shown[4, 2:7] == (255, 0, 0)).all()  # its outline
     assert (shown[clusters != 3] < 120).all()  # outside: dimmed
+
+
+def test_the_docs_show_the_gallery():
+    page = (ROOT / "docs" / "own_data.md").read_text()
+    assert "](gallery_example.png)" in page and (ROOT / "docs" / "gallery_example.png").is_file()
