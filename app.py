@@ -391,6 +391,17 @@ def build_page(page):
         second, _ = page.run_segment(image, checkpoint_b, flip, crf, short_side, progress)
         return first.overlay(0.5, PREVIEW_MAX_SIDE), second.overlay(0.5, PREVIEW_MAX_SIDE)
 
+    def segment_many(images, checkpoint=default_key, flip=True, crf=False, short_side=0, progress=gr.Progress()):
+        """Segment several images: (their overlays with captions, their indexed clusters PNG files)."""
+        if not images:
+            raise PageError("upload one or several images first")
+        overlays, clusters_files = [], []
+        for image in progress.tqdm(images, desc="segmenting the images"):
+            result, clusters_file = page.run_segment(image, checkpoint, flip, crf, short_side, lambda *a, **k: None)
+            overlays.append((result.overlay(0.5, PREVIEW_MAX_SIDE), result.name))
+            clusters_files.append(clusters_file)
+        return overlays, clusters_files
+
     def save_names(checkpoint, names_table, overwrite=False):
         """Write the names table beside the checkpoint as <stem>.clusters.yaml (overwrite: replace one)."""
         rows = names_table.values.tolist() if hasattr(names_table, "values") else list(names_table.get("data", []))
@@ -478,6 +489,12 @@ def build_page(page):
                         shares = gr.Dataframe(
                             headers=["name", "colour", "share"], label="shares of the image", elem_id="shares"
                         )
+            with gr.Tab("Several images", id="several-tab"):
+                with gr.Row():
+                    uploads = gr.File(label="images", file_count="multiple", type="filepath", elem_id="uploads")
+                    many_button = gr.Button("Segment them all", variant="primary", elem_id="segment-many")
+                many_overlays = gr.Gallery(label="overlays", columns=3, height=360, elem_id="overlays")
+                many_files = gr.File(label="indexed clusters PNGs", file_count="multiple", elem_id="clusters-files")
             with gr.Tab("Compare", id="compare-tab", elem_id="compare"):
                 with gr.Row():
                     compare_upload = gr.File(label="image", type="filepath", elem_id="compare-upload")
@@ -530,6 +547,12 @@ def build_page(page):
                 api_visibility="private",
                 show_progress="hidden",
             )
+        many_button.click(
+            reported(segment_many),
+            [uploads, checkpoint, flip, crf, short_side],
+            [many_overlays, many_files],
+            api_name="segment_many",
+        ).then(loaded_models, None, loaded_md, api_name="show_loaded_after_many", api_visibility="private")
         compared = compare_button.click(
             reported(compare),
             [compare_upload, checkpoint, checkpoint_b, flip, crf, short_side],

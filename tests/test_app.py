@@ -173,6 +173,15 @@ def test_segment_options_are_predicts(server, files, tmp_path):
     assert np.array_equal(read_ids(short_file), segment(model.eval(), working, "cpu", size=original))
 
 
+def test_several_images_at_once(server, files):
+    scene, tall = files["images"]["scene"], files["images"]["tall"]
+    uploads = [gradio_client.handle_file(str(path)) for path in (scene, tall)]
+    overlays, clusters_files = server["client"].predict(uploads, key(files, "a"), api_name="/segment_many")
+    assert [item["caption"] for item in overlays] == ["scene.jpg", "tall.png"]
+    assert [Path(path).name for path in clusters_files] == ["scene_clusters.png", "tall_clusters.png"]
+    assert np.array_equal(read_ids(clusters_files[0]), read_ids(segment_api(server, scene)[2]))
+
+
 def test_compare_two_checkpoints(server, files):
     image = gradio_client.handle_file(str(files["images"]["scene"]))
     first, second = server["client"].predict(image, key(files, "a"), key(files, "b"), api_name="/compare")
