@@ -48,6 +48,9 @@ PREVIEW_MAX_SIDE = 1600  # pictures on the page; the clusters file is always at 
 KEPT_RESULTS = 8  # segmentations kept for the opacity slider and the legend (the newest)
 DEMO_SCENES = 3
 ALL_CLUSTERS = "all clusters"
+# One queue for every action that runs a model: one at a time, so that two large photos never
+# hold their maps at once (memory as predict.py's), and a request while one runs waits its turn.
+MODEL_QUEUE = "model"
 NO_CHECKPOINT = (
     "No checkpoint found. Get one with `bash val_coco27.sh` (downloads the released checkpoints into "
     "checkpoints/) or `python demo.py` (trains one in minutes on a CPU, under outputs/demo), then "
@@ -531,7 +534,11 @@ def build_page(page):
 
         segment_inputs = [upload, checkpoint, flip, crf, short_side]
         done = run_button.click(
-            reported(segment), segment_inputs, [overlay, colour, clusters_file, shares], api_name="segment"
+            reported(segment),
+            segment_inputs,
+            [overlay, colour, clusters_file, shares],
+            api_name="segment",
+            concurrency_id=MODEL_QUEUE,
         )
         done.success(
             reported(after_segment),
@@ -552,22 +559,29 @@ def build_page(page):
             [uploads, checkpoint, flip, crf, short_side],
             [many_overlays, many_files],
             api_name="segment_many",
+            concurrency_id=MODEL_QUEUE,
         ).then(loaded_models, None, loaded_md, api_name="show_loaded_after_many", api_visibility="private")
         compared = compare_button.click(
             reported(compare),
             [compare_upload, checkpoint, checkpoint_b, flip, crf, short_side],
             [overlay_a, overlay_b],
             api_name="compare",
+            concurrency_id=MODEL_QUEUE,
         )
         compared.then(loaded_models, None, loaded_md, api_name="show_loaded_models", api_visibility="private")
         save_button.click(
-            reported(save_names), [checkpoint, names_table, overwrite], save_status, api_name="save_names"
+            reported(save_names),
+            [checkpoint, names_table, overwrite],
+            save_status,
+            api_name="save_names",
+            concurrency_id=MODEL_QUEUE,
         )
         show_button.click(
             reported(show_names),
             [checkpoint],
             [names_table, cluster_pick, cluster_gallery, loaded_md],
             api_visibility="private",
+            concurrency_id=MODEL_QUEUE,
         )
         cluster_pick.change(
             reported(show_cluster), [checkpoint, cluster_pick], cluster_gallery, api_visibility="private"
