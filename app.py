@@ -35,8 +35,7 @@ from data.synthetic import make_scene
 from engine.crf import PYDENSECRF_REQUIREMENT
 from engine.gallery import entry_panels, find_gallery_images, scan_clusters, seeded_sample
 from engine.names import colour_text, file_sha256, names_file_beside, read_names, write_names
-from engine.serving import ModelCache, PageError, find_checkpoints, segment_photo
-from engine.visualize import indexed_png
+from engine.serving import ModelCache, PageError, find_checkpoints, save_clusters_png, segment_photo
 from utils.cli import ArgumentParser, check_at_least, entry_point, resolve_device
 from utils.errors import OptionError, ReportedError
 from utils.log import setup_logger
@@ -213,7 +212,7 @@ class Page:
         )
         progress(0.9, desc="writing the clusters file")
         clusters_file = self._new_folder("result") / f"{Path(result.name).stem}_clusters.png"
-        predict_cli.save_png(indexed_png(result.clusters, loaded.names.merged_colours()), clusters_file)
+        save_clusters_png(result.clusters, loaded.names.merged_colours(), clusters_file)
         return result, str(clusters_file)
 
     def keep(self, session, result):
