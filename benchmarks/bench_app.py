@@ -3,7 +3,8 @@
     python benchmarks/bench_app.py [--repeats 5] [--width 640] [--height 480] [--device cpu]
 
 A randomly initialised full-size ViT-S/16 (speed does not depend on the weights) is saved as a
-checkpoint and served by app.py in this process (127.0.0.1, a free port). Both timings use a warm
+checkpoint and served by app.py, started as a user starts it (a child process on 127.0.0.1, a free
+port). Both timings use a warm
 model (one untimed request first), the same synthetic scene and predict.py's defaults (flip):
 
 - predict: engine/segment.py's segment() on the photo reader's image, the function predict.py calls;
@@ -14,11 +15,13 @@ The goal (docs/app.md): the page takes at most 1.2x predict's time.
 """
 
 import logging
-import os
 import socket
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
+from urllib.request import urlopen
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file, benchmarks/ is first on the path
 
@@ -26,16 +29,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-import app as app_cli
 from benchmarks.common import check_counts, random_model, temporary_folder, timed
 from data.photos import read_photo
 from data.synthetic import make_scene
 from engine.segment import segment
 from modules.checkpoint import iddc_state
 from utils.cli import ArgumentParser, entry_point, resolve_device
+from utils.errors import ReportedError
 from utils.optional import require
 
 GOAL = 1.2
+ROOT = Path(__file__).resolve().parents[1]
+SERVER_START_S = 300
 
 
 def build_parser():
@@ -53,13 +58,24 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def wait_until_serving(server, url, log):
+    deadline = time.monotonic() + SERVER_START_S
+    while True:
+        try:
+            with urlopen(url, timeout=2):
+                return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                lines = log.read_text(errors="replace").strip().splitlines()
+                raise ReportedError(f"app.py did not serve {url}: {lines[-1] if lines else 'no output'}") from None
+            time.sleep(0.2)
+
+
 @entry_point
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_counts(args, {"--repeats": 1, "--width": 1, "--height": 1})
     device = resolve_device(args.device)
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    require("gradio", app_cli.GRADIO_REQUIREMENT, "benchmarks/bench_app.py")
     gradio_client = require("gradio_client", "gradio_client", "benchmarks/bench_app.py")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     with temporary_folder("bench_app") as folder:
@@ -75,13 +91,13 @@ def main(argv=None):
             image, original = read_photo(photo)
             segment(model, image, device, size=original)
 
-        argv = ["--checkpoint", str(checkpoint), "--port", str(free_port()), "--device", device]
-        page_args = app_cli.build_parser().parse_args(argv)
-        page = app_cli.Page(page_args, torch.device(device), logging.getLogger("iddc"), folder)
-        blocks = app_cli.build_page(page)
-        app_cli.launch(blocks, page_args, folder, block=False)
+        port = free_port()
+        command = [sys.executable, str(ROOT / "app.py"), "--checkpoint", str(checkpoint), "--port", str(port)]
+        with open(folder / "app.log", "wb") as log:
+            server = subprocess.Popen([*command, "--device", device], stdout=log, stderr=subprocess.STDOUT)
         try:
-            client = gradio_client.Client(f"http://127.0.0.1:{page_args.port}/", verbose=False)
+            wait_until_serving(server, f"http://127.0.0.1:{port}/", folder / "app.log")
+            client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
 
             def page_once():
                 client.predict(gradio_client.handle_file(str(photo)), api_name="/segment")
@@ -92,7 +108,8 @@ def main(argv=None):
                 times["predict"].append(timed(predict_once, device))
                 times["page"].append(timed(page_once, device))
         finally:
-            blocks.close()
+            server.terminate()
+            server.wait()
     medians = {name: statistics.median(seconds) for name, seconds in times.items()}
     print(
         f"{args.width}x{args.height} photo, ViT-S/16 (random), flip, {device} "
