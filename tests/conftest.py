@@ -49,6 +49,7 @@ SLOW_FILES_FIRST = (
     "test_distributed_training.py",
     "test_backbones.py",
     "test_crf.py",
+    "test_app.py",
     "test_datasets_e2e.py",
     "test_train.py",
     "test_sweep.py",

@@ -1,6 +1,6 @@
 """One command-line contract for every command a user runs (utils/errors.py, utils/cli.py).
 
-Every entry point (train, eval, predict, demo, baseline_kmeans, the scripts and the benchmarks) is
+Every entry point (train, eval, predict, demo, app, baseline_kmeans, the scripts and the benchmarks) is
 run with (a) an abbreviation of one of its long options and ``--deb``, (b) a bad value for one
 option and (c) an output it cannot write: exit 2, no traceback, and a last stderr line that starts
 with ``error:`` and names the culprit. All of them must fail before a model is built or data is
@@ -96,6 +96,7 @@ def build_cases(f):
             ["--check", missing],
         ),
         "demo.py": ([], ["--backbone", "dino_vits8"]),  # not --backbone-weights
+        "app.py": (["--checkpoint", str(a_file), *cpu], ["--por", "7860"]),  # not --port
         "baseline_kmeans.py": (["--data-root", root, *cpu], ["--save", "c.pth"]),
         "scripts/summarize.py": ([str(f["eval_json"])], ["--mark", "t.md"]),
         "scripts/gallery.py": (
@@ -121,6 +122,8 @@ def build_cases(f):
             "train.py", "unwritable", [*base["train.py"], "--output-dir", str(unwritable)], "--output-dir", str(a_file)
         ),
         Case("eval.py", "bad-value", [*base["eval.py"], "--limit", "0"], "--limit", "got 0"),
+        Case("app.py", "bad-value", [*base["app.py"], "--max-models", "0"], "--max-models", "got 0"),
+        Case("app.py", "missing-checkpoint", ["--checkpoint", missing], "--checkpoint", missing),
         Case("eval.py", "unwritable", [*base["eval.py"], "--output-json", str(unwritable / "r.json")], "--output-json"),
         Case("eval.py", "unwritable-visuals", [*base["eval.py"], "--save-visuals", str(a_file)], "--save-visuals"),
         Case("predict.py", "bad-value", [*base["predict.py"], "--batch-size", "0"], "--batch-size", "got 0"),
@@ -194,6 +197,7 @@ def build_cases(f):
             block=["pydensecrf"],
         ),
         Case("baseline_kmeans.py", "no-faiss", base["baseline_kmeans.py"], "faiss-cpu", block=["faiss"]),
+        Case("app.py", "no-gradio", base["app.py"], "gradio", block=["gradio"]),
         Case(
             "train.py",
             "no-tensorboard",
@@ -280,13 +284,14 @@ def test_refused_with_one_error_line(results, case_id):
         assert str(culprit) in last, (culprit, shown)
 
 
-@pytest.mark.parametrize("package", ["pydensecrf2", "faiss-cpu", "tensorboard", "gdown"])
+@pytest.mark.parametrize("package", ["pydensecrf2", "faiss-cpu", "tensorboard", "gdown", "gradio"])
 def test_missing_package_names_the_install_command_of_requirements(results, package):
     case_id = {
         "pydensecrf2": "eval-no-pydensecrf",
         "faiss-cpu": "baseline_kmeans-no-faiss",
         "tensorboard": "train-no-tensorboard",
         "gdown": "download_checkpoint-no-gdown",
+        "gradio": "app-no-gradio",
     }[package]
     _, result = results["cases"][case_id]
     last = result.stderr.strip().splitlines()[-1]
