@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import PIL
 import pytest
 from helpers import save_released, small_model
 
@@ -12,13 +13,20 @@ from data.synthetic import write_synthetic_cocostuff
 from engine.evaluation import evaluate, make_protocol
 from modules.checkpoint import load_iddc_model
 
+# Pixels of the goldens' confusion (600,859 scored in all) that may differ. The goldens were made with
+# Pillow 13 (tests/golden/README.md), with which this project's confusions equal them exactly. Pillow
+# 12, the version gradio (app.py) allows, rounds bilinear resizing differently: one grey level on about
+# 12% of the values of a fixture image resized to 320x320 (measured), which under resize320 moves 364
+# pixels of a random model's confusion; Acc and mIoU stay within 0.01 points, as asserted.
+CONFUSION_TOLERANCE = 200 if int(PIL.__version__.split(".")[0]) >= 13 else 600
+
 
 @pytest.mark.parametrize("protocol", ["sliding", "resize320"])
 def test_matches_original_goldens(fake_checkpoint, golden_dir, protocol):
     golden = json.loads((golden_dir / f"eval_vits16_{protocol}.json").read_text())
     model, _ = load_iddc_model(fake_checkpoint, patch_size=16)
     result = evaluate(model, golden_dir / "cocostuff", make_protocol(protocol), num_workers=0, progress=False)
-    assert np.abs(result.confusion - np.array(golden["hist_raw"])).sum() <= 200
+    assert np.abs(result.confusion - np.array(golden["hist_raw"])).sum() <= CONFUSION_TOLERANCE
     assert result.metrics["acc"] == pytest.approx(golden["acc"], abs=0.01)
     assert result.metrics["miou"] == pytest.approx(golden["miou"], abs=0.01)
     assert result.num_images == 6
