@@ -28,7 +28,8 @@ def _as_numpy_mask(mask):
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"a mask must be 2-D (H, W), got shape {mask.shape}")
-    return mask.astype(np.int64)
+    # Integer masks index the palette as they are (a uint8 map of a 24 MP photo is not copied to int64).
+    return mask if np.issubdtype(mask.dtype, np.integer) else mask.astype(np.int64)
 
 
 def _check_ids(mask, palette):
