@@ -17,7 +17,6 @@ from PIL import PngImagePlugin
 
 from data.photos import OUTPUT_MARK, display_path
 from data.video import require_av
-from engine.names import DEFAULT_NAME
 from engine.visualize import colorize, indexed_png, legend, overlay
 from utils.files import atomic_path, save_image_atomic, write_text_atomic
 
@@ -71,21 +70,8 @@ def write_image_outputs(paths, clusters, names, load_image):
             save_marked_png(overlay(load_image(), colour), paths["overlay"], compress_level=OVERLAY_COMPRESSION)
 
 
-def legend_entries(names):
-    """[(text, colour)] of the legend: a class's name, with its cluster ids unless it is the
-    default name of its one cluster."""
-    entries = []
-    for name, colour, ids in names.classes():
-        if len(ids) == 1 and name == DEFAULT_NAME.format(ids[0]):
-            entries.append((name, colour))
-        else:
-            label = f"cluster {ids[0]}" if len(ids) == 1 else f"clusters {', '.join(map(str, ids))}"
-            entries.append((f"{name} ({label})", colour))
-    return entries
-
-
 def write_legend(path, names):
-    entries = legend_entries(names)
+    entries = names.legend_entries()
     save_marked_png(legend([text for text, _ in entries], [colour for _, colour in entries]), path)
 
 

@@ -346,3 +346,22 @@ def test_undecodable_clip_is_reported_as_an_image_is(checkpoints, one_photo, tmp
     assert f"not segmented: {broken}: cannot read the video" in printed.out
     assert printed.err.strip().splitlines()[-1].startswith("error: 1 of 2 image(s) could not be read")
     assert (tmp_path / "out" / "scene_clusters.png").is_file()
+
+
+def test_eval_pictures_take_names(tmp_path):
+    import eval as eval_cli
+    from data.synthetic import write_synthetic_cocostuff
+    from engine.visualize import CAPTION_HEIGHT
+
+    root = tmp_path / "data"
+    image_id = write_synthetic_cocostuff(root, num_train=0, num_val=1, sizes=((96, 64),))["val"][0]
+    checkpoint = save_released(small_model(depth=1), tmp_path / "coco.pth")
+    names_file = tmp_path / "names.yaml"
+    colours = ["#ff0000" if k % 2 == 0 else "#0000ff" for k in range(27)]
+    names_file.write_text(names_yaml(checkpoint, ["even" if k % 2 == 0 else "odd" for k in range(27)], colours))
+    visuals = tmp_path / "visuals"
+    argv = ["--data-root", root, "--checkpoint", checkpoint, "--device", "cpu", "--window", "32", "--overlap", "8"]
+    assert eval_cli.main([*map(str, argv), "--save-visuals", str(visuals), "--names", str(names_file)]) == 0
+    panel = np.array(read(visuals / f"{image_id}.png"))[CAPTION_HEIGHT:, 2 * 96 :]  # (64, 96, 3): the prediction
+    assert {tuple(colour) for colour in panel.reshape(-1, 3)} <= {(255, 0, 0), (0, 0, 255)}
+    assert read(visuals / "legend_names.png").size[1] < read(visuals / "legend.png").size[1]
