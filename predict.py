@@ -519,6 +519,74 @@ def finish_job(items, out_dir, names):
     write_shares_csv(Path(out_dir) / SHARES_FILE, rows, names)
 
 
+@dataclass
+class Job:
+    """One command's work: its inputs, output folder, model, names and what predict.json records."""
+
+    args: argparse.Namespace
+    items: list
+    skipped: list
+    out_dir: Path
+    model: torch.nn.Module
+    names: object  # engine.names.ClusterNames
+    short_side: int
+    device: torch.device
+    description: dict
+    logger: object
+
+
+def run_job(job):
+    """Continue (or start) the job in its output folder: check it, share the inputs still to do
+    out between the processes, segment them, then rank 0 writes legend.png and shares.csv.
+    Everything it writes is in ``job.out_dir``."""
+    args, items, out_dir, logger = job.args, job.items, job.out_dir, job.logger
+    main_process = distributed.is_main()
+    check_job(out_dir, job.description, args.overwrite)
+    done = set() if args.overwrite else done_items(items, out_dir, args.outputs)
+    check_outputs(items, out_dir, args.outputs, [args.checkpoint, args.names, args.assignment], done)
+    for path in job.skipped:
+        logger.info("skipped: %s: not an image by its extension", display_path(path))
+    distributed.barrier()  # every process has found what is done before anything is written
+    if main_process:
+        if args.overwrite:
+            shutil.rmtree(Path(out_dir) / RECORDS_FOLDER, ignore_errors=True)
+        write_text_atomic(Path(out_dir) / JOB_FILE, json.dumps(job.description, indent=2) + "\n")
+    distributed.barrier()  # the old records are gone before any process writes a new one
+    todo = [item for item in items if item.relative not in done]
+    if done:
+        logger.info("%d of %d inputs already done in %s (%s): skipped", len(done), len(items), out_dir, JOB_FILE)
+    mine = todo[distributed.rank() :: distributed.world_size()]
+    predictor = Predictor(job.model, job.names, args, job.device, out_dir, job.short_side, logger)
+    failed = predictor.run(mine, main_process)
+    counts = distributed.all_reduce_sum(torch.tensor([len(mine) - len(failed), len(failed)]))
+    distributed.barrier()
+    distributed.cleanup()
+    if main_process:
+        finish_job(items, out_dir, job.names)
+        segmented, failures = counts.tolist()
+        if failures:
+            logger.warning("%d input(s) could not be read; each process names its own", failures)
+        logger.info(
+            "%d of %d inputs segmented now, %d before; outputs, %s and %s in %s%s",
+            segmented,
+            len(items),
+            len(done),
+            SHARES_FILE,
+            LEGEND_FILE,
+            out_dir,
+            f"; {len(job.skipped)} file(s) that are not images skipped" if job.skipped else "",
+        )
+    if failed:
+        print(
+            f"error: {len(failed)} of {len(mine)} image(s) could not be read: "
+            f"{', '.join(display_path(item.source) for item in failed[:SHOW_NAMES])}"
+            f"{', ...' if len(failed) > SHOW_NAMES else ''} (see 'not segmented' above)",
+            file=sys.stderr,
+        )
+        return EXIT_PROBLEMS
+    return EXIT_OK
+
+
 @entry_point
 def main(argv=None):
     args = build_parser().parse_args(argv)
@@ -539,7 +607,6 @@ def main(argv=None):
         require_pydensecrf()
     spec = get_dataset(args.dataset)
     device = distributed.init_from_env(device)
-    main_process = distributed.is_main()
     logger = setup_logger()
     items, skipped = list_inputs(args.input, args.recursive, logger)
     if any(item.video for item in items):
@@ -549,49 +616,9 @@ def main(argv=None):
     model, meta = load_model(args, device)
     names = cluster_names(args, model, meta, spec, logger)
     short_side = default_short_side(args, meta)
-    job = job_description(args, file_sha256(args.checkpoint), names, short_side)
-    check_job(out_dir, job, args.overwrite)
-    done = set() if args.overwrite else done_items(items, out_dir, args.outputs)
-    check_outputs(items, out_dir, args.outputs, [args.checkpoint, args.names, args.assignment], done)
-    for path in skipped:
-        logger.info("skipped: %s: not an image by its extension", display_path(path))
-    distributed.barrier()  # every process has found what is done before any writes
-    if main_process:
-        if args.overwrite:
-            shutil.rmtree(Path(out_dir) / RECORDS_FOLDER, ignore_errors=True)
-        write_text_atomic(Path(out_dir) / JOB_FILE, json.dumps(job, indent=2) + "\n")
-    todo = [item for item in items if item.relative not in done]
-    if done:
-        logger.info("%d of %d inputs already done in %s (%s): skipped", len(done), len(items), out_dir, JOB_FILE)
-    mine = todo[distributed.rank() :: distributed.world_size()]
-    failed = Predictor(model, names, args, device, out_dir, short_side, logger).run(mine, main_process)
-    counts = distributed.all_reduce_sum(torch.tensor([len(mine) - len(failed), len(failed)]))
-    distributed.barrier()
-    distributed.cleanup()
-    if main_process:
-        finish_job(items, out_dir, names)
-        segmented, failures = counts.tolist()
-        if failures:
-            logger.warning("%d input(s) could not be read; each process names its own", failures)
-        logger.info(
-            "%d of %d inputs segmented now, %d before; outputs, %s and %s in %s%s",
-            segmented,
-            len(items),
-            len(done),
-            SHARES_FILE,
-            LEGEND_FILE,
-            out_dir,
-            f"; {len(skipped)} file(s) that are not images skipped" if skipped else "",
-        )
-    if failed:
-        print(
-            f"error: {len(failed)} of {len(mine)} image(s) could not be read: "
-            f"{', '.join(display_path(item.source) for item in failed[:SHOW_NAMES])}"
-            f"{', ...' if len(failed) > SHOW_NAMES else ''} (see 'not segmented' above)",
-            file=sys.stderr,
-        )
-        return EXIT_PROBLEMS
-    return EXIT_OK
+    description = job_description(args, file_sha256(args.checkpoint), names, short_side)
+    job = Job(args, items, skipped, out_dir, model, names, short_side, device, description, logger)
+    return run_job(job)
 
 
 if __name__ == "__main__":
