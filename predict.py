@@ -609,8 +609,11 @@ def main(argv=None):
     device = distributed.init_from_env(device)
     logger = setup_logger()
     items, skipped = list_inputs(args.input, args.recursive, logger)
-    if any(item.video for item in items):
+    videos = [item.source for item in items if item.video]
+    if videos:
         require_av()
+        if args.crf:
+            raise OptionError(f"--crf refines images, not videos; segment {display_path(videos[0])} without --crf")
     out_dir = check_writable_dir(args.output_dir, "--output-dir")
     check_one_output_each(items, out_dir)
     model, meta = load_model(args, device)

@@ -2,7 +2,7 @@
 windows, and its resident memory over a long job.
 
     python benchmarks/bench_predict_collection.py [--images 8] [--repeats 3] [--device cpu]
-    python benchmarks/bench_predict_collection.py --memory [--memory-images 2000] [--repeats 3]
+    python benchmarks/bench_predict_collection.py --memory [--memory-images 2000] [--memory-size 640 480] [--repeats 3]
 
 Speed: ``--images`` synthetic scenes of 640x480 saved as JPEGs and a full-size ViT-S/16 IDDC
 checkpoint with random weights (speed does not depend on them). ``predict.main`` runs over the
@@ -12,11 +12,11 @@ flips in the same batches (benchmarks/bench_eval.py's), just before and after it
 least 1/1.3 of the bare forwards' rate (medians of the per-repeat ratios).
 
 Memory (``--memory``): predict.py run as a user runs it, in a child process, over
-``--memory-images`` 640x480 JPEGs (100 distinct scenes, hard-linked under as many names), its
-resident memory (VmRSS) read when the job's 100th record appears and when its last one does. The
-model is a small random ViT, so that 2,000 images take minutes on a CPU: what could grow with the
-number of images is the pipeline's (file lists, records, outputs), not the model's. Goal: RSS after
-2,000 images within 100 MB of RSS after 100.
+``--memory-images`` JPEGs of ``--memory-size`` (640x480 by default; 100 distinct scenes,
+hard-linked under as many names), its resident memory (VmRSS) read when the job's 100th record
+appears and when its last one does. The model is a small random ViT, so that 2,000 images take
+minutes on a CPU: what could grow with the number of images is the pipeline's (file lists,
+records, outputs), not the model's. Goal: RSS after 2,000 images within 100 MB of RSS after 100.
 """
 
 import os
@@ -43,7 +43,7 @@ from modules.checkpoint import iddc_state
 from modules.model import IDDCModel
 from modules.vit import VisionTransformer
 from modules.weights import save_atomic
-from utils.cli import ArgumentParser, entry_point, resolve_device
+from utils.cli import ArgumentParser, check_at_least, entry_point, resolve_device
 
 WIDTH, HEIGHT = 640, 480
 DISTINCT_SCENES = 100
@@ -57,20 +57,29 @@ def build_parser():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory", action="store_true", help="measure the resident memory over a long job instead")
     parser.add_argument("--memory-images", type=int, default=2000, help="memory: photos in the job")
+    parser.add_argument(
+        "--memory-size",
+        type=int,
+        nargs=2,
+        default=(WIDTH, HEIGHT),
+        metavar=("WIDTH", "HEIGHT"),
+        help="memory: the photos' size (smaller photos make the long job shorter on a slow CPU)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--batch-size", type=int, default=32)
     return parser
 
 
-def write_photos(folder, count, distinct):
-    """``count`` 640x480 JPEGs in ``folder``: ``distinct`` scenes, the rest hard links to them."""
+def write_photos(folder, count, distinct, size=(WIDTH, HEIGHT)):
+    """``count`` JPEGs of ``size`` (width, height) in ``folder``: ``distinct`` scenes, the rest hard
+    links to them."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for index in range(count):
         path = folder / f"photo_{index:05d}.jpg"
         if index < distinct:
-            Image.fromarray(make_scene(HEIGHT, WIDTH, rng)[0]).save(path, quality=90)
+            Image.fromarray(make_scene(size[1], size[0], rng)[0]).save(path, quality=90)
         else:
             os.link(folder / f"photo_{index % distinct:05d}.jpg", path)
     return folder
@@ -144,7 +153,9 @@ def watch_job(process, records, total):
 
 
 def measure_memory(args, work):
-    photos = write_photos(work / "photos", args.memory_images, min(DISTINCT_SCENES, args.memory_images))
+    photos = write_photos(
+        work / "photos", args.memory_images, min(DISTINCT_SCENES, args.memory_images), tuple(args.memory_size)
+    )
     torch.manual_seed(0)
     small = IDDCModel(VisionTransformer(patch_size=16, embed_dim=64, depth=1, num_heads=1))
     checkpoint = work / "small.pth"
@@ -183,6 +194,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     args.device = resolve_device(args.device)
     check_counts(args, {"--images": 1, "--repeats": 1, "--batch-size": 1, "--memory-images": EARLY_COUNT + 1})
+    for side in args.memory_size:
+        check_at_least(side, "--memory-size", 1)
     with temporary_folder("bench_predict_collection") as work:
         if args.memory:
             measure_memory(args, work)
