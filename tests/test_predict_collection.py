@@ -6,6 +6,7 @@ checkpoint or other options into the job's folder are refused; names files (merg
 beside the checkpoint, another checkpoint's, bad ones); a clip written with PyAV."""
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -49,6 +50,7 @@ def tree(tmp_path_factory):
     for seed, (relative, size) in enumerate(PHOTOS):
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         blocks(size, seed).save(root / relative, quality=90)
+    blocks((64, 48), 7).save(os.fsdecode(bytes(root / "b") + b"/caf\xe9.jpg"), format="JPEG")  # not UTF-8
     (root / "notes.txt").write_text("not an image")
     (root / "labels" / "a").mkdir(parents=True)
     Image.fromarray(np.zeros((72, 96), np.uint8)).save(root / "labels" / "a" / "IMG_1.png")
@@ -115,7 +117,8 @@ def jobs(tree, checkpoints, tmp_path_factory):
     os.kill(pid, signal.SIGKILL)
     assert wait_exit(pid, deadline) == -signal.SIGKILL
     done_before = sorted(path.relative_to(records).as_posix() for path in records.rglob("*.json"))
-    assert 0 < len(done_before) < len(PHOTOS), done_before
+    assert 0 < len(done_before) <= len(PHOTOS), done_before
+    assert "big.jpg.json" not in done_before  # killed before its last image
     assert predict_cli.main(command(checkpoints["mine"], [tree], straight, *STRAIGHT)) == 0
     finish_ranks(rank_pids, timeout=120)
     assert predict_cli.main(killed_argv) == 0
@@ -129,15 +132,16 @@ def test_recursive_outputs_keep_relative_paths_and_shares(jobs, tree):
         assert not (out / f"{stem}_overlay.png").exists()  # --outputs clusters,color
         for suffix in ("_clusters.png", "_color.png"):
             assert read(out / f"{stem}{suffix}").size == size, (relative, suffix)
-    assert set(maps(out)) == {relative.rsplit(".", 1)[0] + "_clusters.png" for relative, _ in PHOTOS}
+    expected = {relative.rsplit(".", 1)[0] + "_clusters.png" for relative, _ in PHOTOS} | {"b/caf\udce9_clusters.png"}
+    assert set(maps(out)) == expected
     assert not (out / "labels").exists() and not (out / ".hidden").exists()
     with open(out / "shares.csv", encoding="utf-8", newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["path", "width", "height", *(f"cluster {k}" for k in range(NUM_CLUSTERS))]
-    assert [row[0] for row in rows[1:]] == sorted(relative for relative, _ in PHOTOS)
+    assert [row[0] for row in rows[1:]] == sorted([relative for relative, _ in PHOTOS] + ["b/caf\\xe9.jpg"])
     produced = maps(out)
     for row in rows[1:]:
-        ids = produced[row[0].rsplit(".", 1)[0] + "_clusters.png"]
+        ids = produced[row[0].replace("\\xe9", "\udce9").rsplit(".", 1)[0] + "_clusters.png"]
         assert (int(row[1]), int(row[2])) == (ids.shape[1], ids.shape[0])
         expected = np.bincount(ids.ravel(), minlength=NUM_CLUSTERS) / ids.size
         np.testing.assert_allclose([float(share) for share in row[3:]], expected, atol=1e-6)
@@ -174,10 +178,26 @@ def test_the_job_folder_refuses_another_checkpoint_or_options(jobs, tree, checkp
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "other --outputs: clusters,color there, color here" in last
     assert predict_cli.main(command(checkpoints["mine"], [tree], out, *STRAIGHT)) == 0
-    assert f"{len(PHOTOS)} of {len(PHOTOS)} inputs already done" in capsys.readouterr().out
+    assert f"{len(PHOTOS) + 1} of {len(PHOTOS) + 1} inputs already done" in capsys.readouterr().out
+    assert json.loads((out / "predict.json").read_text())["options"]["short_side"] == SHORT_SIDE  # the checkpoint's
     assert {path: path.stat().st_mtime_ns for path in out.rglob("*.png") if path.name != "legend.png"} == {
         path: stamp for path, stamp in before.items() if path.name != "legend.png"
     }
+
+
+def test_overwrite_redoes_the_job_with_another_checkpoint(tree, checkpoints, tmp_path):
+    photo = tree / "a" / "IMG_1.jpg"
+    out = tmp_path / "out"
+    assert predict_cli.main(command(checkpoints["mine"], [photo], out)) == 0
+    assert predict_cli.main(command(checkpoints["other"], [photo], out)) == 2
+    assert predict_cli.main(command(checkpoints["other"], [photo], out, "--overwrite")) == 0
+    assert json.loads((out / "predict.json").read_text())["sha256"] == file_sha256(checkpoints["other"])
+    fresh = tmp_path / "fresh"
+    assert predict_cli.main(command(checkpoints["other"], [photo], fresh)) == 0
+    np.testing.assert_array_equal(
+        np.array(read(out / "IMG_1_clusters.png")), np.array(read(fresh / "IMG_1_clusters.png"))
+    )
+    assert (out / "shares.csv").read_bytes() == (fresh / "shares.csv").read_bytes()
 
 
 def test_two_inputs_with_one_output_are_refused_naming_both(tree, checkpoints, tmp_path, capsys):
