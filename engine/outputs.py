@@ -2,7 +2,7 @@
 image's shares of the named classes (its record, and ``shares.csv`` built from the records).
 
 predict.py, the gallery and the page call these, so that a cluster looks and is counted the same
-everywhere: clusters of one name are one class (docs/predicting.md#names), coloured as their lowest id.
+everywhere: clusters of one name are one class (docs/predicting.md), coloured as their lowest id.
 """
 
 import contextlib
@@ -100,7 +100,7 @@ def read_record(out_dir, relative):
 
 def shares_csv_text(rows, names):
     """``shares.csv``: path, width, height, then each class's fraction of the image's pixels, one row
-    per image sorted by path (docs/predicting.md#sharescsv)."""
+    per image sorted by path (docs/predicting.md)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "width", "height", *(name for name, _, _ in names.classes())])
