@@ -115,7 +115,7 @@ def scan_images(root, exclude_top=(), check_stems=True, recursive=True):
             elif is_file:
                 if Path(entry.name).suffix.lower() not in IMAGE_EXTENSIONS:
                     scan.skipped.append(child)
-                elif written_by_iddc(entry.path):
+                elif entry.name.lower().endswith(".png") and written_by_iddc(entry.path):  # only PNGs carry it
                     scan.outputs.append(child)
                 else:
                     stem = Path(entry.name).stem
