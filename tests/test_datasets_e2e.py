@@ -176,8 +176,8 @@ def test_two_training_epochs(tmp_path, roots, dino_file, name, capsys):
         str(roots[name]),
         "--backbone-weights",
         str(dino_file),
-        "--patch-size",
-        "16",
+        "--backbone",
+        "dino_vits16",  # the small test model's patch, over the recipe's backbone
         "--output-dir",
         str(out),
         "--epochs",
