@@ -89,7 +89,13 @@ def build_parser():
         metavar="EVAL_JSON",
         help="eval.py --output-json file naming the clusters of checkpoints that have no names file",
     )
-    parser.add_argument("--short-side", type=int, default=None, help="default working size (see predict.py)")
+    parser.add_argument(
+        "--short-side",
+        type=int,
+        default=None,
+        help="the working size (short side) photos are segmented at when the page leaves it empty "
+        "(default: the checkpoint's own; none: each photo's own size)",
+    )
     parser.add_argument("--max-models", type=int, default=2, help="loaded models kept (least recently used dropped)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast is faster on GPUs")

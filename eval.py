@@ -52,22 +52,23 @@ def build_parser():
     )
     parser.add_argument(
         "--data-root",
-        required=False,
+        required_unless_config=True,
         help="the dataset's root folder (COCO-Stuff: images/, annotations/, curated/ optional)",
     )
     parser.add_argument(
         "--checkpoint",
         nargs="+",
-        required=False,
+        required_unless_config=True,
         help="IDDC checkpoint(s) (released format or written by train.py); several share backbone forwards",
     )
     parser.add_argument(
-        "--patch-size",
+        "--expect-patch-size",
         type=int,
         choices=(16, 8, 14),
         default=None,
-        help="expected patch size (default: read from the checkpoint)",
+        help="refuse a checkpoint whose ViT has another patch size (default: none, take the checkpoint's)",
     )
+    parser.add_renamed_option("--patch-size", "--expect-patch-size", "it only checks the checkpoint")
     parser.add_argument(
         "--num-heads", type=int, default=None, help="attention heads (default: embed dim / 64, as DINO's ViTs)"
     )
@@ -230,9 +231,6 @@ def check_clusters_fit(model, meta, spec, checkpoint):
 def main(argv=None):
     parser = build_parser()
     args = parse_args_with_config(parser, argv)
-    for option in ("data_root", "checkpoint"):
-        if getattr(args, option) is None:
-            parser.error(f"--{option.replace('_', '-')} is required")
     if len(args.checkpoint) == 1:  # one checkpoint: as before, a file name (and --output-json a file)
         args.checkpoint = args.checkpoint[0]
     spec = get_dataset(args.dataset, args.data_root)
@@ -323,7 +321,7 @@ def evaluate_checkpoints(args, checkpoints, spec, protocol, device, collector):
     """
     models, metas, groups = [], [], {}
     for checkpoint in checkpoints:
-        model, meta = load_iddc_model(checkpoint, patch_size=args.patch_size, num_heads=args.num_heads)
+        model, meta = load_iddc_model(checkpoint, patch_size=args.expect_patch_size, num_heads=args.num_heads)
         check_clusters_fit(model, meta, spec, checkpoint)
         if args.dataset == "folder" and not models:  # the working size the first model was trained at
             trained = (meta.get("config") or {}).get("short_side")

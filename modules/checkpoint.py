@@ -79,7 +79,8 @@ def model_from_iddc_state(state, source, patch_size=None, num_heads=None, backbo
         raise CheckpointError(
             f"{source} holds a ViT with patch size {patch_weight.shape[-1]} (patch_embed.proj.weight is "
             f"{'x'.join(map(str, patch_weight.shape))}), but a patch-{patch_size} model was asked for "
-            f"(--patch-size {patch_size}); use the matching checkpoint or --patch-size {patch_weight.shape[-1]}"
+            f"(--expect-patch-size {patch_size}); use the matching checkpoint or --expect-patch-size "
+            f"{patch_weight.shape[-1]}"
         )
     name = state.get("backbone_name") or infer_backbone_name(vit_state, source)
     if name not in SPECS:

@@ -140,7 +140,9 @@ def test_recipe_folders_follow_one_rule_and_never_collide():
     for run, folder in zip(runs, train_sh_output_dirs(runs)):
         dataset, recipe_arch, backbone = run
         own = f"outputs/train_{dataset}_{recipe_arch}"
-        expected = own if backbone is None else f"outputs/train_{dataset}_{short_arch(backbone)}_with_{recipe_arch}_recipe"
+        expected = (
+            own if backbone is None else f"outputs/train_{dataset}_{short_arch(backbone)}_with_{recipe_arch}_recipe"
+        )
         assert folder == expected, f"train.sh {run} trains into {folder}, not {expected}"
         assert folder not in folders, f"train.sh {run} and {folders[folder]} both train into {folder}"
         folders[folder] = run

@@ -1,0 +1,90 @@
+"""One meaning per option (docs/troubleshooting.md#names-that-changed): every option of every command
+has help that shows its default, and options a --config may supply say they are required unless it
+does, and are refused with one line when neither gives them."""
+
+import argparse
+import importlib
+import re
+
+import pytest
+import yaml
+from test_user_start import PYTHON_COMMANDS
+
+from utils.config import parse_args_with_config
+
+# Commands without a parser of their own: the one they run.
+ALIASES = {"scripts/prepare_cocostuff.py": ("scripts.prepare_data", {"dataset": "cocostuff27"})}
+CONFIG_REQUIRED = "required, unless --config gives it"
+
+
+def parser_of(command):
+    module_name, kwargs = ALIASES.get(command, (command.removesuffix(".py").replace("/", "."), {}))
+    return importlib.import_module(module_name).build_parser(**kwargs)
+
+
+def option_help(parser, action):
+    """The help text of ``action`` exactly as ``--help`` prints it, before wrapping."""
+    return parser._get_formatter()._expand_help(action)
+
+
+def test_every_command_is_walked():
+    assert {"train.py", "eval.py", "predict.py", "demo.py", "baseline_kmeans.py", "app.py"} <= set(PYTHON_COMMANDS)
+    assert any(command.startswith("scripts/") for command in PYTHON_COMMANDS)
+    assert any(command.startswith("benchmarks/") for command in PYTHON_COMMANDS)
+
+
+@pytest.mark.parametrize("command", PYTHON_COMMANDS)
+def test_every_option_has_help_that_shows_its_default(command):
+    parser = parser_of(command)
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+            continue  # --help, and the options a command passes to its own child processes
+        name = "/".join(action.option_strings) or action.dest
+        assert action.help, f"{command} {name}: no help"
+        text = option_help(parser, action)
+        if not action.option_strings or action.required:
+            continue  # positional or required: it has no default
+        if action.default is argparse.SUPPRESS:
+            assert "old name of" in text, f"{command} {name}: hidden default, yet not an old name"
+            continue
+        if re.search(r"default:|[(;,] ?default\b|" + re.escape(CONFIG_REQUIRED), text, re.IGNORECASE):
+            continue  # the help says it in its own words
+        assert text.endswith(f"(default: {shown_default(action.default, action.nargs)})"), (
+            f"{command} {name}: its help does not show its default {action.default!r}: {text!r}"
+        )
+
+
+def shown_default(default, nargs):
+    if nargs == 0 and isinstance(default, bool):
+        return "on" if default else "off"
+    if default is None:
+        return "none"
+    return " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+
+
+CONFIG_COMMANDS = {"train.py": ["--data-root"], "eval.py": ["--data-root", "--checkpoint"]}
+CONFIG_COMMANDS["baseline_kmeans.py"] = ["--data-root"]
+
+
+@pytest.mark.parametrize("command", sorted(CONFIG_COMMANDS))
+def test_options_a_config_may_give_are_required_unless_it_does(command, tmp_path, capsys):
+    """--help marks them; neither flag nor config: one error line, exit 2; the config alone suffices."""
+    parser = parser_of(command)
+    marked = [action.option_strings[0] for action in parser._actions if CONFIG_REQUIRED in option_help(parser, action)]
+    assert marked == CONFIG_COMMANDS[command]
+    assert not [action.dest for action in parser._actions if action.required], "a config could not give it"
+    values = {option.removeprefix("--").replace("-", "_"): str(tmp_path / "given") for option in marked}
+    if command == "eval.py":
+        values["checkpoint"] = [values["checkpoint"]]
+    for missing in values:
+        config = tmp_path / f"without_{missing}.yaml"
+        config.write_text(yaml.safe_dump({key: value for key, value in values.items() if key != missing}))
+        with pytest.raises(SystemExit) as stopped:
+            parse_args_with_config(parser_of(command), ["--config", str(config)])
+        line = capsys.readouterr().err.strip()
+        assert stopped.value.code == 2 and "\n" not in line, line
+        assert line.startswith(f"error: --{missing.replace('_', '-')} is required"), line
+    config = tmp_path / "all.yaml"
+    config.write_text(yaml.safe_dump(values))
+    args = parse_args_with_config(parser_of(command), ["--config", str(config)])
+    assert all(getattr(args, key) == value for key, value in values.items())
