@@ -88,3 +88,23 @@ def test_options_a_config_may_give_are_required_unless_it_does(command, tmp_path
     config.write_text(yaml.safe_dump(values))
     args = parse_args_with_config(parser_of(command), ["--config", str(config)])
     assert all(getattr(args, key) == value for key, value in values.items())
+
+
+# (command, old name, new name, a value): old command lines keep working, with a note.
+RENAMED = [
+    ("eval.py", "--patch-size", "--expect-patch-size", "8"),
+    ("app.py", "--gallery-images", "--sample", "5"),
+    ("scripts/gpu_check.py", "--output", "--markdown", "report.md"),
+]
+
+
+@pytest.mark.parametrize(("command", "old", "new", "value"), RENAMED)
+def test_old_option_names_still_work_with_a_note(command, old, new, value, capsys):
+    parser = parser_of(command)
+    new_action = parser._option_string_actions[new]
+    by_old = parser.parse_args([old, value])
+    note = capsys.readouterr().err.strip()
+    assert note.startswith(f"note: {old} is now {new} (") and "\n" not in note, note
+    assert getattr(by_old, new_action.dest) == parser.parse_args([new, value]).__dict__[new_action.dest]
+    assert not capsys.readouterr().err, "the new name takes no note"
+    assert f"old name of {new}" in option_help(parser, parser._option_string_actions[old])
