@@ -98,6 +98,10 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args, debug_flag=True, **kwargs):
         kwargs["allow_abbrev"] = False
+        # Every command's help shows its defaults: a formatter asked for (RawDescriptionHelpFormatter, as
+        # the commands used before) is replaced by this one, which keeps the description's lines too.
+        if not issubclass(kwargs.get("formatter_class", HelpFormatter), HelpFormatter):
+            kwargs["formatter_class"] = HelpFormatter
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
         if debug_flag:
