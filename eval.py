@@ -13,6 +13,7 @@ pass: one backbone forward per window for all their heads; different backbones a
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from data.registry import ALL_DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from data.spec import DataError
 from engine.crf import require_pydensecrf
 from engine.evaluation import ALL_PROTOCOLS, evaluate_heads, make_protocol
+from engine.names import resolve_names
 from engine.trainer import HeadsOnBackbone, share_backbone
 from engine.visualize import VisualCollector
 from modules.checkpoint import load_iddc_model
@@ -143,6 +145,16 @@ def build_parser():
         help="write image | ground truth | matched prediction PNGs, confusion.png and per_class_iou.png here",
     )
     parser.add_argument(
+        "--names",
+        default=None,
+        metavar="FILE",
+        help="names file: the pictures' predictions in the clusters' names and colours (default: "
+        "<checkpoint stem>.clusters.yaml beside the checkpoint, when present)",
+    )
+    parser.add_argument(
+        "--strict-names", action="store_true", help="refuse a names file made for another checkpoint (sha256)"
+    )
+    parser.add_argument(
         "--num-visuals", type=int, default=8, help="how many images --save-visuals draws (the first ones of rank 0)"
     )
     return parser
@@ -172,6 +184,8 @@ def check_options(args):
             check_writable_file(path, "--output-json", inputs=[args.checkpoint, args.config])
     if args.save_visuals and several:
         raise OptionError("--save-visuals draws the pictures of one checkpoint; give --checkpoint a single file")
+    if args.names and not args.save_visuals:
+        raise OptionError(f"--names {args.names}: names colour the pictures of --save-visuals DIR; give it too")
     if args.save_visuals:
         data_folders = [Path(args.data_root, sub).resolve() for sub in ("images", "annotations")]
         if any(Path(args.save_visuals).resolve().is_relative_to(folder) for folder in data_folders):
@@ -327,6 +341,9 @@ def evaluate_checkpoints(args, checkpoints, spec, protocol, device, collector):
             trained = (meta.get("config") or {}).get("short_side")
             args.short_side = args.short_side or trained or DEFAULT_SHORT_SIDE
             spec.short_side = args.short_side
+        if collector is not None:  # one checkpoint: its names are read before the long work
+            logger = logging.getLogger("iddc")  # setup_logger's
+            collector.names = resolve_names(checkpoint, model.num_classes, args.names, args.strict_names, logger)
         if protocol.window is not None and (protocol.window < model.patch_size or protocol.window % model.patch_size):
             raise OptionError(
                 f"--window {protocol.window}: not a multiple of the checkpoint's ViT patch ({model.patch_size})"

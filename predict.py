@@ -1,75 +1,151 @@
-"""Segment your own images with an IDDC checkpoint (released format or written by train.py).
+"""Segment your own images and clips with an IDDC checkpoint (released format or written by train.py).
 
     python predict.py --checkpoint checkpoints/cocostuff27_vits16.pth --input photo.jpg --output-dir out/
-    python predict.py --checkpoint FILE --input photos/ --output-dir out/ --assignment eval.json
+    python predict.py --checkpoint FILE --names clusters.yaml --input DIR --recursive --output-dir masks/
+    torchrun --nproc_per_node 4 predict.py ... (the same options: the images are shared out)
+    python predict.py --checkpoint FILE --input clip.mp4 --output-dir masks/
 
 Each image is segmented with the published sliding-window protocol (224 windows, overlap 75, flip
-averaging) at its own resolution, and gets, at its original size:
+averaging) at its working size (--short-side; a folder model's own by default, else the image's
+size), and gets, at its original size and at its path relative to its input folder:
   <stem>_clusters.png  indexed PNG whose pixel values are the cluster ids
   <stem>_color.png     the segmentation in colour
   <stem>_overlay.png   the colours blended over the image
-plus one legend.png. Clusters have no names of their own: with --assignment (an eval.py
---output-json file) each cluster is coloured and named by the class the Hungarian matching gave it.
---dataset chooses the class names and palette (the checkpoint's dataset; default cocostuff27).
---crf refines the stitched probabilities with STEGO's dense CRF at the image's size.
-Images are read as viewers show them (EXIF orientation, 16-bit and transparent images converted).
-In an input folder, files whose extension is not an image's (notes.txt, a video) are listed as
-skipped and do not change the exit code; an image file that cannot be decoded is reported, the
-others are still segmented, and the exit code is 1. No output replaces an input, or a file
-predict.py did not write; every PNG is written atomically.
+(--outputs chooses among them), plus one legend.png and shares.csv (each image's share of every
+named class). Clusters are named and coloured by --names (a names file), by --assignment (an eval.py
+--output-json file: the class the Hungarian matching gave each cluster), by the names file beside
+the checkpoint, or else as "cluster N"; clusters of one name are one class. A clip (--input
+clip.mp4) gets <stem>_overlay.mp4, <stem>_color.mp4 and <stem>/<frame>_clusters.png.
+
+predict.json in the output folder records the checkpoint and the options: the same command again
+continues the job (images whose outputs are complete are skipped), another checkpoint or other
+options are refused, --overwrite redoes everything. No output replaces an input, or a file
+predict.py did not write; every file is written atomically. Files that are not images are listed as
+skipped; an image or clip that cannot be decoded is reported, the others are still segmented, and
+the exit code is 1 (docs/predicting.md).
 """
 
 import argparse
 import contextlib
 import json
 import os
+import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import PngImagePlugin
+from PIL import Image
 from tqdm import tqdm
 
-from data.photos import IMAGE_EXTENSIONS, OUTPUT_MARK, open_photo, written_by_iddc
+from data.photos import display_path, open_photo, read_photo, scan_images, working_size, written_by_iddc
 from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from data.spec import DataError
+from data.video import is_video, read_frames, require_av, video_info, video_written_by_iddc
 from engine.crf import CRFPool, require_pydensecrf
+from engine.names import (
+    NamesError,
+    colour_text,
+    default_names,
+    default_palette,
+    file_sha256,
+    names_from_assignment,
+    resolve_names,
+)
+from engine.outputs import (
+    OUTPUT_KINDS,
+    PNG_SUFFIXES,
+    RECORDS_FOLDER,
+    VIDEO_SUFFIXES,
+    cluster_counts,
+    colour_picture,
+    frame_clusters_path,
+    frame_path_text,
+    read_record,
+    save_marked_png,
+    share_row,
+    video_codec,
+    video_writer,
+    write_image_outputs,
+    write_legend,
+    write_record,
+    write_shares_csv,
+)
 from engine.segment import at_size, segment, window_probabilities
-from engine.visualize import colorize, indexed_png, legend, map_clusters, overlay
+from engine.visualize import indexed_png, overlay
 from modules.checkpoint import load_iddc_model
-from modules.weights import CheckpointError
+from utils import distributed
 from utils.cli import ArgumentParser, check_at_least, entry_point, resolve_device
 from utils.errors import EXIT_OK, EXIT_PROBLEMS, OptionError, OutputError, ReportedError
-from utils.files import check_writable_dir, save_image_atomic
+from utils.files import check_writable_dir, write_text_atomic
 from utils.lock import hold_folder_lock
 from utils.log import setup_logger
 
-OUTPUT_SUFFIXES = ("_clusters.png", "_color.png", "_overlay.png")
+JOB_FILE = "predict.json"
+SHARES_FILE = "shares.csv"
 LEGEND_FILE = "legend.png"
 SHOW_NAMES = 5
+# The options predict.json records: the ones that change what is written. Their flags, for messages.
+RECORDED_OPTIONS = {
+    "outputs": "--outputs",
+    "short_side": "--short-side",
+    "window": "--window",
+    "overlap": "--overlap",
+    "flip": "--flip",
+    "crf": "--crf",
+    "precision": "--precision",
+    "every": "--every",
+    "names": "the cluster names and colours (--names, --assignment or the names file beside the checkpoint)",
+}
 
 
 class InputError(ReportedError, ValueError):
     """An --input path or the --assignment file is not what predict.py expects."""
 
 
+def output_kinds(text):
+    """--outputs: a comma-separated subset of OUTPUT_KINDS, kept in their order."""
+    chosen = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = sorted(chosen - set(OUTPUT_KINDS))
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"expected one or more of {','.join(OUTPUT_KINDS)} separated by commas, got {text!r}"
+        )
+    return tuple(kind for kind in OUTPUT_KINDS if kind in chosen)
+
+
 def build_parser():
-    parser = ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="IDDC checkpoint (released format or written by train.py)")
     parser.add_argument(
         "--input",
         required=True,
         nargs="+",
         metavar="PATH",
-        help="image files and/or folders (their images, not recursive)",
+        help="image files, video files and/or folders (their images; at any depth with --recursive)",
     )
-    parser.add_argument("--output-dir", required=True, help="where the PNGs are written")
+    parser.add_argument("--output-dir", required=True, help="where the outputs are written")
+    parser.add_argument(
+        "--recursive", action="store_true", help="search input folders at any depth (labels/ at their top skipped)"
+    )
+    parser.add_argument(
+        "--outputs",
+        type=output_kinds,
+        default=OUTPUT_KINDS,
+        metavar="KINDS",
+        help="which outputs to write: any of clusters,color,overlay (default: all three)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="redo every image, replacing the job in --output-dir")
     parser.add_argument(
         "--dataset",
         choices=DATASET_NAMES,
         default=DEFAULT_DATASET,
-        help="the checkpoint's dataset: class names and colours",
+        help="the checkpoint's dataset: class names and colours of --assignment",
+    )
+    parser.add_argument("--names", default=None, metavar="FILE", help="names file: name and colour every cluster")
+    parser.add_argument(
+        "--strict-names", action="store_true", help="refuse a names file made for another checkpoint (sha256)"
     )
     parser.add_argument(
         "--assignment",
@@ -77,6 +153,15 @@ def build_parser():
         metavar="EVAL_JSON",
         help="eval.py --output-json file: colour and name clusters by their matched class",
     )
+    parser.add_argument(
+        "--short-side",
+        type=int,
+        default=None,
+        metavar="S",
+        help="segment images whose short side is above S at short side S; outputs stay at the original size "
+        "(default: the checkpoint's own working size for a folder model, else the image's own size)",
+    )
+    parser.add_argument("--every", type=int, default=1, metavar="N", help="videos: segment every Nth frame")
     parser.add_argument(
         "--patch-size",
         type=int,
@@ -102,75 +187,113 @@ def build_parser():
     return parser
 
 
-def output_paths(stem, out_dir):
-    return [Path(out_dir) / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
+@dataclass
+class Item:
+    """One input: an image or a clip, and its path relative to the input folder it was found in
+    (a file named directly: its name), which its outputs keep."""
+
+    source: Path
+    relative: Path
+    video: bool = False
+
+    def base(self, out_dir):
+        """The outputs' common start: OUT/<relative folder>/<stem>."""
+        return Path(out_dir) / self.relative.parent / self.relative.stem
+
+    def output_files(self, out_dir, kinds):
+        """{kind: path} of the files written for it (a clip's clusters are a folder of frames)."""
+        base = self.base(out_dir)
+        if not self.video:
+            return {kind: base.with_name(base.name + PNG_SUFFIXES[kind]) for kind in kinds}
+        files = {kind: base.with_name(base.name + VIDEO_SUFFIXES[kind]) for kind in kinds if kind in VIDEO_SUFFIXES}
+        if "clusters" in kinds:
+            files["clusters"] = base
+        return files
 
 
-def list_images(inputs):
-    """(images, skipped) from files and folders.
+def list_inputs(inputs, recursive, logger):
+    """(items, skipped) from files and folders, in the folders' scan order (data/photos.py).
 
-    Folders are read non-recursively, sorted by name: a file with an extension of IMAGE_EXTENSIONS
-    is an image, except the PNGs of an earlier predict.py run; any other file is returned in
-    ``skipped`` to be listed, hidden files (.DS_Store and the like) not even that. Files named
-    directly are taken as images whatever their name. Whether an image decodes is found when it
-    is read.
+    A folder's images are found by their extension, with the ``folder`` dataset's scan rules
+    (hidden files and folders, the PNGs the project wrote and, with ``recursive``, a top-level
+    ``labels/`` are passed over); other files are returned in ``skipped`` to be listed. Files named
+    directly are taken as images, or as clips by a video extension, whatever else their name.
     """
-    images, skipped = [], []
+    items, skipped = [], []
     for entry in map(Path, inputs):
         if entry.is_dir():
-            for path in sorted(p for p in entry.iterdir() if p.is_file() and not p.name.startswith(".")):
-                if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                    skipped.append(path)
-                elif not written_by_iddc(path):
-                    images.append(path)
+            try:
+                scan = scan_images(entry, exclude_top=("labels",) if recursive else (), recursive=recursive)
+            except DataError as err:
+                raise InputError(f"--input {entry}: {err}") from err
+            items += [Item(entry / relative, relative) for relative in scan.images]
+            skipped += [entry / relative for relative in scan.skipped]
+            for folder, reason in scan.unreadable_dirs:
+                logger.warning("skipped: %s: cannot list the folder (%s)", display_path(entry / folder), reason)
         elif entry.is_file():
-            images.append(entry)
+            items.append(Item(entry, Path(entry.name), is_video(entry)))
         else:
             raise InputError(f"--input {entry}: no such file or folder")
-    if not images:
+    if not items:
         found = (
             f"; {len(skipped)} file(s) that are not images by their extension, e.g. "
-            f"{', '.join(p.name for p in skipped[:SHOW_NAMES])}"
+            f"{', '.join(display_path(p.name) for p in skipped[:SHOW_NAMES])}"
             if skipped
             else ""
         )
         raise InputError(f"--input {' '.join(inputs)}: no images found{found}")
-    stems = [path.stem for path in images]
-    clashes = sorted({stem for stem in stems if stems.count(stem) > 1})
-    if clashes:
-        raise InputError(
-            f"--input: several images share the name(s) {clashes[:5]}, so their outputs would overwrite each other"
-        )
-    return images, skipped
+    return items, skipped
 
 
-def check_outputs(images, out_dir, protected):
+def check_one_output_each(items, out_dir):
+    """Before any work: two inputs whose outputs would share names (two files given directly with
+    one name, one file found in two input folders at one relative path) are refused, naming both."""
+    first = {}
+    for item in items:
+        key = item.base(out_dir)
+        if key in first:
+            raise InputError(
+                f"--input: {display_path(first[key].source)} and {display_path(item.source)} would both be written "
+                f"as {display_path(key)}_*; rename one or segment them into different --output-dir folders"
+            )
+        first[key] = item
+
+
+def check_outputs(items, out_dir, kinds, protected, done):
     """Before any work: no output may replace an input, nor a file predict.py did not write.
 
-    ``protected`` are the other files the run reads (checkpoint, assignment). Files of an earlier
-    run (they carry OUTPUT_MARK) are replaced, so that predicting again into a folder works.
+    ``protected`` are the other files the run reads (checkpoint, names, assignment). Files of an
+    earlier run (they carry OUTPUT_MARK) are replaced; the outputs of the ``done`` items (their
+    records say predict.py wrote them) are kept and not even opened.
     """
     kept = set()
-    for path in [*images, *protected]:
+    for path in [*(item.source for item in items), *protected]:
         if path is not None and Path(path).exists():
             stat = os.stat(path)
             kept.add((stat.st_dev, stat.st_ino))
-    planned = [(out, image) for image in images for out in output_paths(image.stem, out_dir)]
+    planned = [
+        (out, item) for item in items if item.relative not in done for out in item.output_files(out_dir, kinds).values()
+    ]
     planned.append((Path(out_dir) / LEGEND_FILE, None))
-    for out, image in planned:
+    for out, item in planned:
         if not out.exists():
             continue
-        what = f"the output {out.name}" + (f" of {image.name}" if image is not None else "")
+        what = f"the output {display_path(out.name)}" + (f" of {display_path(item.source)}" if item else "")
         stat = os.stat(out)
+        if item is not None and item.video and out == item.base(out_dir):
+            if not out.is_dir():
+                raise OutputError(f"--output-dir {out_dir}: {what} (a folder of frames) would replace the file {out}")
+            continue
         if out.is_dir():
             raise OutputError(f"--output-dir {out_dir}: {what} would replace the folder {out}")
         if (stat.st_dev, stat.st_ino) in kept:
             raise OutputError(
                 f"--output-dir {out_dir}: {what} would replace {out}, an input of this run; choose another --output-dir"
             )
-        if not written_by_iddc(out):
+        ours = video_written_by_iddc(out) if out.suffix == ".mp4" else written_by_iddc(out)
+        if not ours:
             raise OutputError(
-                f"--output-dir {out_dir}: {what} would replace {out}, which predict.py did not write; "
+                f"--output-dir {out_dir}: {what} would replace {display_path(out)}, which predict.py did not write; "
                 f"move it away or choose another --output-dir"
             )
 
@@ -196,88 +319,273 @@ def load_assignment(path, num_clusters, num_classes):
     return cluster_to_class
 
 
-def cluster_colours(cluster_to_class, palette):
-    """Colour of each cluster id: its matched class's colour, or its own palette entry."""
-    if cluster_to_class is None:
-        return palette
-    colours = np.zeros((len(cluster_to_class), 3), dtype=np.uint8)
-    matched = cluster_to_class >= 0
-    colours[matched] = palette[cluster_to_class[matched]]
-    return colours  # unmatched clusters stay black
+def cluster_names(args, model, meta, spec, logger):
+    """The names and colours the outputs use: --assignment's matched classes, else --names (or the
+    file beside the checkpoint), else ``cluster N`` in the dataset's palette (a benchmark model) or
+    the fixed palette of clusters (a folder model, or more clusters than the palette has)."""
+    num_clusters = model.num_classes
+    if args.assignment:
+        cluster_to_class = load_assignment(args.assignment, num_clusters, spec.num_classes)
+        return names_from_assignment(cluster_to_class, spec.class_names, spec.palette)
+    names = resolve_names(args.checkpoint, num_clusters, args.names, args.strict_names, logger)
+    if names is not None:
+        logger.info("cluster names from %s", names.source)
+        return names
+    trained_on = (meta.get("config") or {}).get("dataset")
+    own_palette = trained_on != "folder" and num_clusters <= len(spec.palette)
+    return default_names(num_clusters, spec.palette if own_palette else default_palette(num_clusters))
 
 
-def save_png(image, path):
-    """Atomically, with OUTPUT_MARK (indexed PNGs keep their palette)."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text(*OUTPUT_MARK)
-    save_image_atomic(image, path, pnginfo=info)
+def job_description(args, checkpoint_sha256, names, short_side):
+    """What predict.json records: the checkpoint and the options that change the outputs."""
+    options = {
+        "outputs": ",".join(args.outputs),
+        "short_side": short_side,
+        "window": args.window,
+        "overlap": args.overlap,
+        "flip": args.flip,
+        "crf": args.crf,
+        "precision": args.precision,
+        "every": args.every,
+        "names": [[name, colour_text(colour)] for name, colour in zip(names.names, names.colours)],
+    }
+    return {"checkpoint": Path(args.checkpoint).name, "sha256": checkpoint_sha256, "options": options}
 
 
-def write_outputs(image, clusters, stem, out_dir, cluster_to_class, palette):
-    """The three PNGs of one image, all at the image's size."""
-    clusters_png, colour_png, overlay_png = output_paths(stem, out_dir)
-    save_png(indexed_png(clusters, cluster_colours(cluster_to_class, palette)), clusters_png)
-    shown = clusters if cluster_to_class is None else map_clusters(clusters, cluster_to_class)  # (H, W)
-    colour = colorize(shown, palette)
-    save_png(colour, colour_png)
-    save_png(overlay(image, colour), overlay_png)
-
-
-def write_legend(out_dir, num_clusters, cluster_to_class, spec):
-    """legend.png: matched class names (with their clusters) or plain cluster ids."""
-    if cluster_to_class is None:
-        entries = [(f"cluster {k}", spec.palette[k]) for k in range(num_clusters)]
-    else:
-        matched = sorted((c, k) for k, c in enumerate(cluster_to_class) if c >= 0)  # in class order
-        entries = [(f"{spec.class_names[c]} (cluster {k})", spec.palette[c]) for c, k in matched]
-    save_png(legend([name for name, _ in entries], [colour for _, colour in entries]), Path(out_dir) / LEGEND_FILE)
-
-
-def load_model(args, device, spec):
-    model, _ = load_iddc_model(args.checkpoint, patch_size=args.patch_size)
-    if model.num_classes > len(spec.palette):
-        raise CheckpointError(
-            f"{args.checkpoint}: {model.num_classes} clusters, but the {spec.name} palette has only "
-            f"{len(spec.palette)} colours; pass the --dataset the checkpoint was trained for"
+def check_job(out_dir, job, overwrite):
+    """Refuse, in one line naming the difference, to continue a job of another checkpoint or other
+    options in ``out_dir`` (--overwrite replaces it); a shares.csv of no job is the user's own."""
+    job_file, shares = Path(out_dir) / JOB_FILE, Path(out_dir) / SHARES_FILE
+    if not job_file.exists():
+        if shares.exists():
+            raise OutputError(
+                f"--output-dir {out_dir}: holds {SHARES_FILE} but no {JOB_FILE}, so predict.py did not write it; "
+                f"move it away or choose another --output-dir"
+            )
+        return
+    if overwrite:
+        return
+    hint = "run it with the options it records, pass --overwrite to redo everything, or choose another --output-dir"
+    try:
+        earlier = json.loads(job_file.read_text())
+        earlier_sha, earlier_options = earlier["sha256"], earlier["options"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise OutputError(f"--output-dir {out_dir}: {job_file} is not a predict.py job file ({err}); {hint}") from err
+    if earlier_sha != job["sha256"]:
+        raise OutputError(
+            f"--output-dir {out_dir}: holds the job of another checkpoint ({earlier.get('checkpoint')}, sha256 "
+            f"{str(earlier_sha)[:12]}...) than {job['checkpoint']} (sha256 {job['sha256'][:12]}...); {hint}"
         )
+    for key, flag in RECORDED_OPTIONS.items():
+        if earlier_options.get(key) != job["options"][key]:
+            shown = (
+                ""
+                if key == "names"
+                else f": {describe(earlier_options.get(key))} there, {describe(job['options'][key])} here"
+            )
+            raise OutputError(f"--output-dir {out_dir}: holds a job with other {flag}{shown}; {hint}")
+
+
+def describe(value):
+    return "none" if value is None else str(value)
+
+
+def default_short_side(args, meta):
+    """--short-side, else the working size a folder model was trained at (None: the image's own)."""
+    if args.short_side is not None:
+        return args.short_side
+    return (meta.get("config") or {}).get("short_side")
+
+
+def load_model(args, device):
+    model, meta = load_iddc_model(args.checkpoint, patch_size=args.patch_size)
     if args.window < model.patch_size or args.window % model.patch_size:
         raise InputError(
             f"--window {args.window}: must be a multiple of the checkpoint's ViT patch ({model.patch_size})"
         )
-    return model.to(device).eval()
+    return model.to(device).eval(), meta
 
 
-def predict_all(model, paths, out_dir, cluster_to_class, args, device, logger, palette):
-    """Segment every image; the ones that cannot be read are reported and passed over. Returns them."""
-    failed = []
-    with CRFPool(args.crf_workers) if args.crf else contextlib.nullcontext() as crf:
-        for path in tqdm(paths, desc="predict", unit="img"):
-            try:
-                image = open_photo(path)
-            except DataError as err:
-                logger.warning("not segmented: %s", err)
-                failed.append(path)
-                continue
-            if crf is None:
-                clusters = segment(
-                    model, image, device, args.window, args.overlap, args.flip, args.precision, args.batch_size
+class Predictor:
+    """Segments the items of one process and writes their outputs and records."""
+
+    def __init__(self, model, names, args, device, out_dir, short_side, logger):
+        self.model, self.names, self.args, self.device = model, names, args, device
+        self.out_dir, self.short_side, self.logger = out_dir, short_side, logger
+        self.failed = []
+
+    def segment(self, image, size):
+        args = self.args
+        return segment(
+            self.model, image, self.device, args.window, args.overlap, args.flip, args.precision, args.batch_size, size
+        )
+
+    def run(self, items, show_progress):
+        with CRFPool(self.args.crf_workers) if self.args.crf else contextlib.nullcontext() as crf:
+            for item in tqdm(items, desc="predict", unit="input", disable=not show_progress):
+                try:
+                    if item.video:
+                        self.predict_video(item)
+                    else:
+                        self.predict_image(item, crf)
+                except DataError as err:
+                    self.logger.warning("not segmented: %s", err)
+                    self.failed.append(item)
+                if crf is not None:
+                    self.finish_refined(crf.finished())
+            if crf is not None:
+                self.finish_refined(crf.finished(wait_all=True))
+        return self.failed
+
+    def predict_image(self, item, crf):
+        image, original = read_photo(item.source, self.short_side)
+        if crf is None:
+            self.finish_image(item, image, original, self.segment(image, original))
+            return
+        args = self.args
+        pixels, probs = window_probabilities(
+            self.model, image, self.device, args.window, args.overlap, args.flip, args.precision, args.batch_size
+        )
+        crf.submit(pixels, probs, (item, image, original))  # the CRF runs while the next image goes through the model
+
+    def finish_refined(self, finished):
+        """The outputs of the images whose CRF is done: [((item, image, original size), maps (1, H', W'))]."""
+        for (item, image, original), maps in finished:
+            self.finish_image(item, image, original, at_size(maps[0], original))
+
+    def finish_image(self, item, image, original, clusters):
+        """Outputs at the original size, then the record that says they are complete."""
+        paths = item.output_files(self.out_dir, self.args.outputs)
+        write_image_outputs(
+            paths, clusters, self.names, lambda: image if image.size == original else open_photo(item.source)
+        )
+        counts = cluster_counts(clusters, self.names.num_clusters)
+        write_record(self.out_dir, item.relative, [share_row(display_path(item.relative), *original, counts)])
+
+    def predict_video(self, item):
+        """The chosen videos and frame PNGs of a clip, every --every-th frame; each frame is
+        segmented as the same frame saved as an image would be."""
+        info = video_info(item.source)
+        files, kinds = item.output_files(self.out_dir, self.args.outputs), self.args.outputs
+        codec, codec_name = video_codec()
+        rate = info.rate / self.args.every
+        rows = []
+        with contextlib.ExitStack() as stack:
+            writers = {
+                kind: stack.enter_context(video_writer(files[kind], info.width, info.height, rate, codec))
+                for kind in VIDEO_SUFFIXES
+                if kind in kinds
+            }
+            if writers:
+                self.logger.info(
+                    "%s: videos in %s (%s) at %s frames/s", display_path(item.source), codec_name, codec, rate
                 )
-                write_outputs(image, clusters, path.stem, out_dir, cluster_to_class, palette)
-                continue
-            pixels, probs = window_probabilities(
-                model, image, device, args.window, args.overlap, args.flip, args.precision, args.batch_size
-            )
-            crf.submit(pixels, probs, (path, image))  # the CRF runs while the next image goes through the model
-            write_refined(crf.finished(), out_dir, cluster_to_class, palette)
-        if crf is not None:
-            write_refined(crf.finished(wait_all=True), out_dir, cluster_to_class, palette)
-    return failed
+            for frame, image in read_frames(item.source, self.args.every):
+                target = working_size(*image.size, self.short_side)  # as read_photo sizes an image file
+                working = image if target == image.size else image.resize(target, Image.BILINEAR)
+                clusters = self.segment(working, image.size)  # (H, W)
+                if "clusters" in kinds:
+                    save_marked_png(
+                        indexed_png(clusters, self.names.merged_colours()),
+                        frame_clusters_path(files["clusters"], frame),
+                    )
+                if writers:
+                    colour = colour_picture(clusters, self.names)
+                    if "color" in writers:
+                        writers["color"](colour)
+                    if "overlay" in writers:
+                        writers["overlay"](overlay(image, colour))
+                counts = cluster_counts(clusters, self.names.num_clusters)
+                rows.append(share_row(frame_path_text(item.relative, frame), *image.size, counts))
+        write_record(self.out_dir, item.relative, rows)
 
 
-def write_refined(finished, out_dir, cluster_to_class, palette):
-    """The PNGs of the images whose CRF is done: [((path, image), maps (1, H', W'))]."""
-    for (path, image), maps in finished:
-        write_outputs(image, at_size(maps[0], image.size), path.stem, out_dir, cluster_to_class, palette)
+def done_items(items, out_dir, kinds):
+    """The relative paths of the items whose record and outputs are all there (a continued job skips them)."""
+    done = set()
+    for item in items:
+        if read_record(out_dir, item.relative) is not None and all(
+            path.exists() for path in item.output_files(out_dir, kinds).values()
+        ):
+            done.add(item.relative)
+    return done
+
+
+def finish_job(items, out_dir, names):
+    """Rank 0, once every process is done: legend.png and shares.csv from every item's record."""
+    write_legend(Path(out_dir) / LEGEND_FILE, names)
+    rows = []
+    for item in items:
+        rows += read_record(out_dir, item.relative) or []
+    write_shares_csv(Path(out_dir) / SHARES_FILE, rows, names)
+
+
+@dataclass
+class Job:
+    """One command's work: its inputs, output folder, model, names and what predict.json records."""
+
+    args: argparse.Namespace
+    items: list
+    skipped: list
+    out_dir: Path
+    model: torch.nn.Module
+    names: object  # engine.names.ClusterNames
+    short_side: int
+    device: torch.device
+    description: dict
+    logger: object
+
+
+def run_job(job):
+    """Continue (or start) the job in its output folder: check it, share the inputs still to do
+    out between the processes, segment them, then rank 0 writes legend.png and shares.csv.
+    Everything it writes is in ``job.out_dir``."""
+    args, items, out_dir, logger = job.args, job.items, job.out_dir, job.logger
+    main_process = distributed.is_main()
+    check_job(out_dir, job.description, args.overwrite)
+    done = set() if args.overwrite else done_items(items, out_dir, args.outputs)
+    check_outputs(items, out_dir, args.outputs, [args.checkpoint, args.names, args.assignment], done)
+    for path in job.skipped:
+        logger.info("skipped: %s: not an image by its extension", display_path(path))
+    distributed.barrier()  # every process has found what is done before anything is written
+    if main_process:
+        if args.overwrite:
+            shutil.rmtree(Path(out_dir) / RECORDS_FOLDER, ignore_errors=True)
+        write_text_atomic(Path(out_dir) / JOB_FILE, json.dumps(job.description, indent=2) + "\n")
+    distributed.barrier()  # the old records are gone before any process writes a new one
+    todo = [item for item in items if item.relative not in done]
+    if done:
+        logger.info("%d of %d inputs already done in %s (%s): skipped", len(done), len(items), out_dir, JOB_FILE)
+    mine = todo[distributed.rank() :: distributed.world_size()]
+    predictor = Predictor(job.model, job.names, args, job.device, out_dir, job.short_side, logger)
+    failed = predictor.run(mine, main_process)
+    counts = distributed.all_reduce_sum(torch.tensor([len(mine) - len(failed), len(failed)]))
+    distributed.barrier()
+    distributed.cleanup()
+    if main_process:
+        finish_job(items, out_dir, job.names)
+        segmented, failures = counts.tolist()
+        if failures:
+            logger.warning("%d input(s) could not be read; each process names its own", failures)
+        logger.info(
+            "%d of %d inputs segmented now, %d before; outputs, %s and %s in %s%s",
+            segmented,
+            len(items),
+            len(done),
+            SHARES_FILE,
+            LEGEND_FILE,
+            out_dir,
+            f"; {len(job.skipped)} file(s) that are not images skipped" if job.skipped else "",
+        )
+    if failed:
+        print(
+            f"error: {len(failed)} of {len(mine)} image(s) could not be read: "
+            f"{', '.join(display_path(item.source) for item in failed[:SHOW_NAMES])}"
+            f"{', ...' if len(failed) > SHOW_NAMES else ''} (see 'not segmented' above)",
+            file=sys.stderr,
+        )
+        return EXIT_PROBLEMS
+    return EXIT_OK
 
 
 @entry_point
@@ -289,39 +597,33 @@ def main(argv=None):
         )
     check_at_least(args.batch_size, "--batch-size", 1)
     check_at_least(args.crf_workers, "--crf-workers", 0)
+    check_at_least(args.short_side, "--short-side", 1)
+    check_at_least(args.every, "--every", 1)
+    if args.names and args.assignment:
+        raise NamesError(
+            f"--names {args.names} and --assignment {args.assignment}: give one of them; both would name the clusters"
+        )
     device = torch.device(resolve_device(args.device))
     if args.crf:
         require_pydensecrf()
     spec = get_dataset(args.dataset)
+    device = distributed.init_from_env(device)
     logger = setup_logger()
-    paths, skipped = list_images(args.input)
+    items, skipped = list_inputs(args.input, args.recursive, logger)
+    videos = [item.source for item in items if item.video]
+    if videos:
+        require_av()
+        if args.crf:
+            raise OptionError(f"--crf refines images, not videos; segment {display_path(videos[0])} without --crf")
     out_dir = check_writable_dir(args.output_dir, "--output-dir")
-    check_outputs(paths, out_dir, [args.checkpoint, args.assignment])
+    check_one_output_each(items, out_dir)
     hold_folder_lock(out_dir, "--output-dir")
-    model = load_model(args, device, spec)
-    cluster_to_class = None
-    if args.assignment:
-        cluster_to_class = load_assignment(args.assignment, model.num_classes, spec.num_classes)
-    for path in skipped:
-        logger.info("skipped: %s: not an image by its extension", path)
-    failed = predict_all(model, paths, out_dir, cluster_to_class, args, device, logger, spec.palette)
-    write_legend(out_dir, model.num_classes, cluster_to_class, spec)
-    logger.info(
-        "%d of %d images segmented, PNGs in %s%s",
-        len(paths) - len(failed),
-        len(paths),
-        out_dir,
-        f"; {len(skipped)} file(s) that are not images skipped" if skipped else "",
-    )
-    if failed:
-        print(
-            f"error: {len(failed)} of {len(paths)} image(s) could not be read: "
-            f"{', '.join(str(path) for path in failed[:SHOW_NAMES])}"
-            f"{', ...' if len(failed) > SHOW_NAMES else ''} (see 'not segmented' above)",
-            file=sys.stderr,
-        )
-        return EXIT_PROBLEMS
-    return EXIT_OK
+    model, meta = load_model(args, device)
+    names = cluster_names(args, model, meta, spec, logger)
+    short_side = default_short_side(args, meta)
+    description = job_description(args, file_sha256(args.checkpoint), names, short_side)
+    job = Job(args, items, skipped, out_dir, model, names, short_side, device, description, logger)
+    return run_job(job)
 
 
 if __name__ == "__main__":

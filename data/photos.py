@@ -78,8 +78,9 @@ class FolderScan:
     unreadable_dirs: list = field(default_factory=list)  # (relative folder, reason)
 
 
-def scan_images(root, exclude_top=(), check_stems=True):
-    """Every image under ``root`` at any depth, by extension (any case), without decoding.
+def scan_images(root, exclude_top=(), check_stems=True, recursive=True):
+    """Every image under ``root`` at any depth (``recursive``; else its own files only), by
+    extension (any case), without decoding.
 
     Hidden files and folders (a leading dot) are ignored, as are the top-level folders named in
     ``exclude_top`` (the ``folder`` dataset's ``labels/``) and the PNGs the project wrote. Folders
@@ -113,12 +114,12 @@ def scan_images(root, exclude_top=(), check_stems=True):
             except OSError:
                 continue
             if is_dir:
-                if not (relative == Path() and entry.name in exclude_top):
+                if recursive and not (relative == Path() and entry.name in exclude_top):
                     walk(Path(entry.path), child)
             elif is_file:
                 if Path(entry.name).suffix.lower() not in IMAGE_EXTENSIONS:
                     scan.skipped.append(child)
-                elif written_by_iddc(entry.path):
+                elif entry.name.lower().endswith(".png") and written_by_iddc(entry.path):  # only PNGs carry it
                     scan.outputs.append(child)
                 else:
                     stem = Path(entry.name).stem

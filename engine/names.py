@@ -72,6 +72,18 @@ class ClusterNames:
         classes = self.classes()
         return np.stack([classes[index][1] for index in self.class_of_cluster()])  # (K, 3)
 
+    def legend_entries(self):
+        """[(text, colour)] of a legend: each class's name, with its cluster ids unless it is the
+        default name of its one cluster."""
+        entries = []
+        for name, colour, ids in self.classes():
+            if len(ids) == 1 and name == DEFAULT_NAME.format(ids[0]):
+                entries.append((name, colour))
+            else:
+                label = f"cluster {ids[0]}" if len(ids) == 1 else f"clusters {', '.join(map(str, ids))}"
+                entries.append((f"{name} ({label})", colour))
+        return entries
+
     def is_default(self):
         """Whether every name is the default ``cluster N`` (a file nobody has edited)."""
         return all(name == DEFAULT_NAME.format(cluster) for cluster, name in enumerate(self.names))

@@ -39,8 +39,22 @@ def window_probabilities(model, image, device, window=224, overlap=75, flip=True
 
 
 def at_size(clusters, size):
-    """A (H', W') map brought to ``size`` (width, height) with torch's legacy nearest, as a numpy array."""
+    """A (H', W') map brought to ``size`` (width, height) with torch's legacy nearest, as a numpy
+    array of the map's dtype (uint8 for up to 256 clusters: a 6000x4000 int64 map would be 192 MB).
+
+    Legacy nearest picks, per axis, a source row and column for every output one; they are found by
+    resizing the index ramps themselves (``resize_nearest``), so the pixels are exactly those of
+    resizing the whole map, gathered without a float copy of it."""
     width, height = size
-    if tuple(clusters.shape) != (height, width):
-        clusters = resize_nearest(clusters, (height, width))  # (H, W)
-    return clusters.cpu().numpy()
+    clusters = clusters.cpu()
+    if tuple(clusters.shape) == (height, width):
+        return clusters.numpy()
+    rows = source_indices(clusters.shape[0], height)  # (H,)
+    columns = source_indices(clusters.shape[1], width)  # (W,)
+    return clusters.numpy()[rows[:, None], columns[None, :]]  # (H, W)
+
+
+def source_indices(length, size):
+    """The source index legacy nearest takes for each of ``size`` outputs along an axis of ``length``."""
+    ramp = torch.arange(length)[None, :]  # (1, length)
+    return resize_nearest(ramp, (1, size))[0].numpy()  # (size,)

@@ -20,6 +20,7 @@ from utils.files import atomic_path, save_image_atomic
 IGNORE_COLOUR = (0, 0, 0)
 CAPTION_HEIGHT = 16
 PANEL_TITLES = ("image", "ground truth", "prediction (matched)")
+NAMED_PANEL_TITLES = ("image", "ground truth", "prediction (names)")
 
 
 def _as_numpy_mask(mask):
@@ -28,7 +29,8 @@ def _as_numpy_mask(mask):
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"a mask must be 2-D (H, W), got shape {mask.shape}")
-    return mask.astype(np.int64)
+    # Integer masks index the palette as they are (a uint8 map of a 24 MP photo is not copied to int64).
+    return mask if np.issubdtype(mask.dtype, np.integer) else mask.astype(np.int64)
 
 
 def _check_ids(mask, palette):
@@ -213,7 +215,10 @@ class VisualCollector:
 
     The Hungarian matching that turns clusters into classes is only known once the whole split is
     scored, so pictures are written after ``evaluate()`` with ``write()``. Pass an instance as
-    ``evaluate(..., on_image=collector)``. ``palette`` colours the dataset's classes.
+    ``evaluate(..., on_image=collector)``. ``palette`` colours the dataset's classes. With
+    ``names`` (engine/names.py's ClusterNames, set before ``write()``) the prediction panel shows
+    the clusters in their names' colours instead of their matched classes', and
+    ``legend_names.png`` lists the names.
     """
 
     def __init__(self, num_images, palette=PALETTE):
@@ -221,6 +226,7 @@ class VisualCollector:
             raise ValueError(f"the number of pictures to keep must be >= 0, got {num_images}")
         self.num_images = num_images
         self.palette = palette
+        self.names = None
         self.items = []
 
     def __call__(self, sample, pred):
@@ -236,17 +242,24 @@ class VisualCollector:
         self.items.append((str(sample["id"]), image, label, pred))
 
     def write(self, out_dir, cluster_to_class, class_names, confusion, per_class_iou):
-        """Write <id>.png panels, legend.png, confusion.png and per_class_iou.png; returns the paths."""
+        """Write <id>.png panels, legend.png (legend_names.png with names), confusion.png and
+        per_class_iou.png; returns the paths."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for image_id, image, label, pred in self.items:
-            panel = side_by_side(
-                image, colorize(label, self.palette), colorize(map_clusters(pred, cluster_to_class), self.palette)
-            )
+            if self.names is None:
+                shown, titles = colorize(map_clusters(pred, cluster_to_class), self.palette), PANEL_TITLES
+            else:
+                shown, titles = colorize(pred, self.names.merged_colours()), NAMED_PANEL_TITLES
+            panel = side_by_side(image, colorize(label, self.palette), shown, titles)
             written.append(out_dir / f"{image_id}.png")
             written[-1].parent.mkdir(parents=True, exist_ok=True)  # a folder dataset's ids hold subfolders
             save_image_atomic(panel, written[-1])
+        if self.names is not None:
+            entries = self.names.legend_entries()
+            written.append(out_dir / "legend_names.png")
+            save_image_atomic(legend([text for text, _ in entries], [colour for _, colour in entries]), written[-1])
         written.append(out_dir / "legend.png")
         save_image_atomic(legend(class_names, self.palette[: len(class_names)]), written[-1])
         written.append(out_dir / "confusion.png")

@@ -345,10 +345,13 @@ def test_predict_skips_files_that_are_not_images_by_their_extension(tiny_checkpo
         assert f"skipped: {folder / name}" in printed.out
     assert "error" not in printed.err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".shares",  # the image's record (docs/predicting.md#continuing-a-job)
         "legend.png",
         "photo_clusters.png",
         "photo_color.png",
         "photo_overlay.png",
+        "predict.json",
+        "shares.csv",
     ]
 
 
