@@ -116,7 +116,7 @@ def output_kinds(text):
 
 
 def build_parser():
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="IDDC checkpoint (released format or written by train.py)")
     parser.add_argument(
         "--input",
@@ -163,12 +163,13 @@ def build_parser():
     )
     parser.add_argument("--every", type=int, default=1, metavar="N", help="videos: segment every Nth frame")
     parser.add_argument(
-        "--patch-size",
+        "--expect-patch-size",
         type=int,
         choices=(16, 8, 14),
         default=None,
-        help="expected patch size (default: read from the checkpoint)",
+        help="refuse a checkpoint whose ViT has another patch size (default: none, take the checkpoint's)",
     )
+    parser.add_renamed_option("--patch-size", "--expect-patch-size", "it only checks the checkpoint")
     parser.add_argument("--window", type=int, default=224, help="sliding window size")
     parser.add_argument("--overlap", type=int, default=75, help="sliding window overlap")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip averaging per window")
@@ -398,7 +399,7 @@ def default_short_side(args, meta):
 
 
 def load_model(args, device):
-    model, meta = load_iddc_model(args.checkpoint, patch_size=args.patch_size)
+    model, meta = load_iddc_model(args.checkpoint, patch_size=args.expect_patch_size)
     if args.window < model.patch_size or args.window % model.patch_size:
         raise InputError(
             f"--window {args.window}: must be a multiple of the checkpoint's ViT patch ({model.patch_size})"

@@ -93,6 +93,7 @@ def test_options_a_config_may_give_are_required_unless_it_does(command, tmp_path
 # (command, old name, new name, a value): old command lines keep working, with a note.
 RENAMED = [
     ("eval.py", "--patch-size", "--expect-patch-size", "8"),
+    ("predict.py", "--patch-size", "--expect-patch-size", "8"),
     ("app.py", "--gallery-images", "--sample", "5"),
     ("scripts/gpu_check.py", "--output", "--markdown", "report.md"),
 ]
@@ -102,9 +103,10 @@ RENAMED = [
 def test_old_option_names_still_work_with_a_note(command, old, new, value, capsys):
     parser = parser_of(command)
     new_action = parser._option_string_actions[new]
-    by_old = parser.parse_args([old, value])
+    required = [word for action in parser._actions if action.required for word in (action.option_strings[0], "x")]
+    by_old = parser.parse_args([*required, old, value])
     note = capsys.readouterr().err.strip()
     assert note.startswith(f"note: {old} is now {new} (") and "\n" not in note, note
-    assert getattr(by_old, new_action.dest) == parser.parse_args([new, value]).__dict__[new_action.dest]
+    assert getattr(by_old, new_action.dest) == getattr(parser.parse_args([*required, new, value]), new_action.dest)
     assert not capsys.readouterr().err, "the new name takes no note"
     assert f"old name of {new}" in option_help(parser, parser._option_string_actions[old])
