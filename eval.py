@@ -25,7 +25,7 @@ from engine.evaluation import ALL_PROTOCOLS, evaluate_heads, make_protocol
 from engine.names import resolve_names
 from engine.trainer import HeadsOnBackbone, share_backbone
 from engine.visualize import VisualCollector
-from modules.checkpoint import load_iddc_model
+from modules.checkpoint import add_expect_patch_size, load_iddc_model
 from modules.weights import CheckpointError
 from utils import distributed
 from utils.cli import ArgumentParser, check_at_least, entry_point, resolve_device
@@ -63,14 +63,7 @@ def build_parser():
         required_unless_config=True,
         help="IDDC checkpoint(s) (released format or written by train.py); several share backbone forwards",
     )
-    parser.add_argument(
-        "--expect-patch-size",
-        type=int,
-        choices=(16, 8, 14),
-        default=None,
-        help="refuse a checkpoint whose ViT has another patch size (default: none, take the checkpoint's)",
-    )
-    parser.add_renamed_option("--patch-size", "--expect-patch-size", "it only checks the checkpoint")
+    add_expect_patch_size(parser)
     parser.add_argument(
         "--num-heads", type=int, default=None, help="attention heads (default: embed dim / 64, as DINO's ViTs)"
     )

@@ -74,7 +74,7 @@ from engine.outputs import (
 )
 from engine.segment import at_size, segment, window_probabilities
 from engine.visualize import indexed_png, overlay
-from modules.checkpoint import load_iddc_model
+from modules.checkpoint import add_expect_patch_size, load_iddc_model
 from utils import distributed
 from utils.cli import ArgumentParser, check_at_least, entry_point, resolve_device
 from utils.errors import EXIT_OK, EXIT_PROBLEMS, OptionError, OutputError, ReportedError
@@ -162,14 +162,7 @@ def build_parser():
         "(default: the checkpoint's own working size for a folder model, else the image's own size)",
     )
     parser.add_argument("--every", type=int, default=1, metavar="N", help="videos: segment every Nth frame")
-    parser.add_argument(
-        "--expect-patch-size",
-        type=int,
-        choices=(16, 8, 14),
-        default=None,
-        help="refuse a checkpoint whose ViT has another patch size (default: none, take the checkpoint's)",
-    )
-    parser.add_renamed_option("--patch-size", "--expect-patch-size", "it only checks the checkpoint")
+    add_expect_patch_size(parser)
     parser.add_argument("--window", type=int, default=224, help="sliding window size")
     parser.add_argument("--overlap", type=int, default=75, help="sliding window overlap")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip averaging per window")

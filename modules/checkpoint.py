@@ -46,6 +46,21 @@ def detect_format(obj):
     return "unknown"
 
 
+def add_expect_patch_size(parser):
+    """``--expect-patch-size`` of the commands that load an IDDC checkpoint (eval.py, predict.py):
+    the file says its backbone, so the option only checks it (the ``patch_size`` of
+    :func:`load_iddc_model`). Its old name ``--patch-size`` still works, with a note: in train.py
+    that name chooses the backbone (docs/troubleshooting.md#names-that-changed)."""
+    parser.add_argument(
+        "--expect-patch-size",
+        type=int,
+        choices=(16, 8, 14),
+        default=None,
+        help="refuse a checkpoint whose ViT has another patch size (default: none, take the checkpoint's)",
+    )
+    parser.add_renamed_option("--patch-size", "--expect-patch-size", "it only checks the checkpoint")
+
+
 def load_iddc_model(path, patch_size=None, num_heads=None):
     """Model and the file's extra metadata from a released or project IDDC checkpoint.
 
