@@ -8,7 +8,7 @@ import re
 
 import pytest
 import yaml
-from test_user_start import PYTHON_COMMANDS
+from test_user_start import PYTHON_COMMANDS, ROOT
 
 from utils.config import parse_args_with_config
 
@@ -64,6 +64,11 @@ def shown_default(default, nargs):
 
 CONFIG_COMMANDS = {"train.py": ["--data-root"], "eval.py": ["--data-root", "--checkpoint"]}
 CONFIG_COMMANDS["baseline_kmeans.py"] = ["--data-root"]
+
+
+def test_every_command_with_a_config_is_checked():
+    reading = {command for command in PYTHON_COMMANDS if "parse_args_with_config(" in (ROOT / command).read_text()}
+    assert reading == set(CONFIG_COMMANDS)
 
 
 @pytest.mark.parametrize("command", sorted(CONFIG_COMMANDS))
