@@ -4,7 +4,9 @@ does, and are refused with one line when neither gives them."""
 
 import argparse
 import importlib
+import os
 import re
+import subprocess
 
 import pytest
 import yaml
@@ -115,3 +117,23 @@ def test_old_option_names_still_work_with_a_note(command, old, new, value, capsy
     assert getattr(by_old, new_action.dest) == getattr(parser.parse_args([*required, new, value]), new_action.dest)
     assert not capsys.readouterr().err, "the new name takes no note"
     assert f"old name of {new}" in option_help(parser, parser._option_string_actions[old])
+
+
+def test_train_sh_names_the_old_folder_of_a_coco27_run(tmp_path):
+    """COCO-Stuff-27's recipes trained into outputs/train_coco27_<ARCH> before one rule named every
+    recipe's folder: a run there is pointed at, and the new folder is used."""
+    (tmp_path / "outputs" / "train_coco27_vits16").mkdir(parents=True)
+    env = {**os.environ, "PYTHON": "echo", "DATA_ROOT": "data", "NPROC": "1", "NNODES": "1"}
+    done = subprocess.run(
+        ["bash", str(ROOT / "train.sh"), "cocostuff27", "vits16"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "--output-dir" not in done.stdout, done.stdout + done.stderr
+    assert done.stderr.startswith("note: outputs/train_coco27_vits16 is the old name of this recipe's folder"), (
+        done.stderr
+    )
+    assert "outputs/train_cocostuff27_vits16" in done.stderr
