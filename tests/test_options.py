@@ -1,6 +1,8 @@
 """One meaning per option (docs/troubleshooting.md#names-that-changed): every option of every command
-has help that shows its default, and options a --config may supply say they are required unless it
-does, and are refused with one line when neither gives them."""
+has help that shows its default; options a --config may supply say they are required unless it
+does, and are refused with one line when neither gives them; renamed options keep their old names
+with a note; a run in COCO-Stuff-27's old folder is pointed at. tests/test_method.py holds the rule
+of the recipes' folders."""
 
 import argparse
 import importlib
