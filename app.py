@@ -81,7 +81,13 @@ def build_parser():
     parser.add_argument(
         "--data-root", default=None, metavar="DIR", help="images the naming tab's galleries are computed on"
     )
-    parser.add_argument("--gallery-images", type=int, default=24, help="images scanned for the naming tab's galleries")
+    parser.add_argument(
+        "--sample",
+        type=int,
+        default=24,
+        help="images scanned for the naming tab's galleries: a seeded sample of those found (as scripts/gallery.py's)",
+    )
+    parser.add_renamed_option("--gallery-images", "--sample", "the name scripts/gallery.py gives it")
     parser.add_argument("--per-cluster", type=int, default=6, help="pictures per cluster in the naming tab")
     parser.add_argument(
         "--assignment",
@@ -89,7 +95,13 @@ def build_parser():
         metavar="EVAL_JSON",
         help="eval.py --output-json file naming the clusters of checkpoints that have no names file",
     )
-    parser.add_argument("--short-side", type=int, default=None, help="default working size (see predict.py)")
+    parser.add_argument(
+        "--short-side",
+        type=int,
+        default=None,
+        help="the working size (short side) photos are segmented at when the page leaves it empty "
+        "(default: the checkpoint's own; none: each photo's own size)",
+    )
     parser.add_argument("--max-models", type=int, default=2, help="loaded models kept (least recently used dropped)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast is faster on GPUs")
@@ -101,7 +113,7 @@ def check_args(args):
     if args.port > 65535:
         raise OptionError(f"--port must lie in 0..65535, got {args.port}")
     check_at_least(args.max_models, "--max-models", 1)
-    check_at_least(args.gallery_images, "--gallery-images", 1)
+    check_at_least(args.sample, "--sample", 1)
     check_at_least(args.per_cluster, "--per-cluster", 1)
     check_at_least(args.short_side, "--short-side", 1)
     for option, files in (
@@ -166,7 +178,7 @@ class Page:
             paths, labels = find_gallery_images(args.data_root)
         else:
             paths, labels = self.examples, [path.name for path in self.examples]
-        chosen = seeded_sample(len(paths), args.gallery_images)
+        chosen = seeded_sample(len(paths), args.sample)
         self.gallery_images = ([paths[index] for index in chosen], [labels[index] for index in chosen])
         self.results = collections.OrderedDict()
         self.galleries = {}

@@ -37,7 +37,12 @@ from utils.log import git_commit, setup_logger
 def build_parser():
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=None, help="YAML file of defaults (flags override it)")
-    parser.add_argument("--data-root", default=None, help="dataset root (train split for fitting, val for scoring)")
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        required_unless_config=True,
+        help="dataset root (train split for fitting, val for scoring)",
+    )
     parser.add_argument(
         "--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET, help="benchmark (docs/datasets.md)"
     )
@@ -88,7 +93,9 @@ def build_parser():
         "--crf-workers", type=int, default=None, help="CRF processes (default: CPU cores, at most 8; 0: none)"
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="backbone forwards: fp32, or bf16 autocast"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="images (windows for sliding) per backbone forward")
     parser.add_argument(
         "--num-workers",
@@ -104,8 +111,6 @@ def build_parser():
 
 def check_options(parser, args):
     """Every option that can be wrong, and the output locations, before any model is built."""
-    if args.data_root is None:
-        parser.error("--data-root is required")
     for option in ("num_samples", "fit_images", "fit_size", "iterations", "restarts", "batch_size", "limit"):
         check_at_least(getattr(args, option), "--" + option.replace("_", "-"), 1)
     check_at_least(args.num_workers, "--num-workers", 0)

@@ -35,10 +35,10 @@ def build_parser():
     parser.add_argument(
         "--backbone-weights", default=None, help="DINO ViT-S/16 release file (default: the hub cache, else random)"
     )
-    parser.add_argument("--train-images", type=int, default=48)
-    parser.add_argument("--val-images", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--train-images", type=int, default=48, help="synthetic training images")
+    parser.add_argument("--val-images", type=int, default=12, help="synthetic validation images")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs")
+    parser.add_argument("--batch-size", type=int, default=8, help="training batch")
     parser.add_argument(
         "--lr", type=float, default=5e-3, help="higher than the paper's 5e-4: the demo trains for a few dozen steps"
     )

@@ -25,7 +25,7 @@ from engine.evaluation import ALL_PROTOCOLS, evaluate_heads, make_protocol
 from engine.names import resolve_names
 from engine.trainer import HeadsOnBackbone, share_backbone
 from engine.visualize import VisualCollector
-from modules.checkpoint import load_iddc_model
+from modules.checkpoint import add_expect_patch_size, load_iddc_model
 from modules.weights import CheckpointError
 from utils import distributed
 from utils.cli import ArgumentParser, check_at_least, entry_point, resolve_device
@@ -54,22 +54,16 @@ def build_parser():
     )
     parser.add_argument(
         "--data-root",
-        required=False,
+        required_unless_config=True,
         help="the dataset's root folder (COCO-Stuff: images/, annotations/, curated/ optional)",
     )
     parser.add_argument(
         "--checkpoint",
         nargs="+",
-        required=False,
+        required_unless_config=True,
         help="IDDC checkpoint(s) (released format or written by train.py); several share backbone forwards",
     )
-    parser.add_argument(
-        "--patch-size",
-        type=int,
-        choices=(16, 8, 14),
-        default=None,
-        help="expected patch size (default: read from the checkpoint)",
-    )
+    add_expect_patch_size(parser)
     parser.add_argument(
         "--num-heads", type=int, default=None, help="attention heads (default: embed dim / 64, as DINO's ViTs)"
     )
@@ -244,9 +238,6 @@ def check_clusters_fit(model, meta, spec, checkpoint):
 def main(argv=None):
     parser = build_parser()
     args = parse_args_with_config(parser, argv)
-    for option in ("data_root", "checkpoint"):
-        if getattr(args, option) is None:
-            parser.error(f"--{option.replace('_', '-')} is required")
     if len(args.checkpoint) == 1:  # one checkpoint: as before, a file name (and --output-json a file)
         args.checkpoint = args.checkpoint[0]
     spec = get_dataset(args.dataset, args.data_root)
@@ -337,7 +328,7 @@ def evaluate_checkpoints(args, checkpoints, spec, protocol, device, collector):
     """
     models, metas, groups = [], [], {}
     for checkpoint in checkpoints:
-        model, meta = load_iddc_model(checkpoint, patch_size=args.patch_size, num_heads=args.num_heads)
+        model, meta = load_iddc_model(checkpoint, patch_size=args.expect_patch_size, num_heads=args.num_heads)
         check_clusters_fit(model, meta, spec, checkpoint)
         if args.dataset == "folder" and not models:  # the working size the first model was trained at
             trained = (meta.get("config") or {}).get("short_side")

@@ -74,7 +74,7 @@ from engine.outputs import (
 )
 from engine.segment import at_size, segment, window_probabilities
 from engine.visualize import indexed_png, overlay
-from modules.checkpoint import load_iddc_model
+from modules.checkpoint import add_expect_patch_size, load_iddc_model
 from utils import distributed
 from utils.cli import ArgumentParser, check_at_least, entry_point, resolve_device
 from utils.errors import EXIT_OK, EXIT_PROBLEMS, OptionError, OutputError, ReportedError
@@ -116,7 +116,7 @@ def output_kinds(text):
 
 
 def build_parser():
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="IDDC checkpoint (released format or written by train.py)")
     parser.add_argument(
         "--input",
@@ -162,13 +162,7 @@ def build_parser():
         "(default: the checkpoint's own working size for a folder model, else the image's own size)",
     )
     parser.add_argument("--every", type=int, default=1, metavar="N", help="videos: segment every Nth frame")
-    parser.add_argument(
-        "--patch-size",
-        type=int,
-        choices=(16, 8, 14),
-        default=None,
-        help="expected patch size (default: read from the checkpoint)",
-    )
+    add_expect_patch_size(parser)
     parser.add_argument("--window", type=int, default=224, help="sliding window size")
     parser.add_argument("--overlap", type=int, default=75, help="sliding window overlap")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip averaging per window")
@@ -398,7 +392,7 @@ def default_short_side(args, meta):
 
 
 def load_model(args, device):
-    model, meta = load_iddc_model(args.checkpoint, patch_size=args.patch_size)
+    model, meta = load_iddc_model(args.checkpoint, patch_size=args.expect_patch_size)
     if args.window < model.patch_size or args.window % model.patch_size:
         raise InputError(
             f"--window {args.window}: must be a multiple of the checkpoint's ViT patch ({model.patch_size})"

@@ -57,6 +57,7 @@ def build_parser():
     parser.add_argument(
         "--data-root",
         default=None,
+        required_unless_config=True,
         help="the dataset's root folder (COCO-Stuff: images/, annotations/, curated/ optional)",
     )
     parser.add_argument(
@@ -89,18 +90,33 @@ def build_parser():
         help=f"clusters the head learns, {MIN_CLUSTERS}..{MAX_CLUSTERS} (default: the dataset's class count; "
         "more over-clusters); a sweep key (docs/training.md)",
     )
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs (with --resume: the total)")
     parser.add_argument("--batch-size", type=int, default=64, help="global batch, split over the processes")
     parser.add_argument("--lr", type=float, default=5e-4, help="Adam lr of the head and classifier")
     parser.add_argument("--probe-lr", type=float, default=1e-3, help="Adam lr of the linear probe")
     parser.add_argument("--lr-power", type=float, default=0.9, help="poly decay power, stepped once an epoch")
-    parser.add_argument("--pos-threshold", type=float, default=0.2)
-    parser.add_argument("--neg-threshold", type=float, default=0.12)
+    parser.add_argument(
+        "--pos-threshold",
+        type=float,
+        default=0.2,
+        help="loss: t+, the similarity F(u0, u1) above which a position is a positive (docs/method.md)",
+    )
+    parser.add_argument(
+        "--neg-threshold",
+        type=float,
+        default=0.12,
+        help="loss: t-, the threshold of the negative term (docs/method.md)",
+    )
     parser.add_argument("--neg-weight", type=float, default=1.4, help="lambda1 (w0 of the original)")
     parser.add_argument(
         "--balance-weight", type=float, default=0.4, help="lambda2 (w1 of the original): 0.4 S/16, 0.25 S/8"
     )
-    parser.add_argument("--num-negatives", type=int, default=3)
+    parser.add_argument(
+        "--num-negatives",
+        type=int,
+        default=3,
+        help="loss: batch shifts a step that pair each image with a negative (docs/method.md)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seeds the data order, augmentations, negatives and heads")
     parser.add_argument(
         "--head-seed", type=int, default=None, help="seeds the head and probe initialisation alone (default: --seed)"
@@ -135,7 +151,9 @@ def build_parser():
         default="none",
         help="one more evaluation of the last model",
     )
-    parser.add_argument("--val-batch-size", type=int, default=32)
+    parser.add_argument(
+        "--val-batch-size", type=int, default=32, help="images (windows for sliding) per forward of the validation"
+    )
     parser.add_argument("--log-every", type=int, default=50, help="steps between readable log lines")
     parser.add_argument(
         "--train-limit",
@@ -285,8 +303,6 @@ def check_data(args, output_dir):
 def main(argv=None):
     parser = build_parser()
     args = parse_args_with_config(parser, argv)
-    if args.data_root is None:
-        parser.error("--data-root is required")
     try:  # a config's value bypasses argparse's choices: check it here as well
         args.backbone = resolve_backbone_name(args.backbone, args.patch_size)
     except ValueError as err:

@@ -9,10 +9,9 @@
 #   NNODES=2 NODE_RANK=0|1 MASTER_ADDR=host0 NPROC=4 DATA_ROOT=... bash train.sh cityscapes27 vitb8   # 2 machines
 #
 # Recipes: every configs/train_<DATASET>_<ARCH>.yaml; `bash train.sh` lists them (exit 0).
-# Outputs go to the config's output_dir (outputs/train_<dataset>_<arch>/; outputs/train_coco27_<arch>/ for
-# the COCO-Stuff-27 recipes, as the paper's script always wrote), under the current folder, unless
-# --output-dir is given. A --backbone other than the recipe's trains into a folder that names the
-# backbone and the recipe (outputs/train_coco27_vitb16_with_vits16_recipe for `cocostuff27 vits16
+# Outputs go to the config's output_dir, outputs/train_<DATASET>_<ARCH>/ (the recipe's own name), under
+# the current folder, unless --output-dir is given. A --backbone other than the recipe's trains into a
+# folder that names the backbone and the recipe (outputs/train_cocostuff27_vitb16_with_vits16_recipe for `cocostuff27 vits16
 # --backbone dino_vitb16`), so two runs never share a folder; add --resume to continue a run.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -47,10 +46,15 @@ set_data_args "$@"
 set_launcher
 output_args=()
 backbone=$(flag_value --backbone "$@")
-if [[ -n "$backbone" && "$(short_arch "$backbone")" != "$arch" && -z "$(flag_value --output-dir "$@")" ]]; then
-  # Another backbone on this recipe: a folder that names both, which no recipe's own folder and no
-  # other (recipe, backbone) pair can have.
-  recipe_dir=$(sed -n 's/^output_dir: *\([^ #]*\).*/\1/p' "$config")
-  output_args=(--output-dir "${recipe_dir%"$arch"}$(short_arch "$backbone")_with_${arch}_recipe")
+recipe_dir=$(sed -n 's/^output_dir: *\([^ #]*\).*/\1/p' "$config")
+if [[ -z "$(flag_value --output-dir "$@")" ]]; then
+  if [[ -n "$backbone" && "$(short_arch "$backbone")" != "$arch" ]]; then
+    # Another backbone on this recipe: a folder that names both, which no recipe's own folder and no
+    # other (recipe, backbone) pair can have.
+    output_args=(--output-dir "${recipe_dir%"$arch"}$(short_arch "$backbone")_with_${arch}_recipe")
+  elif [[ "$dataset" == cocostuff27 && -d "outputs/train_coco27_$arch" && ! -d "$recipe_dir" ]]; then
+    # Before one rule named every recipe's folder, COCO-Stuff-27's were outputs/train_coco27_<arch>.
+    echo "note: outputs/train_coco27_$arch is the old name of this recipe's folder, which is now $recipe_dir; rename it (or pass --output-dir outputs/train_coco27_$arch) to continue that run" >&2
+  fi
 fi
 "${launcher[@]}" "$here/train.py" --config "$config" --dataset "$dataset" "${data_args[@]}" "${output_args[@]}" "$@"

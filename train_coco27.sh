@@ -10,7 +10,8 @@
 # --batch-size stays the global batch, split over all NNODES * NPROC processes.
 #
 # Outputs (best_model.pth, last_model.pth, resume.pth, config.yaml, log.jsonl, train.log) go to
-# outputs/train_coco27_<arch>/ unless --output-dir is given; add --resume to continue a run.
+# outputs/train_cocostuff27_<arch>/ (named as the recipe, as every recipe's folder) unless --output-dir is
+# given; add --resume to continue a run.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 

@@ -85,5 +85,5 @@ else
        "('bash train.sh' lists the recipes)"
 fi
 
-"$python_bin" "$here/eval.py" --dataset "$dataset" "${checkpoint_args[@]}" --patch-size "$patch_size" \
+"$python_bin" "$here/eval.py" --dataset "$dataset" "${checkpoint_args[@]}" --expect-patch-size "$patch_size" \
   "${data_args[@]}" --output-json "$output_json" "$@"

@@ -45,9 +45,9 @@ SERVER_START_S = 300
 
 def build_parser():
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
+    parser.add_argument("--width", type=int, default=640, help="width of the synthetic photo")
+    parser.add_argument("--height", type=int, default=480, help="height of the synthetic photo")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     return parser
 

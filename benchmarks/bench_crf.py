@@ -55,12 +55,14 @@ def time_single_crf(height, width, repeats, generator):
 
 def build_parser():
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--protocol", default="center320", choices=("center320", "sliding"))
+    parser.add_argument("--images", type=int, default=8, help="synthetic 640x480 images evaluated")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs a measurement")
+    parser.add_argument(
+        "--protocol", default="center320", choices=("center320", "sliding"), help="evaluation protocol (eval.py's)"
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32, help="images per backbone forward")
+    parser.add_argument("--num-workers", type=int, default=2, help="data-loading processes")
     return parser
 
 

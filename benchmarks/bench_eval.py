@@ -55,12 +55,12 @@ def build_parser():
     parser.add_argument(
         "--case", choices=sorted(CASES), default="coco", help="coco: 640x480 images; cityscapes: 2048x1024"
     )
-    parser.add_argument("--images", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--patch-size", type=int, default=16, choices=(16, 8))
+    parser.add_argument("--images", type=int, default=6, help="synthetic images evaluated")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs a measurement")
+    parser.add_argument("--patch-size", type=int, default=16, choices=(16, 8), help="the random ViT-S's patch")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="fp32, or bf16 autocast")
+    parser.add_argument("--batch-size", type=int, default=32, help="windows per backbone forward")
     parser.add_argument("--num-workers", type=int, default=None, help="default: evaluate()'s (0 on CPU, 2 on CUDA)")
     return parser
 

@@ -61,7 +61,7 @@ def pairs_per_second(spec, root, epoch):
 def build_parser():
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=8, help="12 MP JPEGs written and read")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs a measurement")
     parser.add_argument("--short-side", type=int, default=480, help="the working size (train.py's --short-side)")
     return parser
 

@@ -128,12 +128,14 @@ def measure_memory(impl, args, size):
 def build_parser():
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs a measurement")
     parser.add_argument("--sizes", type=int, nargs="+", default=[14, 28], help="feature map sides")
     parser.add_argument("--batch-size", type=int, default=16, help="images in the batch (B)")
-    parser.add_argument("--channels", type=int, default=384)
-    parser.add_argument("--clusters", type=int, default=27)
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--channels", type=int, default=384, help="feature channels (C)")
+    parser.add_argument("--clusters", type=int, default=27, help="clusters (K)")
+    parser.add_argument(
+        "--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads (default: 2, at most the cores)"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--_memory", nargs=2, metavar=("IMPL", "SIZE"), help=argparse.SUPPRESS)
     return parser

@@ -54,7 +54,7 @@ POLL_SECONDS = 0.02
 def build_parser():
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=8, help="speed: photos in the folder")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
     parser.add_argument("--memory", action="store_true", help="measure the resident memory over a long job instead")
     parser.add_argument("--memory-images", type=int, default=2000, help="memory: photos in the job")
     parser.add_argument(
@@ -66,8 +66,8 @@ def build_parser():
         help="memory: the photos' size (smaller photos make the long job shorter on a slow CPU)",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="fp32, or bf16 autocast")
+    parser.add_argument("--batch-size", type=int, default=32, help="windows (flips included) per backbone forward")
     return parser
 
 

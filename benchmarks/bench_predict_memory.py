@@ -66,8 +66,8 @@ def run_predict(script, photo, checkpoint, out_dir, device):
 
 def build_parser():
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--width", type=int, default=4032)
-    parser.add_argument("--height", type=int, default=3024)
+    parser.add_argument("--width", type=int, default=4032, help="width of the synthetic JPEG")
+    parser.add_argument("--height", type=int, default=3024, help="height of the synthetic JPEG")
     parser.add_argument("--baseline", default=None, metavar="REV", help="also measure predict.py of this git revision")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     return parser

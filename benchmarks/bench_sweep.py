@@ -235,17 +235,23 @@ def memory_peaks(args, root):
 
 def build_parser():
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="training batch")
     parser.add_argument("--steps", type=int, default=10, help="timed steps a measurement")
     parser.add_argument("--warmup", type=int, default=2, help="steps before the timed ones")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--variants", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs a measurement")
+    parser.add_argument("--variants", type=int, nargs="+", default=[4, 8], help="sweep sizes compared with 1 variant")
     parser.add_argument("--val-images", type=int, default=8, help="images of the timed validation")
     parser.add_argument("--eval-images", type=int, default=2, help="640x480 images of the sliding evaluation")
-    parser.add_argument("--memory-steps", type=int, default=3)
+    parser.add_argument("--memory-steps", type=int, default=3, help="training steps of the peak-memory runs")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--precision", default=None, choices=("fp32", "bf16"), help="default: fp32 (the issue's)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("training", "validation", "evaluation", "memory"))
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=("training", "validation", "evaluation", "memory"),
+        help="measurements not to run (default: none skipped)",
+    )
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data-root", default=None, help=argparse.SUPPRESS)
     return parser

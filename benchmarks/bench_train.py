@@ -91,8 +91,8 @@ def build_parser():
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--batch-size", type=int, default=None, help="default: 64 on CUDA, 16 on CPU")
     parser.add_argument("--steps", type=int, default=4, help="timed steps a repeat")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--patch-size", type=int, default=16, choices=(16, 8))
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs a measurement")
+    parser.add_argument("--patch-size", type=int, default=16, choices=(16, 8), help="the random ViT-S's patch")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
         "--precision", default=None, choices=("fp32", "bf16"), help="default: bf16 on CUDA, fp32 on CPU"

@@ -46,6 +46,21 @@ def detect_format(obj):
     return "unknown"
 
 
+def add_expect_patch_size(parser):
+    """``--expect-patch-size`` of the commands that load an IDDC checkpoint (eval.py, predict.py):
+    the file says its backbone, so the option only checks it (the ``patch_size`` of
+    :func:`load_iddc_model`). Its old name ``--patch-size`` still works, with a note: in train.py
+    that name chooses the backbone (docs/troubleshooting.md#names-that-changed)."""
+    parser.add_argument(
+        "--expect-patch-size",
+        type=int,
+        choices=(16, 8, 14),
+        default=None,
+        help="refuse a checkpoint whose ViT has another patch size (default: none, take the checkpoint's)",
+    )
+    parser.add_renamed_option("--patch-size", "--expect-patch-size", "it only checks the checkpoint")
+
+
 def load_iddc_model(path, patch_size=None, num_heads=None):
     """Model and the file's extra metadata from a released or project IDDC checkpoint.
 
@@ -79,7 +94,8 @@ def model_from_iddc_state(state, source, patch_size=None, num_heads=None, backbo
         raise CheckpointError(
             f"{source} holds a ViT with patch size {patch_weight.shape[-1]} (patch_embed.proj.weight is "
             f"{'x'.join(map(str, patch_weight.shape))}), but a patch-{patch_size} model was asked for "
-            f"(--patch-size {patch_size}); use the matching checkpoint or --patch-size {patch_weight.shape[-1]}"
+            f"(--expect-patch-size {patch_size}); use the matching checkpoint or --expect-patch-size "
+            f"{patch_weight.shape[-1]}"
         )
     name = state.get("backbone_name") or infer_backbone_name(vit_state, source)
     if name not in SPECS:

@@ -82,8 +82,12 @@ def build_parser():
     )
     parser.add_argument("--only", choices=STEPS, default=None, help="run one step only")
     parser.add_argument(
-        "--output", default=DEFAULT_OUTPUT, help=f"the report (Markdown; default {DEFAULT_OUTPUT} in this folder)"
+        "--markdown",
+        metavar="FILE",
+        default=DEFAULT_OUTPUT,
+        help=f"the report (Markdown; default {DEFAULT_OUTPUT} in this folder)",
     )
+    parser.add_renamed_option("--output", "--markdown", "as summarize.py names its Markdown file")
     return parser
 
 
@@ -500,7 +504,7 @@ def render(report, argv, started, total_s):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
-    output = check_writable_file(args.output, "--output")
+    output = check_writable_file(args.markdown, "--markdown")
     device = torch.device(resolve_device(args.device))
     if device.type == "cuda":
         if device.index is None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does iddc work on this GPU, and how fast? Runs scripts/gpu_check.py with the machine's own Python
-# and torch (set PYTHON to choose another interpreter); the report goes to --output (default
+# and torch (set PYTHON to choose another interpreter); the report goes to --markdown (default
 # gpu_report.md in the current folder). docs/gpu.md says what it checks.
 #
 #   bash scripts/gpu_check.sh                          # tests and measurements on the GPU

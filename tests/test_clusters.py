@@ -34,7 +34,7 @@ from modules.checkpoint import load_iddc_model
 from modules.vit import VisionTransformer
 from scripts import summarize
 
-SPEC = get_dataset("cocostuff27")
+COCO27_SPEC = get_dataset("cocostuff27")
 SWEEP_K = (5, 40)  # below and above the 27 classes
 
 
@@ -70,7 +70,7 @@ def eval_flags(work):
 
 def without_labels():
     """In a forked run: the benchmark spec as a folder of unlabelled images (data/spec.py's attributes)."""
-    spec_type = type(SPEC)
+    spec_type = type(COCO27_SPEC)
     spec_type.has_train_labels = False
     spec_type.has_validation = lambda self, data_root=None: False
 
@@ -164,7 +164,7 @@ def test_k_sweep_is_its_single_runs_with_one_backbone_forward_per_batch(runs):
         saved = torch.load(variant / "last_model.pth", weights_only=True)
         assert saved["config"]["num_clusters"] == k
         probe = torch.load(variant / "resume.pth", weights_only=True)["probe"]
-        assert probe["linear_head.weight"].shape[0] == SPEC.num_classes  # the probe stays C wide
+        assert probe["linear_head.weight"].shape[0] == COCO27_SPEC.num_classes  # the probe stays C wide
 
 
 def test_diagnostics_and_k_table(runs, tmp_path):
@@ -210,17 +210,17 @@ def test_many_to_one_scores_equal_an_independent_computation(runs, tmp_path):
     result = json.loads(out.read_text())
     model, _ = load_iddc_model(checkpoint)
     protocol = make_protocol("resize320")
-    dataset = SegmentationEval(SPEC, work / "data", protocol.transform(), limit=1)
-    confusion = np.zeros((SPEC.num_classes, 40), dtype=np.int64)
+    dataset = SegmentationEval(COCO27_SPEC, work / "data", protocol.transform(), limit=1)
+    confusion = np.zeros((COCO27_SPEC.num_classes, 40), dtype=np.int64)
     for sample in dataset:
         (pred,) = predict_head_clusters(model, [sample["image"]], protocol)[0]  # (H, W)
         pred = resize_nearest(pred, protocol.score_size).numpy()
         label = resize_nearest(sample["label"], protocol.score_size).numpy()
-        labelled = label < SPEC.num_classes
+        labelled = label < COCO27_SPEC.num_classes
         np.add.at(confusion, (label[labelled], pred[labelled]), 1)
     assert np.array_equal(confusion, np.array(result["confusion"]))
     cluster_class = confusion.argmax(axis=0)  # ties and empty clusters: the lowest class id
-    merged = np.zeros((SPEC.num_classes, SPEC.num_classes), dtype=np.int64)
+    merged = np.zeros((COCO27_SPEC.num_classes, COCO27_SPEC.num_classes), dtype=np.int64)
     for cluster, cls in enumerate(cluster_class):
         merged[:, cls] += confusion[:, cluster]
     tp, union = np.diag(merged), merged.sum(axis=0) + merged.sum(axis=1) - np.diag(merged)
@@ -249,10 +249,10 @@ def test_fewer_clusters_than_classes_score_the_hungarian_match(runs, tmp_path):
     result = json.loads(out.read_text())
     assert "acc_many_to_one" not in result and len(result["assignment"]) == 5
     confusion = np.array(result["confusion"])
-    assert confusion.shape == (SPEC.num_classes, 5)
+    assert confusion.shape == (COCO27_SPEC.num_classes, 5)
     matched = set(result["assignment"].values())
     present = confusion.sum(axis=1) > 0
-    for cls, name in enumerate(SPEC.class_names):  # a class present that no cluster matched scores 0
+    for cls, name in enumerate(COCO27_SPEC.class_names):  # a class present that no cluster matched scores 0
         if present[cls] and cls not in matched:
             assert result["per_class_iou"][name] == 0.0
 
@@ -315,7 +315,7 @@ def test_bad_k_gets_one_line(runs, tmp_path, capsys, extra, culprit):
 
 def test_k_is_required_where_the_dataset_gives_no_class_count(runs, tmp_path, capsys, monkeypatch):
     work, _ = runs
-    monkeypatch.setattr(type(SPEC), "num_classes", property(lambda self: 0))
+    monkeypatch.setattr(type(COCO27_SPEC), "num_classes", property(lambda self: 0))
     capsys.readouterr()
     assert train_cli.main(flags(work, tmp_path / "out")) == 2
     assert "--num-clusters is required on --dataset cocostuff27" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -470,7 +470,7 @@ def check_script(script, args, env):
             return f"val.sh {dataset} {arch}: not a dataset and an arch val.sh accepts"
         patch_size = re.search(r"vit[a-z]+(\d+)", arch).group(1)
         fixed = ["--dataset", dataset, "--checkpoint", f"checkpoints/{dataset}_{arch}.pth"]
-        fixed += ["--patch-size", patch_size, "--output-json", f"outputs/val_{dataset}_{arch}.json"]
+        fixed += ["--expect-patch-size", patch_size, "--output-json", f"outputs/val_{dataset}_{arch}.json"]
         return [("eval", [*fixed, "--data-root", DUMMY_DATA_ROOT, *args[2:]])]
     if name in ("train_coco27.sh", "val_coco27.sh"):
         default, arches = script_arches(script)
@@ -479,7 +479,12 @@ def check_script(script, args, env):
             return [
                 ("train", ["--config", f"configs/train_cocostuff27_{arch}.yaml", "--data-root", DUMMY_DATA_ROOT, *rest])
             ]
-        fixed = ["--checkpoint", f"checkpoints/cocostuff27_{arch}.pth", "--patch-size", arch.removeprefix("vits")]
+        fixed = [
+            "--checkpoint",
+            f"checkpoints/cocostuff27_{arch}.pth",
+            "--expect-patch-size",
+            arch.removeprefix("vits"),
+        ]
         return [("eval", [*fixed, "--data-root", DUMMY_DATA_ROOT, "--output-json", "out.json", *rest])]
     return None
 
@@ -624,7 +629,9 @@ def test_every_listed_recipe_parses_with_its_config(monkeypatch):
     train = entry_module("train")
     for dataset, arch in recipes:
         config = f"configs/train_{dataset}_{arch}.yaml"
-        args = parse_args_with_config(train.build_parser(), ["--config", config, "--dataset", dataset])
+        args = parse_args_with_config(
+            train.build_parser(), ["--config", config, "--dataset", dataset, "--data-root", "data"]
+        )
         assert dataset in DATASET_NAMES, f"{config}: {dataset} is not a dataset of data/registry.py"
         assert yaml.safe_load((ROOT / config).read_text()).get("dataset", dataset) == dataset, config
         assert resolve_backbone_name(args.backbone, args.patch_size) == full_backbone(arch), config
@@ -634,7 +641,7 @@ def test_every_listed_recipe_parses_with_its_config(monkeypatch):
 
 def test_shell_scripts_know_every_dataset_and_backbone():
     """train.sh and val.sh take the names the code knows (their lists live in scripts/common.sh), and
-    val.sh's --patch-size, read from ARCH, is the backbone's."""
+    val.sh's --expect-patch-size, read from ARCH, is the backbone's."""
     assert common_sh_names("dataset_names") == list(DATASET_NAMES)
     arches = common_sh_names("arch_names")
     assert [full_backbone(arch) for arch in arches] == list(BACKBONES)

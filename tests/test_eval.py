@@ -112,7 +112,7 @@ def test_cli_errors_are_one_clear_line(tmp_path, synthetic_root, small_checkpoin
                 str(synthetic_root),
                 "--checkpoint",
                 str(small_checkpoint),
-                "--patch-size",
+                "--expect-patch-size",
                 "8",
                 "--device",
                 "cpu",
@@ -120,7 +120,12 @@ def test_cli_errors_are_one_clear_line(tmp_path, synthetic_root, small_checkpoin
         )
         == 2
     )
-    assert "--patch-size 8" in capsys.readouterr().err
+    assert "--expect-patch-size 8" in capsys.readouterr().err
+    # The old name still checks, after a note that names the new one (docs/troubleshooting.md).
+    old_name = ["--data-root", str(synthetic_root), "--checkpoint", str(small_checkpoint), "--patch-size", "8"]
+    assert eval_cli.main([*old_name, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("note: --patch-size is now --expect-patch-size") and "--expect-patch-size 8" in err[-1]
     with pytest.raises(SystemExit):
         eval_cli.main(["--checkpoint", str(small_checkpoint)])
 

@@ -25,7 +25,7 @@ def test_quick_cpu_run_writes_every_section(tmp_path):
     report_path = tmp_path / "gpu_report.md"
     # gpu_check.py forked from this process (tests/forked_python.py): no fresh interpreter to import torch.
     done = run_script(
-        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--device", "cpu", "--quick", "--output", str(report_path)],
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--device", "cpu", "--quick", "--markdown", str(report_path)],
         cwd=tmp_path,
         timeout=600,
     )
@@ -58,9 +58,9 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: argument --only")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    assert gpu_check.main(["--device", "cpu", "--quick", "--output", str(blocker / "report.md")]) == 2
-    assert "--output" in capsys.readouterr().err.strip().splitlines()[-1]
-    assert gpu_check.main(["--device", "tpu", "--output", str(tmp_path / "r.md")]) == 2
+    assert gpu_check.main(["--device", "cpu", "--quick", "--markdown", str(blocker / "report.md")]) == 2
+    assert "--markdown" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert gpu_check.main(["--device", "tpu", "--markdown", str(tmp_path / "r.md")]) == 2
     assert not (tmp_path / "r.md").exists()
 
 

@@ -127,8 +127,10 @@ def train_sh_output_dirs(runs):
     return folders
 
 
-def test_recipe_folders_never_collide():
-    """Every recipe with its own backbone or with any other `--backbone` trains into its own folder."""
+def test_recipe_folders_follow_one_rule_and_never_collide():
+    """Every recipe trains into outputs/train_<DATASET>_<ARCH>, its own file's name, and with any
+    other `--backbone` into outputs/train_<DATASET>_<BACKBONE>_with_<ARCH>_recipe (docs/training.md):
+    no two runs share a folder."""
     runs = [
         (dataset, recipe_arch, None if arch == recipe_arch else (arch if "_" in arch else f"dino_{arch}"))
         for dataset, recipe_arch in listed_recipes()
@@ -136,6 +138,12 @@ def test_recipe_folders_never_collide():
     ]
     folders = {}
     for run, folder in zip(runs, train_sh_output_dirs(runs)):
+        dataset, recipe_arch, backbone = run
+        own = f"outputs/train_{dataset}_{recipe_arch}"
+        expected = (
+            own if backbone is None else f"outputs/train_{dataset}_{short_arch(backbone)}_with_{recipe_arch}_recipe"
+        )
+        assert folder == expected, f"train.sh {run} trains into {folder}, not {expected}"
         assert folder not in folders, f"train.sh {run} and {folders[folder]} both train into {folder}"
         folders[folder] = run
 

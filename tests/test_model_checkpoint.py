@@ -85,7 +85,7 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
 
 def test_patch8_weights_into_patch16_model_named(tmp_path):
     path = save_released(small_model(patch_size=8), tmp_path / "s8.pth")
-    with pytest.raises(CheckpointError, match=r"patch size 8 .*64x3x8x8.*--patch-size 16"):
+    with pytest.raises(CheckpointError, match=r"patch size 8 .*64x3x8x8.*--expect-patch-size 16"):
         load_iddc_model(path, patch_size=16)
     assert load_iddc_model(path, patch_size=8)[0].patch_size == 8
 

@@ -187,7 +187,7 @@ def test_train_sh_and_val_sh_on_cityscapes(tmp_path):
         "vits8",
         "--checkpoint",
         str(run / "last_model.pth"),
-        "--patch-size",
+        "--expect-patch-size",
         "16",
         "--device",
         "cpu",

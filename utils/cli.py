@@ -22,6 +22,7 @@ import functools
 import gc
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -42,18 +43,66 @@ DEBUG_ENV = "IDDC_DEBUG"
 LOGGER_NAME = "iddc"
 
 
+CONFIG_REQUIRED = "required, unless --config gives it"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, unless its text already says it ("default ...").
+
+    A flag's default reads "off"/"on", a list's its items, None "none" (the option is not set);
+    options that a --config may supply say that they are required unless it does.
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if getattr(action, "required_unless_config", False):
+            return f"{text} ({CONFIG_REQUIRED})"
+        if action.default is argparse.SUPPRESS or action.required or not action.option_strings:
+            return text
+        if states_default(text):
+            return text
+        return f"{text} (default: {shown_default(action)})"
+
+
+def states_default(text):
+    """Whether a help text says its default itself: "default: X", "(default X", "; default X"."""
+    return re.search(r"default:|[(;,] ?default\b", text, re.IGNORECASE) is not None
+
+
+def shown_default(action):
+    """An option's default as --help shows it; ``%`` doubled for argparse's own formatting."""
+    default = action.default
+    if action.nargs == 0 and isinstance(default, bool):
+        shown = "on" if default else "off"
+    elif default is None:
+        shown = "none"
+    elif isinstance(default, (list, tuple)):
+        shown = " ".join(map(str, default))
+    else:
+        shown = str(default)
+    return shown.replace("%", "%%")
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """The parser of every command: the same contract for usage errors as for every other error.
 
     ``allow_abbrev`` is off, so a prefix (``--check`` for ``--checkpoint-every``, ``--deb``) is an
     unknown option instead of silently another one; a usage error is one ``error:`` line on stderr
     naming the option, with exit 2 (argparse's own prints the whole usage first). ``--debug`` is
-    added to every parser. The help shows docstrings' line breaks as written.
+    added to every parser. The help shows docstrings' line breaks as written, and every option's
+    default (:class:`HelpFormatter`).
+
+    ``add_argument(..., required_unless_config=True)`` marks an option that is required unless the
+    ``--config`` file gives it (utils/config.py checks it after parsing).
     """
 
     def __init__(self, *args, debug_flag=True, **kwargs):
         kwargs["allow_abbrev"] = False
-        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        # Every command's help shows its defaults: a formatter asked for (RawDescriptionHelpFormatter, as
+        # the commands used before) is replaced by this one, which keeps the description's lines too.
+        if not issubclass(kwargs.get("formatter_class", HelpFormatter), HelpFormatter):
+            kwargs["formatter_class"] = HelpFormatter
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
         if debug_flag:
             self.add_argument(
@@ -62,9 +111,45 @@ class ArgumentParser(argparse.ArgumentParser):
                 help=f"show the full traceback of an error instead of one line (or set {DEBUG_ENV}=1)",
             )
 
+    def add_argument(self, *args, required_unless_config=False, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        action.required_unless_config = required_unless_config
+        return action
+
+    def add_renamed_option(self, old, new, why):
+        """Accept the old name ``old`` of the option ``new`` (same values, same destination), with a
+        ``note:`` line on stderr that names the new one, so that old command lines keep working."""
+        target = next(action for action in self._actions if new in action.option_strings)
+        return self.add_argument(
+            old,
+            action=_RenamedOption,
+            new_name=new,
+            why=why,
+            dest=target.dest,
+            type=target.type,
+            choices=target.choices,
+            nargs=target.nargs,
+            metavar=target.metavar,
+            default=argparse.SUPPRESS,
+            help=f"the old name of {new}",
+        )
+
     def error(self, message):
         _finish_output()
         self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
+
+
+class _RenamedOption(argparse.Action):
+    """The old name of an option: stores as the new one does, after a note that names the new one."""
+
+    def __init__(self, option_strings, dest, new_name, why, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new_name = new_name
+        self.why = why
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} is now {self.new_name} ({self.why}); the old name still works", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def entry_point(main):

@@ -9,7 +9,8 @@ from utils.files import read_yaml, write_text_atomic
 
 
 def parse_args_with_config(parser, argv=None):
-    """Parse ``argv`` with ``--config FILE``'s values as defaults; unknown YAML keys are an error."""
+    """Parse ``argv`` with ``--config FILE``'s values as defaults; unknown YAML keys are an error, and
+    so is an option marked ``required_unless_config`` that neither gives."""
     pre = ArgumentParser(add_help=False, debug_flag=False)
     pre.add_argument("--config", default=parser.get_default("config"))
     known, _ = pre.parse_known_args(argv)
@@ -29,7 +30,13 @@ def parse_args_with_config(parser, argv=None):
             if action.dest in values:
                 _check_config_value(parser, path, action, values[action.dest])
         parser.set_defaults(**values)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for action in parser._actions:
+        if getattr(action, "required_unless_config", False) and getattr(args, action.dest) is None:
+            parser.error(
+                f"{action.option_strings[0]} is required (on the command line, or as {action.dest}: in --config)"
+            )
+    return args
 
 
 def _check_config_value(parser, path, action, value):
