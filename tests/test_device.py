@@ -29,6 +29,7 @@ import train as train_cli
 from data.synthetic import make_scene, write_synthetic_cocostuff
 from engine.evaluation import evaluate, make_protocol, resize_nearest
 from engine.metrics import segmentation_metrics
+from engine.outputs import PNG_SUFFIXES
 from engine.training import StopRequests, probe_loss, upsample_probe_logits
 from modules.checkpoint import load_iddc_model
 from modules.loss import IDDCLoss
@@ -381,7 +382,7 @@ def test_predict_on_a_large_photo(test_device, fake_checkpoint, tmp_path, record
         str(test_device),
     ]
     assert predict_cli.main(args) == 0
-    for suffix in predict_cli.OUTPUT_SUFFIXES:
+    for suffix in PNG_SUFFIXES.values():
         with Image.open(out / f"photo{suffix}") as written:
             assert written.size == (width, height)
     if gpu:
