@@ -22,7 +22,7 @@ from data.registry import ALL_DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from data.spec import DataError
 from engine.crf import require_pydensecrf
 from engine.evaluation import ALL_PROTOCOLS, evaluate_heads, make_protocol
-from engine.names import resolve_names
+from engine.names import add_names_options, resolve_names
 from engine.trainer import HeadsOnBackbone, share_backbone
 from engine.visualize import VisualCollector
 from modules.checkpoint import add_expect_patch_size, load_iddc_model
@@ -137,16 +137,7 @@ def build_parser():
         metavar="DIR",
         help="write image | ground truth | matched prediction PNGs, confusion.png and per_class_iou.png here",
     )
-    parser.add_argument(
-        "--names",
-        default=None,
-        metavar="FILE",
-        help="names file: the pictures' predictions in the clusters' names and colours (default: "
-        "<checkpoint stem>.clusters.yaml beside the checkpoint, when present)",
-    )
-    parser.add_argument(
-        "--strict-names", action="store_true", help="refuse a names file made for another checkpoint (sha256)"
-    )
+    add_names_options(parser, "the pictures' predictions")
     parser.add_argument(
         "--num-visuals", type=int, default=8, help="how many images --save-visuals draws (the first ones of rank 0)"
     )

@@ -46,6 +46,7 @@ from data.video import is_video, read_frames, require_av, video_info, video_writ
 from engine.crf import CRFPool, require_pydensecrf
 from engine.names import (
     NamesError,
+    add_names_options,
     colour_text,
     default_names,
     default_palette,
@@ -143,10 +144,7 @@ def build_parser():
         default=DEFAULT_DATASET,
         help="the checkpoint's dataset: class names and colours of --assignment",
     )
-    parser.add_argument("--names", default=None, metavar="FILE", help="names file: name and colour every cluster")
-    parser.add_argument(
-        "--strict-names", action="store_true", help="refuse a names file made for another checkpoint (sha256)"
-    )
+    add_names_options(parser)
     parser.add_argument(
         "--assignment",
         default=None,

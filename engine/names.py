@@ -217,6 +217,20 @@ def names_from_assignment(cluster_to_class, class_names, palette):
     return ClusterNames(names, np.array(colours, dtype=np.uint8), None)
 
 
+def add_names_options(parser, what="the outputs"):
+    """--names and --strict-names, one meaning in every command that colours and names clusters."""
+    parser.add_argument(
+        "--names",
+        default=None,
+        metavar="FILE",
+        help=f"names file naming and colouring the clusters in {what} (default: <checkpoint stem>.clusters.yaml "
+        "beside the checkpoint, when present; docs/own_data.md)",
+    )
+    parser.add_argument(
+        "--strict-names", action="store_true", help="refuse a names file made for another checkpoint (sha256)"
+    )
+
+
 def resolve_names(checkpoint, num_clusters, names_path=None, strict=False, logger=None):
     """The names a tool uses for ``checkpoint``: ``names_path`` if given, else the file beside the
     checkpoint when present, else None (the caller's default: ``cluster N``, or an --assignment).

@@ -28,7 +28,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a file, the script only sees script
     sys.path.insert(0, str(REPO_ROOT))
 
 from engine.gallery import check_gallery_outputs, find_gallery_images, scan_clusters, seeded_sample, write_gallery
-from engine.names import default_names, resolve_names
+from engine.names import add_names_options, default_names, resolve_names
 from modules.checkpoint import load_iddc_model
 from utils.cli import ArgumentParser, check_at_least, entry_point, resolve_device
 from utils.errors import EXIT_OK, EXIT_PROBLEMS
@@ -55,12 +55,7 @@ def build_parser():
         "--sample", type=int, default=DEFAULT_SAMPLE, help="images scanned: a seeded sample of those found"
     )
     parser.add_argument("--seed", type=int, default=0, help="the sample's seed")
-    parser.add_argument(
-        "--names", default=None, metavar="FILE", help="names file colouring and naming the clusters (docs/own_data.md)"
-    )
-    parser.add_argument(
-        "--strict-names", action="store_true", help="refuse a names file made for another checkpoint (sha256)"
-    )
+    add_names_options(parser, "the sheets and index.html")
     parser.add_argument(
         "--short-side",
         type=int,
