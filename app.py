@@ -196,8 +196,9 @@ class Page:
         return [(entry.label(loaded.get(entry.key)), entry.key) for entry in self.entries]
 
     def loaded_text(self):
+        shown = {entry.key: entry.shown for entry in self.entries}
         keys = self.cache.loaded_keys()
-        return "Loaded models: " + (", ".join(f"`{key}`" for key in keys) if keys else "none")
+        return "Loaded models: " + (", ".join(f"`{shown.get(key, key)}`" for key in keys) if keys else "none")
 
     def model(self, key):
         if not key:

@@ -46,12 +46,13 @@ class CheckpointEntry:
     key: str
     path: Path
     size: int
+    shown: str  # how the page names it: the key, or for a file outside the project its path from the current folder
 
     def label(self, loaded=None):
         size = f"{self.size / 2**20:.1f} MB"
         if loaded is None:
-            return f"{self.key} ({size})"
-        return f"{self.key} ({size}; {loaded.dataset}, {loaded.backbone}, K={loaded.num_clusters})"
+            return f"{self.shown} ({size})"
+        return f"{self.shown} ({size}; {loaded.dataset}, {loaded.backbone}, K={loaded.num_clusters})"
 
 
 def listed_key(path, project_root):
@@ -60,6 +61,17 @@ def listed_key(path, project_root):
         return path.relative_to(project_root).as_posix()
     except ValueError:
         return display_path(path)
+
+
+def shown_name(key, path):
+    """A key outside the project (an absolute path) as the user gave it: from the current folder
+    when the file lies under it; the page shows this, the browser still sends the key."""
+    if not Path(key).is_absolute():
+        return key
+    try:
+        return display_path(path.relative_to(os.path.abspath(os.curdir)))
+    except ValueError:
+        return key
 
 
 def find_checkpoints(project_root, files=(), checkpoint_dir=None, search_dirs=None):
@@ -83,7 +95,8 @@ def find_checkpoints(project_root, files=(), checkpoint_dir=None, search_dirs=No
         key = listed_key(path, project_root)
         if key not in seen:
             seen.add(key)
-            entries.append(CheckpointEntry(key, Path(os.path.abspath(path)), path.stat().st_size))
+            absolute = Path(os.path.abspath(path))
+            entries.append(CheckpointEntry(key, absolute, path.stat().st_size, shown_name(key, absolute)))
     return entries
 
 

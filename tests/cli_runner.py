@@ -33,8 +33,8 @@ class Done:
     seconds: float
 
 
-def _run_in_child(script, argv, block, out_path, err_path, python_path):
-    """In the forked process: run ``script`` as ``__main__``; never returns."""
+def _run_in_child(script, argv, block, out_path, err_path, python_path, cwd=None):
+    """In the forked process: run ``script`` as ``__main__`` in ``cwd`` (default the repository); never returns."""
 
     def prepare():
         for fd, path in ((1, out_path), (2, err_path)):
@@ -46,7 +46,7 @@ def _run_in_child(script, argv, block, out_path, err_path, python_path):
                 del sys.modules[loaded]
             sys.modules[name] = None
         os.environ.pop("IDDC_DEBUG", None)
-        os.chdir(ROOT)
+        os.chdir(cwd or ROOT)
 
     exit_as_script(str(script), argv, python_path, prepare)
 
@@ -95,10 +95,10 @@ def script_python_path():
     return [path for path in sys.path if Path(path or ".").resolve() != ROOT / "tests"]
 
 
-def fork_script(script, argv, out_path, err_path, block=(), setup=None, python_path=None):
-    """Fork a process that runs ``python script argv`` as described above, its streams going to
-    ``out_path`` and ``err_path``; ``setup()`` runs first in it (a new session, an environment).
-    Returns its pid; the caller waits for it."""
+def fork_script(script, argv, out_path, err_path, block=(), setup=None, python_path=None, cwd=None):
+    """Fork a process that runs ``python script argv`` as described above, in ``cwd`` (default the
+    repository), its streams going to ``out_path`` and ``err_path``; ``setup()`` runs first in it (a
+    new session, an environment). Returns its pid; the caller waits for it."""
     python_path = script_python_path() if python_path is None else python_path
     for path in (out_path, err_path):
         Path(path).touch()
@@ -110,7 +110,7 @@ def fork_script(script, argv, out_path, err_path, block=(), setup=None, python_p
             if setup is not None:
                 setup()
         finally:  # never returns: the child never goes back into the test runner
-            _run_in_child(ROOT / script, list(map(str, argv)), block, out_path, err_path, python_path)
+            _run_in_child(ROOT / script, list(map(str, argv)), block, out_path, err_path, python_path, cwd)
     return pid
 
 

@@ -105,7 +105,9 @@ def server(files):
     port = free_port()
     out, err = files["base"] / "server.out", files["base"] / "server.err"
     argv = ["--checkpoint", *map(str, files["checkpoints"].values()), "--port", port, "--device", "cpu"]
-    pid = fork_script("app.py", argv, out, err, setup=os.setsid)
+    # Started in the test's folder, as a user starts it beside their files: the page names the
+    # checkpoints from there (models/a.pth), while the API takes them by their listed path.
+    pid = fork_script("app.py", argv, out, err, setup=os.setsid, cwd=files["base"])
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + SERVER_START_S
     while True:
@@ -254,7 +256,7 @@ def test_two_requests_at_once_and_the_model_cache(server, files):
     for name in ("a", "b", "c"):  # a third model: the least recently used (a) goes
         segment_api(server, files["images"]["scene"], key(files, name))
     loaded = client.predict(api_name="/loaded_models")
-    assert key(files, "b") in loaded and key(files, "c") in loaded and key(files, "a") not in loaded
+    assert "`models/b.pth`" in loaded and "`models/c.pth`" in loaded and "models/a.pth" not in loaded
 
 
 # ---------------------------------------------------------------- the page in a real browser
