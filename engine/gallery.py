@@ -37,15 +37,16 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont
 
-from data.photos import OUTPUT_MARK, display_path, read_photo, scan_images, written_by_iddc
+from data.photos import display_path, read_photo, scan_images, written_by_iddc
 from data.spec import DataError
 from engine.names import DEFAULT_NAME, colour_text, file_sha256, write_names
+from engine.outputs import save_marked_png
 from engine.segment import segment
 from engine.visualize import colorize
 from utils.errors import OutputError
-from utils.files import save_image_atomic, write_text_atomic
+from utils.files import write_text_atomic
 
 THUMBNAIL = (192, 144)  # (width, height) box each picture is scaled to fit
 PANEL_GAP, MARGIN, CAPTION_HEIGHT, HEADER_HEIGHT, SHEET_COLUMNS = 4, 8, 18, 30, 3
@@ -305,10 +306,8 @@ def write_gallery(gallery, out_dir, names, checkpoint, logger=None):
     and ``checkpoint``'s file name and sha256."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    info = PngImagePlugin.PngInfo()
-    info.add_text(*OUTPUT_MARK)
     for cluster in range(gallery.num_clusters):
-        save_image_atomic(cluster_sheet(gallery, cluster, names), out_dir / sheet_name(cluster), pnginfo=info)
+        save_marked_png(cluster_sheet(gallery, cluster, names), out_dir / sheet_name(cluster))
     names_path = out_dir / NAMES_FILE
     if names_path.exists() and not only_default_names(names_path):
         names_path = out_dir / NEW_NAMES_FILE

@@ -15,7 +15,9 @@ their lowest id. Without ``--names`` and ``--assignment``, ``<checkpoint stem>.c
 the checkpoint is used when present (docs/own_data.md).
 """
 
+import functools
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +127,14 @@ def default_names(num_clusters, palette=None, shares=None, checkpoint=None, sha2
 
 
 def file_sha256(path):
+    """The file's sha256, computed once per version of the file (a command asks for it in several
+    places: the names' check, predict.json, the gallery's names file)."""
+    stat = os.stat(path)
+    return _sha256_of(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of(path, size, mtime_ns):
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -15,19 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
-from data.photos import IMAGE_EXTENSIONS, OUTPUT_MARK, display_path, read_photo
+from data.photos import IMAGE_EXTENSIONS, display_path, read_photo
 from data.registry import DATASET_NAMES, DEFAULT_DATASET, get_dataset
 from data.spec import DataError
 from engine.crf import CRFPool
 from engine.names import default_names, default_palette, names_from_assignment, resolve_names
+from engine.outputs import save_marked_png
 from engine.segment import at_size, segment, window_probabilities
 from engine.visualize import indexed_png
 from modules.checkpoint import load_iddc_model
 from modules.weights import CheckpointError
 from utils.errors import ReportedError
-from utils.files import save_image_atomic
 
 CHECKPOINT_NAMES = ("best_model.pth", "last_model.pth")
 CHECKPOINT_SUFFIXES = (".pth", ".pt")
@@ -248,9 +248,7 @@ class Segmentation:
 def save_clusters_png(clusters, colours, path):
     """The indexed clusters PNG (pixel value = cluster id, ``colours`` its palette) as predict.py
     writes it: atomically, with the project's PNG mark."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text(*OUTPUT_MARK)
-    save_image_atomic(indexed_png(clusters, colours), path, pnginfo=info)
+    save_marked_png(indexed_png(clusters, colours), path)
 
 
 def check_image_name(name):

@@ -21,6 +21,7 @@ import torch
 import yaml
 from cli_runner import fork_script
 from helpers import save_dino, small_model, wait_exit
+from test_sweep import flags as sweep_flags
 from test_train import head_weights, read_log
 
 import engine.trainer
@@ -39,29 +40,8 @@ SWEEP_K = (5, 40)  # below and above the 27 classes
 
 
 def flags(work, output_dir, *extra):
-    return [
-        "--data-root",
-        str(work / "data"),
-        "--backbone-weights",
-        str(work / "dino.pth"),
-        "--output-dir",
-        str(output_dir),
-        "--batch-size",
-        "4",
-        "--lr",
-        "5e-3",
-        "--epochs",
-        "1",
-        "--device",
-        "cpu",
-        "--log-every",
-        "1",
-        "--val-limit",
-        "1",
-        "--num-workers",
-        "0",
-        *extra,
-    ]
+    """test_sweep's train.py flags on the same data and backbone file, without loader workers."""
+    return sweep_flags(work, output_dir, *extra, num_workers=0)
 
 
 def eval_flags(work):
