@@ -36,7 +36,7 @@ shift 2
 if [[ "$dataset" == folder ]]; then
   backbone=$arch
   [[ "$arch" =~ ^vit[sb][0-9]+$ ]] && backbone=dino_$arch
-  fail "no recipe for the folder dataset (your own images: docs/own_data.md); run train.py itself, e.g. python train.py --dataset folder --data-root DIR --backbone $backbone --output-dir runs/mine"
+  fail "no recipe for the folder dataset (your own images: docs/own_data.md); run train.py itself, e.g. python train.py --dataset folder --data-root DIR --backbone $backbone --num-clusters 8 --output-dir runs/mine"
 fi
 config="$here/configs/train_${dataset}_${arch}.yaml"
 if [[ ! -f "$config" ]]; then

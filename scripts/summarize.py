@@ -1,6 +1,6 @@
 """Turn training runs and evaluation JSONs into one results table (markdown and CSV).
 
-    python scripts/summarize.py outputs/train_seed1 outputs/train_seed2 outputs/val_coco27_vits16.json
+    python scripts/summarize.py outputs/train_seed1 outputs/train_seed2 outputs/val_cocostuff27_vits16_sliding.json
     python scripts/summarize.py outputs/*/ outputs/*.json --csv results.csv --markdown results.md
     python scripts/summarize.py outputs/sweep                      # a train.py --sweep folder
 
